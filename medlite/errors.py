@@ -1,0 +1,34 @@
+"""User-facing errors.
+
+A :class:`MedliteError` is a problem with what the user gave us (a file, a config key, a
+value). The CLI prints its message on one line and exits with code 2, without a traceback.
+Anything else that escapes is a bug in medlite and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class MedliteError(Exception):
+    """A problem with user input, reported on one line."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        super().__init__(message)
+        self.problems = list(problems or [])
+
+
+class ConfigError(MedliteError):
+    """A config key is unknown or its value is invalid; the message names the dotted key."""
+
+
+class DataError(MedliteError):
+    """A data file or manifest row is unusable; the message names the file and field."""
+
+
+class RunDirError(MedliteError):
+    """A run directory exists and neither --resume nor --overwrite was given, or is not a run."""
+
+
+class WeightsNotFoundError(MedliteError):
+    """Pretrained weights were asked for but are not available offline."""
