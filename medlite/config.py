@@ -1,0 +1,186 @@
+"""YAML configs validated by pydantic.
+
+Every task has a config class whose defaults reproduce that task's paper recipe. A YAML
+file names its task with a top-level ``task:`` key; :func:`load_config` picks the class,
+validates, and turns the first problem into a one-line :class:`~medlite.errors.ConfigError`
+naming the file and the dotted key (``trainer.max_epochs: ...``).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from medlite.errors import ConfigError
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class ModelConfig(StrictModel):
+    name: str = Field("tinyunet", description="A name from `medlite models`.")
+    pretrained: bool = Field(False, description="ImageNet weights from the local torch cache.")
+    weights_path: Path | None = Field(None, description="Local state_dict to start from.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Family-specific arguments.")
+
+
+class OptimizerConfig(StrictModel):
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class SchedulerConfig(StrictModel):
+    name: Literal["cosine", "plateau", "step", "none"] = "cosine"
+    min_lr: float = Field(1e-6, ge=0, description="Cosine annealing floor.")
+    factor: float = Field(0.1, gt=0, lt=1, description="Plateau/step decay factor.")
+    patience: int = Field(10, ge=0, description="Plateau patience in epochs.")
+    threshold: float = Field(1e-4, ge=0, description="Plateau improvement threshold.")
+    step_size: int = Field(30, ge=1, description="Step scheduler period in epochs.")
+
+
+class TrainerConfig(StrictModel):
+    max_epochs: int = Field(100, ge=1)
+    batch_size: int = Field(8, ge=1)
+    early_stopping_patience: int | None = Field(
+        30, ge=1, description="Epochs without improvement of the monitored metric; null disables."
+    )
+    max_time_minutes: float | None = Field(None, gt=0, description="Wall-clock training budget.")
+    accelerator: str = Field("auto", description="cpu, gpu, mps or auto (a GPU when present).")
+    devices: int | str = Field("auto", description="Number of devices, or auto.")
+    precision: str = Field("32-true", description="Lightning precision, e.g. 16-mixed on GPUs.")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all cores.")
+    limit_train_batches: float | int = Field(1.0, description="Fraction or number per epoch.")
+    deterministic: bool = False
+
+
+class SplitConfig(StrictModel):
+    """Subject-disjoint splits. A ``split`` column in the data wins for the rows that have one."""
+
+    val_fraction: float = Field(0.15, ge=0, lt=1, description="Share of subjects for validation.")
+    test_fraction: float = Field(0.15, ge=0, lt=1, description="Share of subjects for testing.")
+    folds: int | None = Field(None, ge=2, description="k-fold: the test set is fold `fold`.")
+    fold: int = Field(0, ge=0, description="Which fold is the test set when `folds` is set.")
+
+
+class EvaluationConfig(StrictModel):
+    bootstrap_resamples: int = Field(1000, ge=0, description="0 disables confidence intervals.")
+    confidence: float = Field(0.95, gt=0, lt=1)
+
+
+class BaseTaskConfig(StrictModel):
+    """Fields shared by every task."""
+
+    task: str
+    seed: int = 42
+    name: str | None = Field(None, description="Run name; default: the config file's stem.")
+    output_dir: Path = Field(Path("runs"), description="Parent folder of run directories.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+
+def _format_error(source: str, error: dict) -> str:
+    location = ".".join(str(part) for part in error["loc"])
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{source}: {location}: unknown key"
+    if kind == "missing":
+        return f"{source}: {location}: required key is missing"
+    value = error.get("input")
+    shown = f" (got {value!r})" if not isinstance(value, dict | list) else ""
+    return f"{source}: {location}: {error['msg']}{shown}"
+
+
+def _suggest(error: dict, model_class: type[BaseModel]) -> str:
+    """A 'did you mean' hint for a misspelled key, found by walking the config classes."""
+    if error["type"] != "extra_forbidden":
+        return ""
+    section: Any = model_class
+    for part in error["loc"][:-1]:
+        field = getattr(section, "model_fields", {}).get(part)
+        if field is None:
+            return ""
+        section = field.annotation
+    fields = getattr(section, "model_fields", {})
+    close = difflib.get_close_matches(str(error["loc"][-1]), list(fields), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def validate_config(raw: dict, config_class: type[BaseTaskConfig], source: str) -> BaseTaskConfig:
+    """Validate a parsed YAML mapping; raise ConfigError naming the first bad dotted key."""
+    try:
+        return config_class.model_validate(raw)
+    except ValidationError as exc:
+        errors = exc.errors()
+        lines = [_format_error(source, err) + _suggest(err, config_class) for err in errors]
+        raise ConfigError(lines[0], problems=lines) from None
+
+
+def read_yaml(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    return raw
+
+
+def apply_overrides(raw: dict, overrides: list[str], source: str = "--set") -> dict:
+    """Apply ``key.sub=value`` strings (values parsed as YAML) to a raw config mapping."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{source} {item!r}: expected dotted.key=value")
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{source} {key}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(value)
+    return raw
+
+
+def load_config(path: Path | str, overrides: list[str] | None = None) -> BaseTaskConfig:
+    """Read a YAML config, pick the task's config class from its ``task:`` key, validate it.
+
+    Relative data paths in the config are resolved against the config file's folder by the
+    task (see each task's ``resolve_paths``), so a config can travel with its data.
+    """
+    from medlite.tasks import get_task, list_tasks
+
+    path = Path(path)
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    task_name = raw.get("task")
+    if task_name is None:
+        raise ConfigError(f"{path}: task: required key is missing (one of {', '.join(list_tasks())})")
+    task = get_task(str(task_name), source=f"{path}: task")
+    config = validate_config(raw, task.config_class, str(path))
+    if config.name is None:
+        config.name = path.stem
+    return task.resolve_paths(config, base_dir=path.parent)
+
+
+def dump_config(config: BaseTaskConfig) -> str:
+    """The resolved config as YAML (every default written out), for the run directory."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,235 @@
+"""Reading images and segmentation masks from disk.
+
+Every reader either returns a well-formed array or raises :class:`~medlite.errors.DataError`
+whose one-line message starts with the offending file's path. Images are converted, never
+rejected (alpha dropped, grayscale replicated, 16-bit rescaled, EXIF orientation applied);
+masks are checked against the class set because a wrong mask silently ruins training.
+
+Truncated files must fail loudly, so this module never sets Pillow's
+``ImageFile.LOAD_TRUNCATED_IMAGES`` and always forces a full decode.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from medlite.errors import DataError
+
+#: File extensions (lower case, with the dot) treated as images when scanning folders.
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+# EXIF orientations 5..8 include a 90 degree turn, which swaps width and height.
+_EXIF_ORIENTATION_TAG = 0x0112
+_TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+_MAX_VALUES_LISTED = 10
+
+
+def _load(path: str | os.PathLike) -> Image.Image:
+    """Open ``path``, check its structure, decode every pixel and apply the EXIF orientation.
+
+    Raises:
+        DataError: "<path>: file not found" or "<path>: not a readable image (<reason>)".
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {_missing_reason(path)}")
+    try:
+        # verify() walks the chunk structure (PNG: catches a missing IEND that load() accepts);
+        # the image object is unusable afterwards, hence the second open.
+        with Image.open(path) as probe:
+            probe.verify()
+        with Image.open(path) as img:
+            img.load()
+            return _oriented(img)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{path}: not a readable image ({_reason(exc)})") from exc
+
+
+def _missing_reason(path: Path) -> str:
+    return "is a folder, not an image file" if path.is_dir() else "file not found"
+
+
+def _reason(exc: BaseException) -> str:
+    """The exception text on one line (Pillow messages sometimes span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _orientation(img: Image.Image) -> int:
+    return int(img.getexif().get(_EXIF_ORIENTATION_TAG, 1) or 1)
+
+
+def _oriented(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation so that arrays match what image viewers show."""
+    if _orientation(img) == 1:
+        return img
+    return ImageOps.exif_transpose(img)
+
+
+def _scale_16bit_to_uint8(values: np.ndarray) -> np.ndarray:
+    """Map 0..65535 linearly onto 0..255 (65535 / 257 = 255), rounding to nearest."""
+    clipped = np.clip(values.astype(np.int64), 0, 65535)
+    return ((clipped + 128) // 257).astype(np.uint8)
+
+
+def _to_rgb_array(img: Image.Image) -> np.ndarray:
+    if img.mode in _SIXTEEN_BIT_MODES:
+        gray = _scale_16bit_to_uint8(np.asarray(img))
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if img.mode == "P" and "transparency" in img.info:
+        # Going through RGBA avoids Pillow's warning about palette transparency; alpha is dropped.
+        img = img.convert("RGBA")
+    if img.mode != "RGB":
+        # RGBA/LA drop alpha, L and 1 replicate, P looks up the palette, CMYK/YCbCr convert.
+        img = img.convert("RGB")
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read any common image file as RGB.
+
+    Args:
+        path: an image file (JPEG, PNG, BMP, TIFF, ...).
+
+    Returns:
+        ``uint8`` array of shape ``(H, W, 3)``, RGB, EXIF orientation applied. 16-bit images
+        are scaled from 0..65535 to 0..255; alpha channels are dropped (not composited).
+
+    Raises:
+        DataError: the file is missing, truncated or not an image; the message names it.
+    """
+    img = _load(path)
+    try:
+        return _to_rgb_array(img)
+    except (OSError, ValueError) as exc:
+        raise DataError(
+            f"{Path(path)}: cannot convert image mode {img.mode} to RGB ({exc})"
+        ) from exc
+
+
+def decoded_image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """Decode the whole image (catching truncation) and return ``(width, height)`` in pixels.
+
+    Cheaper than :func:`read_image` because no RGB conversion is made; EXIF orientation applied.
+
+    Raises:
+        DataError: the file is missing, truncated or not an image.
+    """
+    width, height = _load(path).size
+    return int(width), int(height)
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """Size of an image as ``(width, height)`` in pixels, EXIF orientation applied.
+
+    Only the header is read, so this is cheap even for large files; it does not detect a
+    truncated pixel stream (use :func:`read_image` for that).
+
+    Raises:
+        DataError: the file is missing or not an image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {_missing_reason(path)}")
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            if _orientation(img) in _TRANSPOSING_ORIENTATIONS:
+                width, height = height, width
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{path}: not a readable image ({_reason(exc)})") from exc
+    return int(width), int(height)
+
+
+def _mask_values(img: Image.Image, path: Path) -> np.ndarray:
+    """Raw single-channel mask values (H, W), integer dtype, before the class-set check."""
+    if img.mode == "1":
+        return np.asarray(img, dtype=np.uint8)
+    if img.mode in ("L", "P") or img.mode in _SIXTEEN_BIT_MODES:
+        # For P, the palette index is the class (PASCAL VOC convention), not the colour.
+        return np.asarray(img)
+    if img.mode == "LA":
+        return np.asarray(img)[:, :, 0]
+    if img.mode == "F":
+        values = np.asarray(img)
+        if not np.all(np.isfinite(values)) or not np.array_equal(values, np.round(values)):
+            raise DataError(f"{path}: floating-point mask has non-integer values")
+        return values.astype(np.int64)
+    if img.mode in ("RGB", "RGBA"):
+        channels = np.asarray(img)[:, :, :3]
+        differing = np.count_nonzero(
+            (channels[:, :, 0] != channels[:, :, 1]) | (channels[:, :, 0] != channels[:, :, 2])
+        )
+        if differing:
+            raise DataError(
+                f"{path}: colour mask ({img.mode}) has {differing} px whose R, G, B differ; "
+                "expected a single-channel mask of class indices"
+            )
+        return channels[:, :, 0]
+    raise DataError(f"{path}: unsupported mask mode {img.mode}; expected a single-channel image")
+
+
+def _value_counts(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct values and their pixel counts; bincount is several times faster than unique."""
+    if mask.dtype in (np.uint8, np.uint16):
+        counts = np.bincount(mask.ravel())
+        values = np.flatnonzero(counts)
+        return values, counts[values]
+    return np.unique(mask, return_counts=True)
+
+
+def _describe_values(values: np.ndarray, counts: np.ndarray) -> str:
+    listed = ", ".join(
+        f"{v} ({c} px)"
+        for v, c in zip(values[:_MAX_VALUES_LISTED], counts[:_MAX_VALUES_LISTED], strict=True)
+    )
+    if len(values) > _MAX_VALUES_LISTED:
+        listed += f", ... ({len(values) - _MAX_VALUES_LISTED} more values)"
+    return listed
+
+
+def read_mask(path: str | os.PathLike, num_classes: int = 2) -> np.ndarray:
+    """Read a segmentation mask as class indices.
+
+    Accepted encodings: class indices ``0..num_classes-1`` (8- or 16-bit, palette indices,
+    or RGB with equal channels) and, when ``num_classes == 2``, binary masks stored as
+    0/255 (8-bit) or 0/65535 (16-bit), which become 0/1.
+
+    Args:
+        path: a mask image file, ideally PNG (JPEG compression corrupts class values).
+        num_classes: number of classes including background, >= 2.
+
+    Returns:
+        ``int64`` array of shape ``(H, W)`` with values in ``0..num_classes-1``.
+
+    Raises:
+        DataError: unreadable file, colour mask, or values outside the class set (listed with
+            their pixel counts).
+    """
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    path = Path(path)
+    mask = _mask_values(_load(path), path)
+    values, counts = _value_counts(mask)
+    if num_classes == 2:
+        for foreground in (255, 65535):
+            if np.all(np.isin(values, (0, foreground))) and foreground in values:
+                return (mask == foreground).astype(np.int64)
+    bad = (values < 0) | (values >= num_classes)
+    if np.any(bad):
+        accepted = f"class indices 0..{num_classes - 1}"
+        if num_classes == 2:
+            accepted += " or a 0/255 binary mask"
+        hint = ""
+        if path.suffix.lower() in (".jpg", ".jpeg"):
+            hint = "; JPEG compression alters mask values, save masks as PNG"
+        raise DataError(
+            f"{path}: mask values outside the class set: "
+            f"{_describe_values(values[bad], counts[bad])}; expected {accepted}{hint}"
+        )
+    return mask.astype(np.int64)

@@ -1,0 +1,122 @@
+"""Segmentation datasets: image/mask pairs from a manifest, resized or letterboxed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from medlite.data.io import read_image, read_mask
+from medlite.data.transforms import (
+    AugmentConfig,
+    augment_pair,
+    joint_augmentation,
+    normalize,
+    resize_pair,
+    to_tensor_image,
+)
+
+ResizeMode = Literal["resize", "letterbox"]
+
+
+def letterbox_geometry(height: int, width: int, size: tuple[int, int]) -> tuple[int, int]:
+    """Scaled (h, w) that fits (height, width) inside ``size`` keeping the aspect ratio."""
+    scale = min(size[0] / height, size[1] / width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def fit_to_size(image: torch.Tensor, mask: torch.Tensor | None, size: tuple[int, int],
+                mode: ResizeMode):
+    """Bring uint8 image (3, H, W) [and mask (H, W)] to ``size``.
+
+    ``resize`` stretches; ``letterbox`` keeps the aspect ratio and pads the bottom/right
+    with zeros (background in the mask). Returns (image, mask, valid (h, w)): the region of
+    the output that holds the picture, to crop predictions back.
+    """
+    if mode == "resize":
+        image, mask = resize_pair(image, mask, size)
+        return image, mask, tuple(size)
+    valid = letterbox_geometry(image.shape[-2], image.shape[-1], size)
+    image, mask = resize_pair(image, mask, valid)
+    pad = (0, size[1] - valid[1], 0, size[0] - valid[0])
+    image = F.pad(image, pad)
+    if mask is not None:
+        mask = F.pad(mask, pad)
+    return image, mask, valid
+
+
+def restore_logits(logits: torch.Tensor, valid: tuple[int, int],
+                   original: tuple[int, int]) -> torch.Tensor:
+    """Network logits (C, h, w) -> logits at the original (H, W): crop the letterbox padding,
+    then bilinear resize. Argmax of the result is the full-resolution mask."""
+    logits = logits[:, : valid[0], : valid[1]]
+    return F.interpolate(logits[None], size=tuple(original), mode="bilinear",
+                         align_corners=False)[0]
+
+
+class SegmentationDataset(Dataset):
+    """Image/mask pairs as network-ready tensors.
+
+    Each item is a dict: ``input`` float32 (3, H, W) normalised with ImageNet statistics,
+    ``target`` int64 (H, W) class indices (absent when ``masks`` is None), ``index``.
+    Decoded, resized pairs are cached in memory (``cache=True``) because decoding a JPEG
+    costs more than a CPU training step of a small model on it; augmentation runs after
+    the cache, so every epoch still sees new variants.
+    """
+
+    def __init__(self, images: Sequence[Path], masks: Sequence[Path] | None, *,
+                 size: tuple[int, int] = (256, 256), num_classes: int = 2,
+                 resize_mode: ResizeMode = "resize", augment: AugmentConfig | None = None,
+                 cache: bool = True):
+        if masks is not None and len(masks) != len(images):
+            raise ValueError("images and masks differ in length")
+        self.images = [Path(p) for p in images]
+        self.masks = [Path(p) for p in masks] if masks is not None else None
+        self.size = tuple(size)
+        self.num_classes = num_classes
+        self.resize_mode = resize_mode
+        self.augment = augment if augment is not None and augment.enabled else None
+        self._transform = joint_augmentation(augment, self.size) if self.augment else None
+        self.cache = cache
+        self._cache: dict[int, tuple] = {}
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int]]:
+        """Resized uint8 image (3, H, W), mask (H, W) or None, and the valid region."""
+        if index in self._cache:
+            return self._cache[index]
+        image = to_tensor_image(read_image(self.images[index]))
+        mask = None
+        if self.masks is not None:
+            mask = torch.from_numpy(read_mask(self.masks[index], self.num_classes))
+        item = fit_to_size(image, mask, self.size, self.resize_mode)
+        if self.cache:
+            self._cache[index] = item
+        return item
+
+    def __getitem__(self, index: int) -> dict:
+        image, mask, _ = self.load(index)
+        if self._transform is not None and mask is not None:
+            image, mask = augment_pair(self._transform, image, mask)
+        item = {"input": normalize(image), "index": index}
+        if mask is not None:
+            item["target"] = mask.long()
+        return item
+
+
+def original_size(path: Path) -> tuple[int, int]:
+    """(H, W) of an image file."""
+    image = read_image(path)
+    return image.shape[0], image.shape[1]
+
+
+def logits_to_mask(logits: torch.Tensor) -> np.ndarray:
+    """(C, H, W) logits -> (H, W) uint8 class indices."""
+    return logits.argmax(dim=0).to(torch.uint8).numpy()

@@ -1,0 +1,651 @@
+"""Procedural dermoscopy-like images with exact lesion masks.
+
+The demo and most tests must run without any data files, so medlite draws its own
+dermoscopy-like scenes: skin of a random tone with low-frequency shading and fine pores,
+one irregular pigmented lesion (a radial function with random Fourier harmonics, roughened
+by smooth noise, with darker network, dots and sometimes bluish-grey areas), a few dark
+hairs crossing the image and the dark ring of a dermatoscope's field of view.
+
+Every layer is a function of continuous skin coordinates, so the lesion mask is exact (it
+is the same inequality that decides where pigment is painted) and a scene can be rendered
+again under a small rotation, shift, zoom and brightness change: these are the "views" of
+one subject (one lesion) in :func:`write_segmentation_dataset`. Hairs are drawn on the
+image only, never in the mask, as annotators of PH2 do.
+
+Coordinates: a pixel centre ``(row, col)`` of an ``(H, W)`` image maps to normalised
+coordinates ``q = ((row + 0.5 - H / 2) / s, (col + 0.5 - W / 2) / s)`` with
+``s = min(H, W) / 2``, so the shorter side spans ``[-1, 1]``. A view maps these to skin
+coordinates ``R(angle) @ q / zoom + shift``.
+
+Only numpy and scipy.ndimage are used; all randomness comes from the caller's
+``np.random.Generator``, so a seed fixes every pixel.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from scipy import ndimage
+
+from medlite.errors import DataError
+
+__all__ = [
+    "SyntheticSegmentationDataset",
+    "make_lesion_image",
+    "write_segmentation_dataset",
+]
+
+# RGB in [0, 1]. Skin tones from pale pink through yellowish to tan and brown, as seen
+# through a dermatoscope's bright, slightly warm light (PH2 skin is pale and washed out).
+_SKIN_TONES = np.array(
+    [
+        [0.96, 0.84, 0.80],  # pale pink
+        [0.95, 0.82, 0.70],  # light beige
+        [0.93, 0.82, 0.62],  # yellowish
+        [0.88, 0.70, 0.56],  # tan
+        [0.78, 0.58, 0.44],  # light brown
+        [0.62, 0.44, 0.33],  # brown
+    ],
+    dtype=np.float32,
+)
+# Probability of each skin tone: PH2 (and dermoscopy sets in general) are mostly fair skin.
+_SKIN_TONE_WEIGHTS = np.array([0.25, 0.25, 0.2, 0.15, 0.1, 0.05])
+
+# Pigment ramp indexed by "tone" t in [0, 1]: light (orange) brown to near black.
+_PIGMENT_POSITIONS = np.array([0.0, 0.3, 0.6, 0.85, 1.0], dtype=np.float32)
+_PIGMENT_RAMP = np.array(
+    [
+        [0.80, 0.55, 0.33],
+        [0.60, 0.39, 0.24],
+        [0.40, 0.26, 0.18],
+        [0.26, 0.18, 0.15],
+        [0.15, 0.11, 0.11],
+    ],
+    dtype=np.float32,
+)
+_BLUE_GREY = np.array([0.42, 0.44, 0.55], dtype=np.float32)
+
+# Half-width of the square of skin coordinates covered by the noise grids: wide enough for
+# the corners of a 4:3 image after the largest view rotation, shift and zoom-out.
+_SKIN_EXTENT = 2.4
+
+
+@dataclass(frozen=True)
+class _Field:
+    """Smooth zero-mean noise with unit-variance grid values, as cubic B-spline coefficients.
+
+    ``coeffs`` is a (g, g) float64 array whose index (0, 0) lies at skin coordinate
+    ``origin`` (y, x), with ``spacing`` skin units between grid points.
+    """
+
+    coeffs: np.ndarray
+    origin: tuple[float, float]
+    spacing: float
+
+    def sample(self, qy: np.ndarray, qx: np.ndarray) -> np.ndarray:
+        """Field values (float32, shape of ``qy``) at skin coordinates ``(qy, qx)``."""
+        coords = np.stack(
+            [(qy - self.origin[0]) / self.spacing, (qx - self.origin[1]) / self.spacing]
+        )
+        return ndimage.map_coordinates(
+            self.coeffs, coords, order=3, mode="mirror", prefilter=False, output=np.float32
+        )
+
+    def sample_grid(self, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        """Field values (float32, (len(ys), len(xs))) on the rectilinear grid ``ys x xs``.
+
+        The same spline as :meth:`sample`, evaluated separably as two matrix products,
+        which is several times faster than ``map_coordinates`` for unrotated views.
+        """
+        rows = _bspline_matrix((ys - self.origin[0]) / self.spacing, self.coeffs.shape[0])
+        cols = _bspline_matrix((xs - self.origin[1]) / self.spacing, self.coeffs.shape[1])
+        return (rows @ self.coeffs.astype(np.float32)) @ cols.T
+
+
+def _bspline_matrix(positions: np.ndarray, n: int) -> np.ndarray:
+    """(len(positions), n) float32 weights of cubic B-spline coefficients at ``positions``
+    (grid-index units), with scipy's ``mirror`` boundary (index -1 is index 1)."""
+    base = np.floor(positions).astype(np.int64)
+    weights = np.zeros((len(positions), n), dtype=np.float32)
+    row_index = np.arange(len(positions))
+    period = 2 * (n - 1)
+    for offset in (-1, 0, 1, 2):
+        index = base + offset
+        distance = np.abs(positions - index)
+        value = np.where(
+            distance < 1,
+            2 / 3 - distance**2 + distance**3 / 2,
+            np.clip(2 - distance, 0, None) ** 3 / 6,
+        )
+        mirrored = np.abs(index) % period
+        mirrored = np.where(mirrored > n - 1, period - mirrored, mirrored)
+        np.add.at(weights, (row_index, mirrored), value.astype(np.float32))
+    return weights
+
+
+def _smooth_field(
+    rng: np.random.Generator, centre: tuple[float, float], half_extent: float, spacing: float
+) -> _Field:
+    """White noise on a grid of ``spacing`` covering ``centre +- half_extent``, spline-smoothed."""
+    n = int(np.ceil(2 * half_extent / spacing)) + 1
+    values = rng.standard_normal((n, n))
+    coeffs = ndimage.spline_filter(values, order=3, mode="mirror")
+    origin = (centre[0] - half_extent, centre[1] - half_extent)
+    return _Field(coeffs=coeffs, origin=origin, spacing=spacing)
+
+
+@dataclass(frozen=True)
+class _Lesion:
+    """One pigmented lesion in skin coordinates (normalised units, see module docstring)."""
+
+    centre: tuple[float, float]
+    radius: float
+    axes: tuple[float, float]  # ellipse semi-axis factors along its own (y, x), product 1
+    angle: float  # ellipse orientation, radians
+    harmonic_amplitudes: np.ndarray  # (K,) relative radius modulation for k = 2 .. K + 1
+    harmonic_phases: np.ndarray  # (K,) radians
+    raggedness: float  # amplitude of the noise added to the normalised radius
+    border: _Field
+    darkness: _Field
+    network: _Field
+    dots: _Field
+    blue: _Field
+    base_tone: float  # pigment ramp position of the lightest parts
+    tone_spread: float  # how much the darkness field moves the tone
+    centre_darkening: float  # extra tone towards the centre
+    network_strength: float
+    dots_strength: float
+    blue_strength: float  # 0 when the lesion has no bluish-grey area
+    blue_threshold: float
+    tint: np.ndarray  # (3,) per-lesion colour multiplier near 1
+    edge_alpha: float  # pigment opacity right at the border (inside the mask)
+    edge_width: float  # depth over which opacity rises to 1, in normalised-radius units
+
+
+@dataclass(frozen=True)
+class _Hair:
+    """A quadratic Bezier curve in skin coordinates; ``width`` in normalised units."""
+
+    control_points: np.ndarray  # (3, 2) float64, rows (y, x)
+    width: float
+    opacity: float
+
+
+@dataclass(frozen=True)
+class _Scene:
+    """Everything that stays fixed across views of one subject."""
+
+    skin_colour: np.ndarray  # (3,) float32
+    shading: _Field
+    redness: _Field
+    pores: _Field
+    shading_amplitude: float
+    redness_amplitude: float
+    pores_amplitude: float
+    lesion: _Lesion
+    hairs: tuple[_Hair, ...]
+    hair_colour: np.ndarray  # (3,) float32
+    vignette_radius: float  # fraction of the half-diagonal where the dark ring starts
+    vignette_softness: float
+    vignette_centre: tuple[float, float]
+    vignette_colour: np.ndarray  # (3,) float32
+    noise_sigma: float
+    noise_seed: int
+
+
+@dataclass(frozen=True)
+class _View:
+    """How one image of a scene is taken: skin = R(angle) @ image / zoom + shift."""
+
+    angle: float = 0.0
+    shift: tuple[float, float] = (0.0, 0.0)
+    zoom: float = 1.0
+    brightness: float = 1.0
+
+
+def _half_extents(size: tuple[int, int]) -> tuple[float, float]:
+    """Half-height and half-width of the image in normalised units (the shorter one is 1)."""
+    height, width = size
+    scale = min(height, width) / 2
+    return height / 2 / scale, width / 2 / scale
+
+
+def _sample_lesion(rng: np.random.Generator, size: tuple[int, int]) -> _Lesion:
+    half_h, half_w = _half_extents(size)
+    n_harmonics = 7
+    orders = np.arange(2, 2 + n_harmonics)
+    amplitudes = rng.standard_normal(n_harmonics) * rng.uniform(0.04, 0.16) / orders**1.1
+    total = np.abs(amplitudes).sum()
+    if total > 0.45:  # keeps the radius positive and the shape a single blob
+        amplitudes *= 0.45 / total
+    phases = rng.uniform(0, 2 * np.pi, n_harmonics)
+
+    # Lesion area as a fraction of the image, PH2-like (median about 0.25, 5% to 64%).
+    area_fraction = rng.uniform(0.22, 0.8) ** 2
+    image_area = 4 * half_h * half_w
+    radius = float(
+        np.sqrt(area_fraction * image_area / (np.pi * (1 + 0.5 * np.sum(amplitudes**2))))
+    )
+    aspect = rng.uniform(1.0, 1.5)
+    axes = (float(np.sqrt(aspect)), float(1 / np.sqrt(aspect)))
+
+    if rng.random() < 0.25:  # pushed against one border, partly outside the image
+        along_y = rng.random() < 0.5
+        side = rng.choice([-1.0, 1.0])
+        half = half_h if along_y else half_w
+        offset = side * (half - radius * rng.uniform(0.3, 0.9))
+        across = rng.normal(0, 0.15)
+        centre = (offset, across) if along_y else (across, offset)
+    else:
+        centre = (
+            float(np.clip(rng.normal(0, 0.15), -0.35 * half_h, 0.35 * half_h)),
+            float(np.clip(rng.normal(0, 0.15), -0.35 * half_w, 0.35 * half_w)),
+        )
+    centre = (float(centre[0]), float(centre[1]))
+
+    reach = 1.8 * radius * max(axes)  # beyond the largest possible border
+    return _Lesion(
+        centre=centre,
+        radius=radius,
+        axes=axes,
+        angle=float(rng.uniform(0, np.pi)),
+        harmonic_amplitudes=amplitudes,
+        harmonic_phases=phases,
+        raggedness=float(rng.uniform(0.03, 0.2)),
+        border=_smooth_field(rng, centre, reach, 0.28 * radius),
+        darkness=_smooth_field(rng, centre, reach, 0.35 * radius),
+        network=_smooth_field(rng, centre, reach, max(0.05, 0.12 * radius)),
+        dots=_smooth_field(rng, centre, reach, 0.04),
+        blue=_smooth_field(rng, centre, reach, 0.45 * radius),
+        base_tone=float(rng.uniform(0.0, 0.7)),
+        tone_spread=float(rng.uniform(0.1, 0.35)),
+        centre_darkening=float(rng.uniform(0.0, 0.3)),
+        network_strength=float(rng.uniform(0.1, 0.35)) if rng.random() < 0.6 else 0.0,
+        dots_strength=float(rng.uniform(0.3, 0.8)) if rng.random() < 0.4 else 0.0,
+        blue_strength=float(rng.uniform(0.4, 0.8)) if rng.random() < 0.25 else 0.0,
+        blue_threshold=float(rng.uniform(0.0, 0.8)),
+        tint=(1 + rng.uniform(-0.06, 0.06, 3)).astype(np.float32),
+        edge_alpha=float(rng.uniform(0.35, 0.8)),
+        edge_width=float(rng.uniform(0.05, 0.35)),
+    )
+
+
+def _sample_hairs(rng: np.random.Generator, size: tuple[int, int], n_hairs: int) -> tuple:
+    half_h, half_w = _half_extents(size)
+    hairs = []
+    for _ in range(n_hairs):
+        middle = rng.uniform([-1.2 * half_h, -1.2 * half_w], [1.2 * half_h, 1.2 * half_w])
+        direction_angle = rng.uniform(0, np.pi)
+        direction = np.array([np.sin(direction_angle), np.cos(direction_angle)])
+        normal = np.array([direction[1], -direction[0]])
+        length = rng.uniform(0.8, 3.5)
+        bend = rng.normal(0, 0.12 * length)
+        control_points = np.stack(
+            [middle - direction * length / 2, middle + normal * bend, middle + direction * length / 2]
+        )
+        hairs.append(
+            _Hair(
+                control_points=control_points,
+                width=float(rng.uniform(0.006, 0.014)),
+                opacity=float(rng.uniform(0.6, 0.95)),
+            )
+        )
+    return tuple(hairs)
+
+
+def _sample_scene(
+    rng: np.random.Generator, size: tuple[int, int], n_hairs: int | None = None
+) -> _Scene:
+    """Draw one subject. Skin, lesion, hairs and noise use separate child streams, so that
+    forcing ``n_hairs`` changes the hairs only."""
+    skin_seed, lesion_seed, hair_seed, noise_seed = rng.integers(0, 2**63 - 1, size=4)
+    skin_rng = np.random.default_rng(skin_seed)
+    hair_rng = np.random.default_rng(hair_seed)
+
+    first, second = skin_rng.choice(len(_SKIN_TONES), size=2, p=_SKIN_TONE_WEIGHTS)
+    mix = skin_rng.uniform()
+    skin_colour = (1 - mix) * _SKIN_TONES[first] + mix * _SKIN_TONES[second]
+    skin_colour = skin_colour * (1 + skin_rng.uniform(-0.03, 0.03, 3))
+
+    if n_hairs is None:
+        n_hairs = int(
+            hair_rng.choice([0, 1, 2, 3, 4, 6, 9], p=[0.3, 0.15, 0.15, 0.12, 0.12, 0.1, 0.06])
+        )
+    hair_shade = hair_rng.uniform(0.05, 0.25)
+    hair_colour = np.array([hair_shade, hair_shade * 0.8, hair_shade * 0.7], dtype=np.float32)
+
+    origin = (0.0, 0.0)
+    return _Scene(
+        skin_colour=skin_colour.astype(np.float32),
+        shading=_smooth_field(skin_rng, origin, _SKIN_EXTENT, 0.5),
+        redness=_smooth_field(skin_rng, origin, _SKIN_EXTENT, 0.4),
+        pores=_smooth_field(skin_rng, origin, _SKIN_EXTENT, 0.035),
+        shading_amplitude=float(skin_rng.uniform(0.02, 0.06)),
+        redness_amplitude=float(skin_rng.uniform(0.0, 0.12)),
+        pores_amplitude=float(skin_rng.uniform(0.01, 0.035)),
+        lesion=_sample_lesion(np.random.default_rng(lesion_seed), size),
+        hairs=_sample_hairs(hair_rng, size, n_hairs),
+        hair_colour=hair_colour,
+        vignette_radius=float(skin_rng.uniform(0.78, 0.95)),
+        vignette_softness=float(skin_rng.uniform(0.03, 0.1)),
+        vignette_centre=(float(skin_rng.normal(0, 0.04)), float(skin_rng.normal(0, 0.04))),
+        vignette_colour=(skin_rng.uniform(0.02, 0.12) * np.array([1.0, 0.9, 0.9])).astype(
+            np.float32
+        ),
+        noise_sigma=float(skin_rng.uniform(0.006, 0.018)),
+        noise_seed=int(noise_seed),
+    )
+
+
+def _random_view(rng: np.random.Generator) -> _View:
+    """A second photograph of the same lesion: small rotation, shift, zoom and exposure change."""
+    return _View(
+        angle=float(np.clip(rng.normal(0, np.deg2rad(10)), -np.deg2rad(25), np.deg2rad(25))),
+        shift=(float(rng.uniform(-0.08, 0.08)), float(rng.uniform(-0.08, 0.08))),
+        zoom=float(rng.uniform(0.93, 1.07)),
+        brightness=float(rng.uniform(0.9, 1.1)),
+    )
+
+
+def _image_coordinates(size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, float]:
+    """Normalised (y, x) of every pixel centre, each (H, W) float32, and the pixel scale s."""
+    height, width = size
+    scale = min(height, width) / 2
+    ys = (np.arange(height, dtype=np.float32) + 0.5 - height / 2) / scale
+    xs = (np.arange(width, dtype=np.float32) + 0.5 - width / 2) / scale
+    grid_y, grid_x = np.meshgrid(ys, xs, indexing="ij")
+    return grid_y, grid_x, scale
+
+
+def _to_skin(qy: np.ndarray, qx: np.ndarray, view: _View) -> tuple[np.ndarray, np.ndarray]:
+    cos, sin = np.cos(view.angle), np.sin(view.angle)
+    sy = (cos * qy + sin * qx) / view.zoom + view.shift[0]
+    sx = (-sin * qy + cos * qx) / view.zoom + view.shift[1]
+    return sy.astype(np.float32), sx.astype(np.float32)
+
+
+def _to_image(points: np.ndarray, view: _View) -> np.ndarray:
+    """Inverse of :func:`_to_skin` for an (N, 2) array of (y, x) skin points."""
+    cos, sin = np.cos(view.angle), np.sin(view.angle)
+    dy = points[:, 0] - view.shift[0]
+    dx = points[:, 1] - view.shift[1]
+    return np.stack([cos * dy - sin * dx, sin * dy + cos * dx], axis=1) * view.zoom
+
+
+def _smoothstep(edge0: float, edge1: float, x: np.ndarray) -> np.ndarray:
+    t = np.clip((x - edge0) / (edge1 - edge0), 0.0, 1.0)
+    return t * t * (3 - 2 * t)
+
+
+def _lesion_layer(
+    lesion: _Lesion, sy: np.ndarray, sx: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mask (bool H x W), pigment opacity (float32 H x W) and colour (float32 H x W x 3)."""
+    dy = sy - lesion.centre[0]
+    dx = sx - lesion.centre[1]
+    cos, sin = np.cos(lesion.angle), np.sin(lesion.angle)
+    ey = (cos * dy + sin * dx) / lesion.axes[0]
+    ex = (-sin * dy + cos * dx) / lesion.axes[1]
+    polar = np.arctan2(ey, ex)
+    modulation = np.ones_like(polar)
+    for k, (amplitude, phase) in enumerate(
+        zip(lesion.harmonic_amplitudes, lesion.harmonic_phases, strict=True), start=2
+    ):
+        modulation += amplitude * np.cos(k * polar + phase)
+    rho = np.hypot(ey, ex) / (lesion.radius * modulation)
+    rho += lesion.raggedness * lesion.border.sample(sy, sx)
+    # The mask and the pigment come from this one inequality, which makes the mask exact.
+    mask = rho < 1.0
+    depth = np.clip(1.0 - rho, 0.0, 1.0)
+
+    tone = lesion.base_tone + lesion.tone_spread * 0.6 * lesion.darkness.sample(sy, sx)
+    tone += lesion.centre_darkening * _smoothstep(0.0, 0.7, depth)
+    if lesion.network_strength > 0:
+        # Zero crossings of smooth noise form a maze of lines: a pigment network.
+        network = np.exp(-((lesion.network.sample(sy, sx) / 0.35) ** 2))
+        tone += lesion.network_strength * network
+    if lesion.dots_strength > 0:
+        dots = _smoothstep(1.5, 2.3, lesion.dots.sample(sy, sx))
+        tone += lesion.dots_strength * dots
+    tone = np.clip(tone, 0.0, 1.0)
+    colour = np.stack(
+        [np.interp(tone, _PIGMENT_POSITIONS, _PIGMENT_RAMP[:, c]) for c in range(3)], axis=-1
+    ).astype(np.float32)
+    colour *= lesion.tint
+    if lesion.blue_strength > 0:
+        blue = lesion.blue_strength * _smoothstep(
+            lesion.blue_threshold, lesion.blue_threshold + 0.6, lesion.blue.sample(sy, sx)
+        )
+        colour += blue[..., None] * (_BLUE_GREY - colour)
+
+    rise = _smoothstep(0.0, lesion.edge_width, depth)
+    alpha = np.where(mask, lesion.edge_alpha + (1 - lesion.edge_alpha) * rise, 0.0)
+    return mask, alpha.astype(np.float32), colour
+
+
+def _hair_opacity(hairs: tuple[_Hair, ...], size: tuple[int, int], view: _View) -> np.ndarray:
+    """Hair opacity (float32 H x W, in [0, 0.95]): curves splatted bilinearly then blurred."""
+    height, width = size
+    scale = min(height, width) / 2
+    canvas = np.zeros((height + 2, width + 2), dtype=np.float64)
+    if not hairs:
+        return canvas[1:-1, 1:-1].astype(np.float32)
+    widths_px = []
+    for hair in hairs:
+        p0, p1, p2 = hair.control_points
+        length_px = (np.linalg.norm(p1 - p0) + np.linalg.norm(p2 - p1)) * scale * view.zoom
+        n_points = int(np.ceil(length_px * 2)) + 2
+        t = np.linspace(0.0, 1.0, n_points)[:, None]
+        curve = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2
+        image_points = _to_image(curve, view)
+        rows = image_points[:, 0] * scale + height / 2 - 0.5 + 1  # +1: canvas padding
+        cols = image_points[:, 1] * scale + width / 2 - 0.5 + 1
+        inside = (rows >= 0) & (rows < height + 1) & (cols >= 0) & (cols < width + 1)
+        rows, cols = rows[inside], cols[inside]
+        width_px = hair.width * scale * view.zoom
+        widths_px.append(width_px)
+        # Each point stands for a step of the curve; its weight integrates to the hair's
+        # cross-section (width x opacity) so the blurred profile has the right darkness.
+        weight = (length_px / (n_points - 1)) * width_px * hair.opacity
+        r0 = np.floor(rows).astype(np.int64)
+        c0 = np.floor(cols).astype(np.int64)
+        fr, fc = rows - r0, cols - c0
+        for dr, dc, w in (
+            (0, 0, (1 - fr) * (1 - fc)),
+            (1, 0, fr * (1 - fc)),
+            (0, 1, (1 - fr) * fc),
+            (1, 1, fr * fc),
+        ):
+            np.add.at(canvas, (r0 + dr, c0 + dc), weight * w)
+    sigma = max(0.5, float(np.median(widths_px)) / 2.5)
+    opacity = ndimage.gaussian_filter(canvas, sigma)[1:-1, 1:-1]
+    return np.clip(opacity, 0.0, 0.95).astype(np.float32)
+
+
+def _render(
+    scene: _Scene, size: tuple[int, int], view: _View, view_index: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Image (uint8 H x W x 3) and mask (uint8 H x W, {0, 1}) of one view of a scene."""
+    qy, qx, _ = _image_coordinates(size)
+    sy, sx = _to_skin(qy, qx, view)
+
+    shade = 1 + scene.shading_amplitude * scene.shading.sample(sy, sx)
+    shade += scene.pores_amplitude * scene.pores.sample(sy, sx)
+    redness = scene.redness_amplitude * np.clip(scene.redness.sample(sy, sx), 0, None)
+    skin = scene.skin_colour * shade[..., None]
+    skin *= 1 - redness[..., None] * np.array([0.0, 0.6, 0.45], dtype=np.float32)
+
+    mask, alpha, pigment = _lesion_layer(scene.lesion, sy, sx)
+    image = skin + alpha[..., None] * (pigment - skin)
+
+    hair = _hair_opacity(scene.hairs, size, view)
+    image += hair[..., None] * (scene.hair_colour - image)
+
+    # Optics: slight blur, then exposure, the dermatoscope's bright centre and dark ring.
+    image = ndimage.gaussian_filter(image, sigma=(0.5, 0.5, 0))
+    half_diagonal = float(np.hypot(*_half_extents(size)))
+    ring = np.hypot(qy - scene.vignette_centre[0], qx - scene.vignette_centre[1]) / half_diagonal
+    falloff = 1 - 0.12 * (ring / scene.vignette_radius) ** 2
+    image *= (view.brightness * falloff)[..., None]
+    dark = _smoothstep(
+        scene.vignette_radius - scene.vignette_softness,
+        scene.vignette_radius + scene.vignette_softness,
+        ring,
+    )
+    image += dark[..., None] * (scene.vignette_colour - image)
+
+    noise_rng = np.random.default_rng([scene.noise_seed, view_index])
+    noise = noise_rng.standard_normal((*size, 3), dtype=np.float32)
+    noise += noise_rng.standard_normal((*size, 1), dtype=np.float32)  # luminance grain
+    image += scene.noise_sigma * 0.7 * noise
+
+    image_uint8 = np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)
+    return image_uint8, mask.astype(np.uint8)
+
+
+def _check_size(size: tuple[int, int]) -> tuple[int, int]:
+    height, width = (int(v) for v in size)
+    if height < 8 or width < 8:
+        raise ValueError(f"size must be at least (8, 8) pixels, got {tuple(size)}")
+    return height, width
+
+
+def _subject_views(
+    rng: np.random.Generator, size: tuple[int, int], n_views: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``n_views`` images of one lesion; the first is the unmoved view that
+    :func:`make_lesion_image` returns for the same generator state."""
+    scene = _sample_scene(rng, size)
+    view_rng = np.random.default_rng([scene.noise_seed, 2**31])
+    views = [_View()] + [_random_view(view_rng) for _ in range(n_views - 1)]
+    return [_render(scene, size, view, index) for index, view in enumerate(views)]
+
+
+def make_lesion_image(
+    rng: np.random.Generator, size: tuple[int, int] = (256, 256), *, n_hairs: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw one dermoscopy-like image and its exact lesion mask.
+
+    Args:
+        rng: source of all randomness; the same generator state gives the same pixels.
+        size: (height, width) in pixels, each at least 8.
+        n_hairs: number of hairs to draw; ``None`` draws it (0 to 9, none in 30% of images).
+            Only the hairs depend on it: skin, lesion and mask stay the same.
+
+    Returns:
+        ``(image, mask)``: image uint8 (H, W, 3) RGB; mask uint8 (H, W) with 1 on lesion
+        pixels and 0 elsewhere (hairs are never lesion).
+    """
+    size = _check_size(size)
+    scene = _sample_scene(rng, size, n_hairs)
+    return _render(scene, size, _View(), view_index=0)
+
+
+def _subject_id(index: int) -> str:
+    return f"SYN{index + 1:04d}"
+
+
+def _subject_rng(seed: int, subject_index: int) -> np.random.Generator:
+    # (seed, index) rather than seed + index: sets drawn with seeds 0 and 1 share no lesion.
+    return np.random.default_rng([seed, subject_index])
+
+
+def write_segmentation_dataset(
+    out_dir: Path,
+    n_subjects: int = 40,
+    images_per_subject: int = 2,
+    size: tuple[int, int] = (256, 256),
+    seed: int = 0,
+) -> Path:
+    """Write a PH2-style segmentation set of synthetic lesions and return its manifest path.
+
+    Layout under ``out_dir``: ``images/<id>.jpg`` (RGB JPEG, quality 95),
+    ``masks/<id>_lesion.png`` (uint8, 0 background / 255 lesion) and ``manifest.csv`` with
+    columns ``image, mask, subject`` (paths relative to ``out_dir``). Ids are
+    ``SYN0001_1``, ``SYN0001_2``, ...: one subject is one lesion and its images are views
+    of it (small rotation, shift, zoom and brightness change, mask moved identically), so
+    splits must keep subjects together.
+
+    Raises:
+        DataError: ``out_dir`` exists and is not an empty directory.
+    """
+    out_dir = Path(out_dir)
+    size = _check_size(size)
+    if n_subjects < 1 or images_per_subject < 1:
+        raise ValueError(
+            f"n_subjects and images_per_subject must be >= 1, "
+            f"got {n_subjects} and {images_per_subject}"
+        )
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise DataError(
+            f"{out_dir}: output directory for the synthetic dataset exists and is not empty; "
+            "give a new or empty directory"
+        )
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    (out_dir / "masks").mkdir(exist_ok=True)
+
+    rows = []
+    for subject_index in range(n_subjects):
+        subject = _subject_id(subject_index)
+        views = _subject_views(_subject_rng(seed, subject_index), size, images_per_subject)
+        for view_number, (image, mask) in enumerate(views, start=1):
+            image_id = f"{subject}_{view_number}"
+            image_path = Path("images") / f"{image_id}.jpg"
+            mask_path = Path("masks") / f"{image_id}_lesion.png"
+            Image.fromarray(image).save(out_dir / image_path, quality=95)
+            Image.fromarray(mask * np.uint8(255)).save(out_dir / mask_path)
+            rows.append((image_path.as_posix(), mask_path.as_posix(), subject))
+
+    manifest = out_dir / "manifest.csv"
+    with manifest.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "mask", "subject"])
+        writer.writerows(rows)
+    return manifest
+
+
+class SyntheticSegmentationDataset(torch.utils.data.Dataset):
+    """In-memory synthetic lesions: item ``i`` is ``(image uint8 (H, W, 3), mask uint8 (H, W))``.
+
+    Item ``i`` is view ``i % images_per_subject`` of subject ``i // images_per_subject``,
+    drawn from ``np.random.default_rng([seed, subject])``, so it is the same whatever order
+    items are read in and matches :func:`write_segmentation_dataset` with the same seed
+    (before JPEG compression). With ``images_per_subject=1`` item ``i`` equals
+    ``make_lesion_image(np.random.default_rng([seed, i]), size)``.
+
+    Attributes:
+        subjects: subject id (``SYN0001`` ...) of every item, for grouped splits.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        size: tuple[int, int] = (64, 64),
+        seed: int = 0,
+        images_per_subject: int = 1,
+    ):
+        if n < 0 or images_per_subject < 1:
+            raise ValueError(
+                f"n must be >= 0 and images_per_subject >= 1, got {n} and {images_per_subject}"
+            )
+        self.n = int(n)
+        self.size = _check_size(size)
+        self.seed = int(seed)
+        self.images_per_subject = int(images_per_subject)
+        self.subjects = [_subject_id(i // self.images_per_subject) for i in range(self.n)]
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if not -self.n <= index < self.n:
+            raise IndexError(f"index {index} out of range for {self.n} synthetic images")
+        index %= self.n
+        subject_index, view_index = divmod(index, self.images_per_subject)
+        views = _subject_views(_subject_rng(self.seed, subject_index), self.size, view_index + 1)
+        return views[view_index]

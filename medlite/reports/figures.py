@@ -1,0 +1,95 @@
+"""Figures for reports and papers (matplotlib, Agg backend, PNG at 150 dpi)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from scipy import ndimage  # noqa: E402
+
+TRUTH_COLOUR = (0, 200, 0)
+PREDICTION_COLOUR = (255, 40, 40)
+
+
+def mask_outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
+    """Boolean (H, W) outline of the foreground of ``mask`` (any non-zero class)."""
+    foreground = mask > 0
+    eroded = ndimage.binary_erosion(foreground, iterations=width, border_value=0)
+    return foreground & ~eroded
+
+
+def overlay_image(image: np.ndarray, prediction: np.ndarray,
+                  truth: np.ndarray | None) -> np.ndarray:
+    """(H, W, 3) uint8 with the prediction tinted and outlined in red and the truth outlined
+    in green."""
+    out = image.astype(np.float32).copy()
+    width = max(1, round(max(image.shape[:2]) / 256))
+    predicted = prediction > 0
+    out[predicted] = 0.7 * out[predicted] + 0.3 * np.array(PREDICTION_COLOUR)
+    out[mask_outline(prediction, width)] = PREDICTION_COLOUR
+    if truth is not None:
+        out[mask_outline(truth, width)] = TRUTH_COLOUR
+    return out.clip(0, 255).astype(np.uint8)
+
+
+def save_case_grid(cases: list[tuple], per_image: pd.DataFrame, score_key: str, path: Path,
+                   title: str) -> Path:
+    """Rows of image / truth / prediction overlay for ``cases`` = [(sample, image, truth,
+    prediction), ...], each row titled with its ``score_key`` value."""
+    scores = per_image.set_index("sample")[score_key]
+    fig, axes = plt.subplots(len(cases), 3, figsize=(7.5, 2.5 * len(cases)), squeeze=False)
+    for row, (sample, image, truth, pred) in enumerate(cases):
+        panels = [(image, "image"), (truth * (255 // max(1, truth.max())), "truth"),
+                  (overlay_image(image, pred, truth), "prediction (red) vs truth (green)")]
+        for col, (panel, label) in enumerate(panels):
+            ax = axes[row, col]
+            ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(label, fontsize=8)
+        axes[row, 0].set_ylabel(f"{sample}\n{score_key}={scores[sample]:.3f}", fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_learning_curves(history: pd.DataFrame, path: Path, monitor: str | None = None,
+                         markers: dict[str, int] | None = None) -> Path | None:
+    """Loss curves (left) and validation metrics (right) per epoch. ``markers`` maps a label
+    to an epoch to draw as a vertical line (e.g. a fine-tuning stage boundary)."""
+    if history.empty:
+        return None
+    loss_cols = [c for c in history if c.endswith("loss")]
+    metric_cols = [c for c in history if c.startswith("val_") and not c.endswith("loss")]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for col in loss_cols:
+        axes[0].plot(history["epoch"] + 1, history[col], marker=".", label=col)
+    axes[0].set_xlabel("epoch")
+    axes[0].set_ylabel("loss")
+    axes[0].legend()
+    for col in metric_cols:
+        axes[1].plot(history["epoch"] + 1, history[col], marker=".", label=col)
+    if monitor in history:
+        best = history[monitor].idxmax() if "loss" not in monitor else history[monitor].idxmin()
+        axes[1].axvline(history["epoch"][best] + 1, color="grey", linestyle=":",
+                        label="best epoch")
+    for label, epoch in (markers or {}).items():
+        for ax in axes:
+            ax.axvline(epoch + 0.5, color="black", linestyle="--", linewidth=0.8)
+        axes[0].annotate(label, (epoch + 0.5, axes[0].get_ylim()[1]), fontsize=7)
+    axes[1].set_xlabel("epoch")
+    axes[1].set_ylabel("validation metric")
+    if metric_cols:
+        axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,49 @@
+"""Checkpoint I/O: atomic writes and safe (``weights_only=True``) loads."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint I/O that never leaves a half-written checkpoint.
+
+    Lightning's default writes the target file in place, so a crash (or a full disk) during
+    a save destroys the previous ``last.ckpt``. Here the bytes go to a temporary file in the
+    same folder, are fsynced, and replace the target with ``os.replace`` (atomic on POSIX and
+    Windows). Loads always use ``weights_only=True``.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save(checkpoint, tmp)
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+def model_state_from_checkpoint(checkpoint_path: Path) -> dict[str, torch.Tensor]:
+    """The wrapped network's ``state_dict`` from a Lightning checkpoint of a TaskModule."""
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    prefix = "model."
+    return {
+        key[len(prefix):]: value
+        for key, value in checkpoint["state_dict"].items()
+        if key.startswith(prefix)
+    }

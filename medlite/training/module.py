@@ -1,0 +1,110 @@
+"""The one LightningModule every task trains with.
+
+A task recipe hands in the network, the loss, a function turning network outputs into the
+predictions its validation metrics expect, and a ``torchmetrics.MetricCollection``. Batches
+are dicts with at least ``input`` and ``target``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torchmetrics import MetricCollection
+
+from medlite.config import OptimizerConfig, SchedulerConfig
+
+
+def build_optimizer(params, config: OptimizerConfig) -> torch.optim.Optimizer:
+    if config.name == "adam":
+        return torch.optim.Adam(params, lr=config.lr, betas=config.betas,
+                                weight_decay=config.weight_decay)
+    if config.name == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, betas=config.betas,
+                                 weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay)
+
+
+def build_scheduler(optimizer, config: SchedulerConfig, max_epochs: int, monitor: str,
+                    mode: str) -> dict | None:
+    """A Lightning ``lr_scheduler`` dict stepped once per epoch, or None."""
+    if config.name == "none":
+        return None
+    if config.name == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max_epochs, eta_min=config.min_lr)
+    elif config.name == "step":
+        scheduler = torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=config.step_size, gamma=config.factor)
+    else:
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode=mode, factor=config.factor, patience=config.patience,
+            threshold=config.threshold)
+    return {"scheduler": scheduler, "interval": "epoch", "monitor": monitor}
+
+
+class TaskModule(pl.LightningModule):
+    """Wraps a network for training; knows nothing about the task beyond its parts.
+
+    Args:
+        model: the network; ``model(batch["input"])`` gives the outputs the loss takes.
+        loss_fn: ``loss_fn(outputs, batch["target"]) -> scalar``.
+        optimizer, scheduler: config sections.
+        max_epochs: for the cosine schedule's period.
+        val_metrics: updated with ``(prediction_fn(outputs), target)`` on validation batches;
+            logged with a ``val_`` prefix.
+        prediction_fn: outputs -> what ``val_metrics`` expect (e.g. argmax class indices).
+        monitor, monitor_mode: the metric early stopping, the best checkpoint and the plateau
+            scheduler follow.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: nn.Module | Callable, *,
+                 optimizer: OptimizerConfig, scheduler: SchedulerConfig, max_epochs: int,
+                 val_metrics: MetricCollection | None = None,
+                 prediction_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 monitor: str = "val_loss", monitor_mode: str = "min"):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+        self.optimizer_config = optimizer
+        self.scheduler_config = scheduler
+        self.max_epochs = max_epochs
+        self.val_metrics = val_metrics.clone(prefix="val_") if val_metrics is not None else None
+        self.prediction_fn = prediction_fn or (lambda outputs: outputs)
+        self.monitor = monitor
+        self.monitor_mode = monitor_mode
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(inputs)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        outputs = self.model(batch["input"])
+        loss = self.loss_fn(outputs, batch["target"])
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True,
+                 batch_size=len(batch["input"]))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        outputs = self.model(batch["input"])
+        loss = self.loss_fn(outputs, batch["target"])
+        self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True,
+                 batch_size=len(batch["input"]))
+        if self.val_metrics is not None:
+            self.val_metrics.update(self.prediction_fn(outputs), batch["target"])
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_metrics is not None:
+            values = self.val_metrics.compute()
+            self.log_dict({k: v.float() for k, v in values.items()}, prog_bar=True)
+            self.val_metrics.reset()
+
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.model.parameters(), self.optimizer_config)
+        scheduler = build_scheduler(optimizer, self.scheduler_config, self.max_epochs,
+                                    self.monitor, self.monitor_mode)
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}

@@ -1,0 +1,81 @@
+"""Shared test fixtures: the real-data folder, and writers for tiny image files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+# The test machines have few cores shared by several jobs; more threads only add contention.
+torch.set_num_threads(2)
+
+SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """``../shared`` next to the repository (real data and weights); skips when absent."""
+    if not SHARED_DIR.is_dir():
+        pytest.skip(f"real data folder {SHARED_DIR} is absent (only on the project's machines)")
+    return SHARED_DIR
+
+
+def save_image(path: Path, pixels: np.ndarray | Image.Image, **save_kwargs) -> Path:
+    """Write ``pixels`` (a numpy array as Pillow's ``fromarray`` takes it, or an image) to
+    ``path``, the format chosen by the extension; parent folders are created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)
+    image.save(path, **save_kwargs)
+    return path
+
+
+@pytest.fixture
+def write_image(tmp_path: Path) -> Callable[..., Path]:
+    """``write_image("images/a.png", array, **save_kwargs) -> Path`` under ``tmp_path``."""
+
+    def write(name: str | Path, pixels: np.ndarray | Image.Image, **save_kwargs) -> Path:
+        return save_image(tmp_path / name, pixels, **save_kwargs)
+
+    return write
+
+
+def random_rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A reproducible uint8 (H, W, 3) noise image."""
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def disc_mask(height: int, width: int, value: int = 255) -> np.ndarray:
+    """uint8 (H, W) mask: ``value`` inside a centred disc of radius min(H, W) / 4, else 0."""
+    rows, cols = np.mgrid[:height, :width]
+    radius = min(height, width) / 4
+    inside = (rows - (height - 1) / 2) ** 2 + (cols - (width - 1) / 2) ** 2 <= radius**2
+    return np.where(inside, value, 0).astype(np.uint8)
+
+
+@pytest.fixture
+def make_seg_folders(tmp_path: Path) -> Callable[..., tuple[Path, Path]]:
+    """Factory for a small segmentation data set on disk.
+
+    ``make_seg_folders(stems=("a", "b"), size=(32, 40), mask_suffix="_lesion")`` writes
+    ``images/<stem>.jpg`` (noise) and ``masks/<stem><mask_suffix>.png`` (0/255 disc) under
+    ``tmp_path`` and returns ``(images_dir, masks_dir)``. ``size`` is (height, width).
+    """
+
+    def make(
+        stems: tuple[str, ...] = ("case01", "case02", "case03"),
+        size: tuple[int, int] = (32, 40),
+        mask_suffix: str = "_lesion",
+        image_ext: str = ".jpg",
+    ) -> tuple[Path, Path]:
+        images_dir, masks_dir = tmp_path / "images", tmp_path / "masks"
+        for i, stem in enumerate(stems):
+            save_image(images_dir / f"{stem}{image_ext}", random_rgb(*size, seed=i))
+            save_image(masks_dir / f"{stem}{mask_suffix}.png", disc_mask(*size))
+        return images_dir, masks_dir
+
+    return make

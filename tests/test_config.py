@@ -1,0 +1,58 @@
+"""Configs: paper defaults, unknown keys and bad values named by dotted path."""
+
+import pytest
+
+from medlite.config import load_config
+from medlite.errors import ConfigError
+from medlite.tasks.segmentation import SegmentationConfig
+
+
+def write(tmp_path, text):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_segmentation_defaults_reproduce_the_tinyunet_recipe():
+    config = SegmentationConfig()
+    assert config.model.name == "tinyunet"
+    assert config.data.image_size == (256, 256)
+    assert config.optimizer.name == "adam" and config.optimizer.lr == 1e-4
+    assert config.optimizer.betas[0] == 0.9
+    assert config.scheduler.name == "cosine" and config.scheduler.min_lr == 1e-6
+    assert config.loss.ce_weight == 1.0 and config.loss.dice_weight == 1.0
+
+
+def test_relative_manifest_resolves_against_config_folder(tmp_path):
+    config = load_config(write(tmp_path, "task: segmentation\ndata:\n  manifest: m.csv\n"))
+    assert config.data.manifest == (tmp_path / "m.csv").resolve()
+    assert config.name == "config"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("task: segmentation\ntrainer:\n  max_epoch: 3\n",
+     "trainer.max_epoch: unknown key (did you mean 'max_epochs'?)"),
+    ("task: segmentation\ndata:\n  image_size: [250, 256]\n", "data.image_size"),
+    ("task: segmentation\noptimizer:\n  lr: -1\n", "optimizer.lr"),
+    ("task: segmentation\noptimizer:\n  name: rmsprop\n", "optimizer.name"),
+    ("task: segmentaton\n", "unknown task 'segmentaton'"),
+    ("data: {}\n", "task: required key is missing"),
+    ("task: segmentation\nmodel: [1, 2\n", "not valid YAML"),
+])
+def test_bad_config_names_file_and_key(tmp_path, text, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert expected in message
+    assert str(path) in message
+    assert "\n" not in message
+
+
+def test_overrides_apply_dotted_keys(tmp_path):
+    config = load_config(write(tmp_path, "task: segmentation\n"),
+                         ["trainer.max_epochs=3", "data.image_size=[64, 64]"])
+    assert config.trainer.max_epochs == 3
+    assert config.data.image_size == (64, 64)
+    with pytest.raises(ConfigError, match="trainer.max_epochs"):
+        load_config(write(tmp_path, "task: segmentation\n"), ["trainer.max_epochs=zero"])
