@@ -183,6 +183,20 @@ def _value_counts(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.unique(mask, return_counts=True)
 
 
+def _binary_foreground(values: np.ndarray) -> int | None:
+    """255 or 65535 when a two-class mask is stored as 0/255 (0/65535), else None.
+
+    A mask holding 255 but no 1 is taken as that encoding, so a stray 128 in a 0/255 mask is
+    reported as the only bad value rather than alongside every foreground pixel.
+    """
+    if 1 in values:
+        return None
+    for foreground in (255, 65535):
+        if foreground in values:
+            return foreground
+    return None
+
+
 def _describe_values(values: np.ndarray, counts: np.ndarray) -> str:
     listed = ", ".join(
         f"{v} ({c} px)"
@@ -216,11 +230,11 @@ def read_mask(path: str | os.PathLike, num_classes: int = 2) -> np.ndarray:
     path = Path(path)
     mask = _mask_values(_load(path), path)
     values, counts = _value_counts(mask)
-    if num_classes == 2:
-        for foreground in (255, 65535):
-            if np.all(np.isin(values, (0, foreground))) and foreground in values:
-                return (mask == foreground).astype(np.int64)
-    bad = (values < 0) | (values >= num_classes)
+    allowed = np.arange(num_classes)
+    foreground = _binary_foreground(values) if num_classes == 2 else None
+    if foreground is not None:
+        allowed = np.array([0, foreground])
+    bad = ~np.isin(values, allowed)
     if np.any(bad):
         accepted = f"class indices 0..{num_classes - 1}"
         if num_classes == 2:
@@ -232,4 +246,6 @@ def read_mask(path: str | os.PathLike, num_classes: int = 2) -> np.ndarray:
             f"{path}: mask values outside the class set: "
             f"{_describe_values(values[bad], counts[bad])}; expected {accepted}{hint}"
         )
+    if foreground is not None:
+        return (mask == foreground).astype(np.int64)
     return mask.astype(np.int64)

@@ -13,6 +13,7 @@ problem in ``problems``. Row numbers are line numbers in the file (the header is
 
 from __future__ import annotations
 
+import csv
 import os
 import tempfile
 from collections import defaultdict
@@ -81,15 +82,31 @@ def _lines(labels: Sequence[int]) -> str:
     return ", ".join(numbers[:-1]) + " and " + numbers[-1] if len(numbers) > 1 else numbers[0]
 
 
+def _check_field_counts(path: Path) -> list[str]:
+    """Header of the CSV; rows longer than it are errors (pandas would shift the columns)."""
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None:
+            raise DataError(f"{path}: empty file, expected a CSV with a header row")
+        too_long = [
+            f"{path} line {reader.line_num}: {len(row)} fields but the header has {len(header)}"
+            for row in reader
+            if len(row) > len(header)
+        ]
+    raise_if_problems(too_long, str(path))
+    return header
+
+
 def _read_csv_text(path: Path, required_columns: Sequence[str]) -> pd.DataFrame:
     """Parse the CSV: identifier/path columns as stripped text, other columns inferred."""
     try:
-        header = pd.read_csv(path, nrows=0, encoding="utf-8-sig")
-        columns = [str(c) for c in header.columns]
+        columns = _check_field_counts(path)
         text_columns = set(_TEXT_COLUMNS) | set(required_columns)
         df = pd.read_csv(
             path,
             encoding="utf-8-sig",
+            index_col=False,
             dtype={c: str for c in columns if c.strip() in text_columns},
             keep_default_na=False,
             # Only truly empty cells are missing: "NA" or "None" may be a real subject id.
@@ -98,9 +115,8 @@ def _read_csv_text(path: Path, required_columns: Sequence[str]) -> pd.DataFrame:
         )
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"{path}: empty file, expected a CSV with a header row") from exc
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
-        reason = " ".join(str(exc).split())
-        raise DataError(f"{path}: not a readable CSV ({reason})") from exc
+    except (pd.errors.ParserError, csv.Error, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable CSV ({' '.join(str(exc).split())})") from exc
     df.columns = [str(c).strip() for c in df.columns]
     for column in df.columns:
         if column in text_columns:
@@ -346,11 +362,19 @@ def validate_pair(
 
 
 def _relative_to_folder(path: Path, folder: Path) -> str:
-    """``path`` relative to ``folder`` in POSIX form, or absolute when that is impossible."""
+    """``path`` relative to ``folder`` (POSIX form) when they share a folder below the root.
+
+    Relative paths let a data folder move together with its manifest; a path that would have
+    to climb to the file-system root (``../../work/...``) or cross drives stays absolute.
+    """
+    path, folder = path.resolve(), folder.resolve()
     try:
-        return Path(os.path.relpath(path.resolve(), folder.resolve())).as_posix()
-    except ValueError:  # e.g. another drive on Windows
-        return path.resolve().as_posix()
+        shares_a_folder = Path(os.path.commonpath([path, folder])) != Path(path.anchor)
+    except ValueError:  # different drives on Windows
+        shares_a_folder = False
+    if not shares_a_folder:
+        return path.as_posix()
+    return Path(os.path.relpath(path, folder)).as_posix()
 
 
 def index_segmentation(
@@ -364,7 +388,8 @@ def index_segmentation(
 
     Nothing is written when any problem is found. The CSV has columns ``image``, ``mask``,
     ``subject`` (the image stem: one subject per image, edit the CSV when several images
-    come from one patient), with paths relative to the manifest's folder.
+    come from one patient), with paths relative to the manifest's folder when both share a
+    folder below the file-system root, else absolute.
 
     Args:
         images_dir: folder of images.

@@ -68,7 +68,7 @@ _PIGMENT_RAMP = np.array(
     ],
     dtype=np.float32,
 )
-_BLUE_GREY = np.array([0.42, 0.44, 0.55], dtype=np.float32)
+_BLUE_GREY = np.array([0.36, 0.38, 0.47], dtype=np.float32)
 
 # Half-width of the square of skin coordinates covered by the noise grids: wide enough for
 # the corners of a 4:3 image after the largest view rotation, shift and zoom-out.
@@ -79,7 +79,7 @@ _SKIN_EXTENT = 2.4
 class _Field:
     """Smooth zero-mean noise with unit-variance grid values, as cubic B-spline coefficients.
 
-    ``coeffs`` is a (g, g) float64 array whose index (0, 0) lies at skin coordinate
+    ``coeffs`` is a (g, g) float32 array whose index (0, 0) lies at skin coordinate
     ``origin`` (y, x), with ``spacing`` skin units between grid points.
     """
 
@@ -99,33 +99,32 @@ class _Field:
     def sample_grid(self, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
         """Field values (float32, (len(ys), len(xs))) on the rectilinear grid ``ys x xs``.
 
-        The same spline as :meth:`sample`, evaluated separably as two matrix products,
-        which is several times faster than ``map_coordinates`` for unrotated views.
+        The same spline as :meth:`sample`, evaluated separably (rows, then columns) with
+        four taps per axis, several times faster than ``map_coordinates``.
         """
-        rows = _bspline_matrix((ys - self.origin[0]) / self.spacing, self.coeffs.shape[0])
-        cols = _bspline_matrix((xs - self.origin[1]) / self.spacing, self.coeffs.shape[1])
-        return (rows @ self.coeffs.astype(np.float32)) @ cols.T
+        coeffs = self.coeffs
+        row_index, row_weight = _bspline_taps((ys - self.origin[0]) / self.spacing, len(coeffs))
+        col_index, col_weight = _bspline_taps((xs - self.origin[1]) / self.spacing, coeffs.shape[1])
+        along_rows = sum(row_weight[k][:, None] * coeffs[row_index[k]] for k in range(4))
+        return sum(col_weight[k] * along_rows[:, col_index[k]] for k in range(4))
 
 
-def _bspline_matrix(positions: np.ndarray, n: int) -> np.ndarray:
-    """(len(positions), n) float32 weights of cubic B-spline coefficients at ``positions``
-    (grid-index units), with scipy's ``mirror`` boundary (index -1 is index 1)."""
+def _bspline_taps(positions: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (4, N) int64 and weights (4, N) float32 of the cubic B-spline coefficients
+    that make the value at each of N ``positions`` (grid-index units), with scipy's
+    ``mirror`` boundary (index -1 reads index 1)."""
     base = np.floor(positions).astype(np.int64)
-    weights = np.zeros((len(positions), n), dtype=np.float32)
-    row_index = np.arange(len(positions))
+    index = base[None, :] + np.arange(-1, 3)[:, None]
+    distance = np.abs(positions[None, :] - index).astype(np.float32)
+    weight = np.where(
+        distance < 1,
+        2 / 3 - distance**2 + distance**3 / 2,
+        np.clip(2 - distance, 0, None) ** 3 / 6,
+    ).astype(np.float32)
     period = 2 * (n - 1)
-    for offset in (-1, 0, 1, 2):
-        index = base + offset
-        distance = np.abs(positions - index)
-        value = np.where(
-            distance < 1,
-            2 / 3 - distance**2 + distance**3 / 2,
-            np.clip(2 - distance, 0, None) ** 3 / 6,
-        )
-        mirrored = np.abs(index) % period
-        mirrored = np.where(mirrored > n - 1, period - mirrored, mirrored)
-        np.add.at(weights, (row_index, mirrored), value.astype(np.float32))
-    return weights
+    mirrored = np.abs(index) % period
+    mirrored = np.where(mirrored > n - 1, period - mirrored, mirrored)
+    return mirrored, weight
 
 
 def _smooth_field(
@@ -134,7 +133,7 @@ def _smooth_field(
     """White noise on a grid of ``spacing`` covering ``centre +- half_extent``, spline-smoothed."""
     n = int(np.ceil(2 * half_extent / spacing)) + 1
     values = rng.standard_normal((n, n))
-    coeffs = ndimage.spline_filter(values, order=3, mode="mirror")
+    coeffs = ndimage.spline_filter(values, order=3, mode="mirror").astype(np.float32)
     origin = (centre[0] - half_extent, centre[1] - half_extent)
     return _Field(coeffs=coeffs, origin=origin, spacing=spacing)
 
@@ -155,9 +154,11 @@ class _Lesion:
     network: _Field
     dots: _Field
     blue: _Field
+    granules: _Field  # fine mottling of the pigment
     base_tone: float  # pigment ramp position of the lightest parts
     tone_spread: float  # how much the darkness field moves the tone
     centre_darkening: float  # extra tone towards the centre
+    granularity: float
     network_strength: float
     dots_strength: float
     blue_strength: float  # 0 when the lesion has no bluish-grey area
@@ -259,19 +260,21 @@ def _sample_lesion(rng: np.random.Generator, size: tuple[int, int]) -> _Lesion:
         raggedness=float(rng.uniform(0.03, 0.2)),
         border=_smooth_field(rng, centre, reach, 0.28 * radius),
         darkness=_smooth_field(rng, centre, reach, 0.35 * radius),
-        network=_smooth_field(rng, centre, reach, max(0.05, 0.12 * radius)),
+        network=_smooth_field(rng, centre, reach, 0.05),
         dots=_smooth_field(rng, centre, reach, 0.04),
-        blue=_smooth_field(rng, centre, reach, 0.45 * radius),
-        base_tone=float(rng.uniform(0.0, 0.7)),
-        tone_spread=float(rng.uniform(0.1, 0.35)),
+        blue=_smooth_field(rng, centre, reach, 0.4 * radius),
+        granules=_smooth_field(rng, centre, reach, 0.025),
+        base_tone=float(rng.uniform(0.05, 0.75)),
+        tone_spread=float(rng.uniform(0.15, 0.45)),
         centre_darkening=float(rng.uniform(0.0, 0.3)),
-        network_strength=float(rng.uniform(0.1, 0.35)) if rng.random() < 0.6 else 0.0,
+        granularity=float(rng.uniform(0.02, 0.08)),
+        network_strength=float(rng.uniform(0.08, 0.25)) if rng.random() < 0.6 else 0.0,
         dots_strength=float(rng.uniform(0.3, 0.8)) if rng.random() < 0.4 else 0.0,
-        blue_strength=float(rng.uniform(0.4, 0.8)) if rng.random() < 0.25 else 0.0,
+        blue_strength=float(rng.uniform(0.3, 0.65)) if rng.random() < 0.25 else 0.0,
         blue_threshold=float(rng.uniform(0.0, 0.8)),
         tint=(1 + rng.uniform(-0.06, 0.06, 3)).astype(np.float32),
-        edge_alpha=float(rng.uniform(0.35, 0.8)),
-        edge_width=float(rng.uniform(0.05, 0.35)),
+        edge_alpha=float(rng.uniform(0.25, 0.7)),
+        edge_width=float(rng.uniform(0.1, 0.5)),
     )
 
 
@@ -286,7 +289,11 @@ def _sample_hairs(rng: np.random.Generator, size: tuple[int, int], n_hairs: int)
         length = rng.uniform(0.8, 3.5)
         bend = rng.normal(0, 0.12 * length)
         control_points = np.stack(
-            [middle - direction * length / 2, middle + normal * bend, middle + direction * length / 2]
+            [
+                middle - direction * length / 2,
+                middle + normal * bend,
+                middle + direction * length / 2,
+            ]
         )
         hairs.append(
             _Hair(
@@ -352,25 +359,49 @@ def _random_view(rng: np.random.Generator) -> _View:
     )
 
 
-def _image_coordinates(size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, float]:
-    """Normalised (y, x) of every pixel centre, each (H, W) float32, and the pixel scale s."""
+@dataclass(frozen=True)
+class _SkinPoints:
+    """Skin coordinates of every pixel of one view.
+
+    ``sy``, ``sx``: (H, W) float32. ``grid``: the 1-D row and column coordinates when the
+    view is unrotated (skin y depends on the row only), which allows separable sampling.
+    """
+
+    sy: np.ndarray
+    sx: np.ndarray
+    grid: tuple[np.ndarray, np.ndarray] | None
+
+    def sample(self, field: _Field) -> np.ndarray:
+        if self.grid is not None:
+            return field.sample_grid(*self.grid)
+        return field.sample(self.sy, self.sx)
+
+
+def _image_coordinates(size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised y of every row (H,) and x of every column (W,), float32 pixel centres."""
     height, width = size
     scale = min(height, width) / 2
     ys = (np.arange(height, dtype=np.float32) + 0.5 - height / 2) / scale
     xs = (np.arange(width, dtype=np.float32) + 0.5 - width / 2) / scale
-    grid_y, grid_x = np.meshgrid(ys, xs, indexing="ij")
-    return grid_y, grid_x, scale
+    return ys, xs
 
 
-def _to_skin(qy: np.ndarray, qx: np.ndarray, view: _View) -> tuple[np.ndarray, np.ndarray]:
+def _skin_points(size: tuple[int, int], view: _View) -> _SkinPoints:
+    ys, xs = _image_coordinates(size)
+    if view.angle == 0.0:
+        sy_1d = (ys / view.zoom + view.shift[0]).astype(np.float32)
+        sx_1d = (xs / view.zoom + view.shift[1]).astype(np.float32)
+        sy, sx = np.meshgrid(sy_1d, sx_1d, indexing="ij")
+        return _SkinPoints(sy=sy, sx=sx, grid=(sy_1d, sx_1d))
+    qy, qx = np.meshgrid(ys, xs, indexing="ij")
     cos, sin = np.cos(view.angle), np.sin(view.angle)
     sy = (cos * qy + sin * qx) / view.zoom + view.shift[0]
     sx = (-sin * qy + cos * qx) / view.zoom + view.shift[1]
-    return sy.astype(np.float32), sx.astype(np.float32)
+    return _SkinPoints(sy=sy.astype(np.float32), sx=sx.astype(np.float32), grid=None)
 
 
 def _to_image(points: np.ndarray, view: _View) -> np.ndarray:
-    """Inverse of :func:`_to_skin` for an (N, 2) array of (y, x) skin points."""
+    """Normalised image (y, x) of (N, 2) skin points: the inverse of :func:`_skin_points`."""
     cos, sin = np.cos(view.angle), np.sin(view.angle)
     dy = points[:, 0] - view.shift[0]
     dx = points[:, 1] - view.shift[1]
@@ -383,45 +414,46 @@ def _smoothstep(edge0: float, edge1: float, x: np.ndarray) -> np.ndarray:
 
 
 def _lesion_layer(
-    lesion: _Lesion, sy: np.ndarray, sx: np.ndarray
+    lesion: _Lesion, points: _SkinPoints
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mask (bool H x W), pigment opacity (float32 H x W) and colour (float32 H x W x 3)."""
-    dy = sy - lesion.centre[0]
-    dx = sx - lesion.centre[1]
-    cos, sin = np.cos(lesion.angle), np.sin(lesion.angle)
-    ey = (cos * dy + sin * dx) / lesion.axes[0]
-    ex = (-sin * dy + cos * dx) / lesion.axes[1]
+    dy = points.sy - np.float32(lesion.centre[0])
+    dx = points.sx - np.float32(lesion.centre[1])
+    cos, sin = np.float32(np.cos(lesion.angle)), np.float32(np.sin(lesion.angle))
+    ey = (cos * dy + sin * dx) / np.float32(lesion.axes[0])
+    ex = (-sin * dy + cos * dx) / np.float32(lesion.axes[1])
     polar = np.arctan2(ey, ex)
     modulation = np.ones_like(polar)
     for k, (amplitude, phase) in enumerate(
         zip(lesion.harmonic_amplitudes, lesion.harmonic_phases, strict=True), start=2
     ):
-        modulation += amplitude * np.cos(k * polar + phase)
-    rho = np.hypot(ey, ex) / (lesion.radius * modulation)
-    rho += lesion.raggedness * lesion.border.sample(sy, sx)
+        modulation += np.float32(amplitude) * np.cos(np.float32(k) * polar + np.float32(phase))
+    rho = np.hypot(ey, ex) / (np.float32(lesion.radius) * modulation)
+    rho += np.float32(lesion.raggedness) * points.sample(lesion.border)
     # The mask and the pigment come from this one inequality, which makes the mask exact.
     mask = rho < 1.0
     depth = np.clip(1.0 - rho, 0.0, 1.0)
 
-    tone = lesion.base_tone + lesion.tone_spread * 0.6 * lesion.darkness.sample(sy, sx)
+    tone = lesion.base_tone + lesion.tone_spread * 0.6 * points.sample(lesion.darkness)
     tone += lesion.centre_darkening * _smoothstep(0.0, 0.7, depth)
+    tone += lesion.granularity * points.sample(lesion.granules)
     if lesion.network_strength > 0:
-        # Zero crossings of smooth noise form a maze of lines: a pigment network.
-        network = np.exp(-((lesion.network.sample(sy, sx) / 0.35) ** 2))
-        tone += lesion.network_strength * network
+        # Zero crossings of smooth noise form a mesh of lines around lighter holes; real
+        # networks fade out towards the border.
+        lines = 1 - _smoothstep(0.15, 0.55, np.abs(points.sample(lesion.network)))
+        tone += lesion.network_strength * lines * _smoothstep(0.0, 0.4, depth + 0.1)
     if lesion.dots_strength > 0:
-        dots = _smoothstep(1.5, 2.3, lesion.dots.sample(sy, sx))
-        tone += lesion.dots_strength * dots
+        tone += lesion.dots_strength * _smoothstep(1.4, 2.2, points.sample(lesion.dots))
     tone = np.clip(tone, 0.0, 1.0)
     colour = np.stack(
         [np.interp(tone, _PIGMENT_POSITIONS, _PIGMENT_RAMP[:, c]) for c in range(3)], axis=-1
     ).astype(np.float32)
     colour *= lesion.tint
     if lesion.blue_strength > 0:
-        blue = lesion.blue_strength * _smoothstep(
-            lesion.blue_threshold, lesion.blue_threshold + 0.6, lesion.blue.sample(sy, sx)
+        veil = _smoothstep(
+            lesion.blue_threshold, lesion.blue_threshold + 0.8, points.sample(lesion.blue)
         )
-        colour += blue[..., None] * (_BLUE_GREY - colour)
+        colour += (lesion.blue_strength * veil)[..., None] * (_BLUE_GREY - colour)
 
     rise = _smoothstep(0.0, lesion.edge_width, depth)
     alpha = np.where(mask, lesion.edge_alpha + (1 - lesion.edge_alpha) * rise, 0.0)
@@ -450,7 +482,7 @@ def _hair_opacity(hairs: tuple[_Hair, ...], size: tuple[int, int], view: _View) 
         width_px = hair.width * scale * view.zoom
         widths_px.append(width_px)
         # Each point stands for a step of the curve; its weight integrates to the hair's
-        # cross-section (width x opacity) so the blurred profile has the right darkness.
+        # cross-section (width x opacity), so thin hairs in small images come out faint.
         weight = (length_px / (n_points - 1)) * width_px * hair.opacity
         r0 = np.floor(rows).astype(np.int64)
         c0 = np.floor(cols).astype(np.int64)
@@ -471,25 +503,29 @@ def _render(
     scene: _Scene, size: tuple[int, int], view: _View, view_index: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Image (uint8 H x W x 3) and mask (uint8 H x W, {0, 1}) of one view of a scene."""
-    qy, qx, _ = _image_coordinates(size)
-    sy, sx = _to_skin(qy, qx, view)
+    points = _skin_points(size, view)
 
-    shade = 1 + scene.shading_amplitude * scene.shading.sample(sy, sx)
-    shade += scene.pores_amplitude * scene.pores.sample(sy, sx)
-    redness = scene.redness_amplitude * np.clip(scene.redness.sample(sy, sx), 0, None)
+    shade = 1 + scene.shading_amplitude * points.sample(scene.shading)
+    shade += scene.pores_amplitude * points.sample(scene.pores)
+    redness = scene.redness_amplitude * np.clip(points.sample(scene.redness), 0, None)
     skin = scene.skin_colour * shade[..., None]
     skin *= 1 - redness[..., None] * np.array([0.0, 0.6, 0.45], dtype=np.float32)
 
-    mask, alpha, pigment = _lesion_layer(scene.lesion, sy, sx)
+    mask, alpha, pigment = _lesion_layer(scene.lesion, points)
     image = skin + alpha[..., None] * (pigment - skin)
 
     hair = _hair_opacity(scene.hairs, size, view)
     image += hair[..., None] * (scene.hair_colour - image)
 
-    # Optics: slight blur, then exposure, the dermatoscope's bright centre and dark ring.
+    # Optics: slight blur, then exposure, the dermatoscope's bright centre and dark ring
+    # (fixed to the image, not to the skin, so it does not move between views).
     image = ndimage.gaussian_filter(image, sigma=(0.5, 0.5, 0))
+    ys, xs = _image_coordinates(size)
     half_diagonal = float(np.hypot(*_half_extents(size)))
-    ring = np.hypot(qy - scene.vignette_centre[0], qx - scene.vignette_centre[1]) / half_diagonal
+    ring = (
+        np.hypot((ys - scene.vignette_centre[0])[:, None], (xs - scene.vignette_centre[1])[None, :])
+        / half_diagonal
+    )
     falloff = 1 - 0.12 * (ring / scene.vignette_radius) ** 2
     image *= (view.brightness * falloff)[..., None]
     dark = _smoothstep(
@@ -517,13 +553,12 @@ def _check_size(size: tuple[int, int]) -> tuple[int, int]:
 
 def _subject_views(
     rng: np.random.Generator, size: tuple[int, int], n_views: int
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``n_views`` images of one lesion; the first is the unmoved view that
-    :func:`make_lesion_image` returns for the same generator state."""
+) -> tuple[_Scene, list[_View]]:
+    """One lesion drawn from ``rng`` and how to photograph it ``n_views`` times; view 0 is the
+    unmoved image that :func:`make_lesion_image` returns for the same generator state."""
     scene = _sample_scene(rng, size)
     view_rng = np.random.default_rng([scene.noise_seed, 2**31])
-    views = [_View()] + [_random_view(view_rng) for _ in range(n_views - 1)]
-    return [_render(scene, size, view, index) for index, view in enumerate(views)]
+    return scene, [_View()] + [_random_view(view_rng) for _ in range(n_views - 1)]
 
 
 def make_lesion_image(
@@ -542,6 +577,8 @@ def make_lesion_image(
         pixels and 0 elsewhere (hairs are never lesion).
     """
     size = _check_size(size)
+    if n_hairs is not None and n_hairs < 0:
+        raise ValueError(f"n_hairs must be >= 0 or None, got {n_hairs}")
     scene = _sample_scene(rng, size, n_hairs)
     return _render(scene, size, _View(), view_index=0)
 
@@ -592,9 +629,10 @@ def write_segmentation_dataset(
     rows = []
     for subject_index in range(n_subjects):
         subject = _subject_id(subject_index)
-        views = _subject_views(_subject_rng(seed, subject_index), size, images_per_subject)
-        for view_number, (image, mask) in enumerate(views, start=1):
-            image_id = f"{subject}_{view_number}"
+        scene, views = _subject_views(_subject_rng(seed, subject_index), size, images_per_subject)
+        for view_index, view in enumerate(views):
+            image, mask = _render(scene, size, view, view_index)
+            image_id = f"{subject}_{view_index + 1}"
             image_path = Path("images") / f"{image_id}.jpg"
             mask_path = Path("masks") / f"{image_id}_lesion.png"
             Image.fromarray(image).save(out_dir / image_path, quality=95)
@@ -647,5 +685,7 @@ class SyntheticSegmentationDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {index} out of range for {self.n} synthetic images")
         index %= self.n
         subject_index, view_index = divmod(index, self.images_per_subject)
-        views = _subject_views(_subject_rng(self.seed, subject_index), self.size, view_index + 1)
-        return views[view_index]
+        scene, views = _subject_views(
+            _subject_rng(self.seed, subject_index), self.size, view_index + 1
+        )
+        return _render(scene, self.size, views[view_index], view_index)

@@ -49,7 +49,7 @@ def subject_blocks(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     """Samples grouped by subject, computed once per bootstrap.
 
     Args:
-        codes: int64 ``(N,)`` subject code of each sample (``0..S-1``, from :func:`encode_subjects`).
+        codes: int64 ``(N,)`` subject code of each sample, ``0..S-1`` (:func:`encode_subjects`).
 
     Returns:
         ``(order, starts, sizes)``: ``order`` int64 ``(N,)`` sample indices sorted by subject

@@ -201,7 +201,7 @@ def segmentation_statistic(
     class_names: Sequence[str] | None = None,
     empty_score: float = float("nan"),
 ) -> Callable[[np.ndarray], dict[str, float]]:
-    """``indices -> segmentation_scores(counts[indices], ...)``, for :mod:`medlite.metrics.bootstrap`.
+    """``indices -> segmentation_scores(counts[indices], ...)``, a bootstrap statistic.
 
     Args:
         counts: ``(N, C, 3)`` tp/fp/fn of the whole evaluation set.

@@ -36,7 +36,7 @@ _KEYS_SHOWN = 5
 
 
 def default_weights(arch: str) -> torchvision.models.WeightsEnum:
-    """torchvision's recommended ImageNet weights entry for ``arch`` (e.g. ``ResNet18_Weights.IMAGENET1K_V1``)."""
+    """torchvision's default ImageNet weights for ``arch`` (``ResNet18_Weights.IMAGENET1K_V1``)."""
     try:
         return torchvision.models.get_model_weights(arch).DEFAULT
     except (ValueError, KeyError, AttributeError):

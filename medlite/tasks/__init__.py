@@ -7,9 +7,12 @@ reports are shared. ``get_task(name)`` returns the recipe for a config's ``task:
 
 from __future__ import annotations
 
+from functools import cache
+
 from medlite.errors import ConfigError
 
 
+@cache
 def _tasks() -> dict:
     from medlite.tasks.segmentation import SegmentationTask
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor
+from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader
@@ -103,7 +103,6 @@ def fit(parts: TrainingParts, config: BaseTaskConfig, run_dir: Path, *,
                         mode=parts.monitor_mode, save_top_k=1, save_last=True,
                         enable_version_counter=False),
         HistoryCallback(run_dir / HISTORY_FILE),
-        LearningRateMonitor(logging_interval="epoch"),
         *parts.extra_callbacks,
     ]
     if trainer_cfg.early_stopping_patience:
