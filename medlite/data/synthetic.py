@@ -56,7 +56,14 @@ _SKIN_TONES = np.array(
 # Probability of each skin tone: PH2 (and dermoscopy sets in general) are mostly fair skin.
 _SKIN_TONE_WEIGHTS = np.array([0.25, 0.25, 0.2, 0.15, 0.1, 0.05])
 
-# Pigment ramp indexed by "tone" t in [0, 1]: light (orange) brown to near black.
+# The skin tone the pigment colours below were chosen on (light beige).
+_REFERENCE_SKIN = np.array([0.95, 0.82, 0.70], dtype=np.float32)
+
+# Redness (erythema: blood under the skin) absorbs green and blue.
+_ERYTHEMA = np.array([0.0, 0.6, 0.45], dtype=np.float32)
+
+# Pigment ramp indexed by "tone" t in [0, 1]: light (orange) brown to near black, as seen
+# on _REFERENCE_SKIN (on other skin the same pigment filters the light in proportion).
 _PIGMENT_POSITIONS = np.array([0.0, 0.3, 0.6, 0.85, 1.0], dtype=np.float32)
 _PIGMENT_RAMP = np.array(
     [
@@ -68,6 +75,11 @@ _PIGMENT_RAMP = np.array(
     ],
     dtype=np.float32,
 )
+# The ramp sampled finely, so that colouring a tone map is one table look-up.
+_PIGMENT_LUT = np.stack(
+    [np.interp(np.linspace(0, 1, 256), _PIGMENT_POSITIONS, _PIGMENT_RAMP[:, c]) for c in range(3)],
+    axis=-1,
+).astype(np.float32)
 _BLUE_GREY = np.array([0.36, 0.38, 0.47], dtype=np.float32)
 
 # Half-width of the square of skin coordinates covered by the noise grids: wide enough for
@@ -166,6 +178,7 @@ class _Lesion:
     tint: np.ndarray  # (3,) per-lesion colour multiplier near 1
     edge_alpha: float  # pigment opacity right at the border (inside the mask)
     edge_width: float  # depth over which opacity rises to 1, in normalised-radius units
+    edge_fuzz: float  # how much the granules thin the pigment near the border
 
 
 @dataclass(frozen=True)
@@ -217,6 +230,7 @@ def _half_extents(size: tuple[int, int]) -> tuple[float, float]:
 
 
 def _sample_lesion(rng: np.random.Generator, size: tuple[int, int]) -> _Lesion:
+    """A lesion whose area is a PH2-like fraction of an image of ``size`` (height, width)."""
     half_h, half_w = _half_extents(size)
     n_harmonics = 7
     orders = np.arange(2, 2 + n_harmonics)
@@ -260,25 +274,29 @@ def _sample_lesion(rng: np.random.Generator, size: tuple[int, int]) -> _Lesion:
         raggedness=float(rng.uniform(0.03, 0.2)),
         border=_smooth_field(rng, centre, reach, 0.28 * radius),
         darkness=_smooth_field(rng, centre, reach, 0.35 * radius),
-        network=_smooth_field(rng, centre, reach, 0.05),
-        dots=_smooth_field(rng, centre, reach, 0.04),
+        network=_smooth_field(rng, centre, reach, 0.03),
+        dots=_smooth_field(rng, centre, reach, 0.03),
         blue=_smooth_field(rng, centre, reach, 0.4 * radius),
         granules=_smooth_field(rng, centre, reach, 0.025),
         base_tone=float(rng.uniform(0.05, 0.75)),
         tone_spread=float(rng.uniform(0.15, 0.45)),
         centre_darkening=float(rng.uniform(0.0, 0.3)),
         granularity=float(rng.uniform(0.02, 0.08)),
-        network_strength=float(rng.uniform(0.08, 0.25)) if rng.random() < 0.6 else 0.0,
-        dots_strength=float(rng.uniform(0.3, 0.8)) if rng.random() < 0.4 else 0.0,
+        network_strength=float(rng.uniform(0.08, 0.2)) if rng.random() < 0.6 else 0.0,
+        dots_strength=float(rng.uniform(0.3, 0.7)) if rng.random() < 0.4 else 0.0,
         blue_strength=float(rng.uniform(0.3, 0.65)) if rng.random() < 0.25 else 0.0,
         blue_threshold=float(rng.uniform(0.0, 0.8)),
         tint=(1 + rng.uniform(-0.06, 0.06, 3)).astype(np.float32),
-        edge_alpha=float(rng.uniform(0.25, 0.7)),
+        edge_alpha=float(rng.uniform(0.4, 0.8)),
         edge_width=float(rng.uniform(0.1, 0.5)),
+        edge_fuzz=float(rng.uniform(0.15, 0.4)),
     )
 
 
-def _sample_hairs(rng: np.random.Generator, size: tuple[int, int], n_hairs: int) -> tuple:
+def _sample_hairs(
+    rng: np.random.Generator, size: tuple[int, int], n_hairs: int
+) -> tuple[_Hair, ...]:
+    """Hairs as gently bent curves placed anywhere around the image; many cross it."""
     half_h, half_w = _half_extents(size)
     hairs = []
     for _ in range(n_hairs):
@@ -331,10 +349,10 @@ def _sample_scene(
         skin_colour=skin_colour.astype(np.float32),
         shading=_smooth_field(skin_rng, origin, _SKIN_EXTENT, 0.5),
         redness=_smooth_field(skin_rng, origin, _SKIN_EXTENT, 0.4),
-        pores=_smooth_field(skin_rng, origin, _SKIN_EXTENT, 0.035),
+        pores=_smooth_field(skin_rng, origin, _SKIN_EXTENT, 0.02),
         shading_amplitude=float(skin_rng.uniform(0.02, 0.06)),
         redness_amplitude=float(skin_rng.uniform(0.0, 0.12)),
-        pores_amplitude=float(skin_rng.uniform(0.01, 0.035)),
+        pores_amplitude=float(skin_rng.uniform(0.003, 0.012)),
         lesion=_sample_lesion(np.random.default_rng(lesion_seed), size),
         hairs=_sample_hairs(hair_rng, size, n_hairs),
         hair_colour=hair_colour,
@@ -416,7 +434,8 @@ def _smoothstep(edge0: float, edge1: float, x: np.ndarray) -> np.ndarray:
 def _lesion_layer(
     lesion: _Lesion, points: _SkinPoints
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mask (bool H x W), pigment opacity (float32 H x W) and colour (float32 H x W x 3)."""
+    """Mask (bool H x W), pigment opacity (float32 H x W) and transmittance (float32
+    3 x H x W, the fraction of the skin's light each channel keeps under full pigment)."""
     dy = points.sy - np.float32(lesion.centre[0])
     dx = points.sx - np.float32(lesion.centre[1])
     cos, sin = np.float32(np.cos(lesion.angle)), np.float32(np.sin(lesion.angle))
@@ -428,6 +447,7 @@ def _lesion_layer(
         zip(lesion.harmonic_amplitudes, lesion.harmonic_phases, strict=True), start=2
     ):
         modulation += np.float32(amplitude) * np.cos(np.float32(k) * polar + np.float32(phase))
+    granules = points.sample(lesion.granules)
     rho = np.hypot(ey, ex) / (np.float32(lesion.radius) * modulation)
     rho += np.float32(lesion.raggedness) * points.sample(lesion.border)
     # The mask and the pigment come from this one inequality, which makes the mask exact.
@@ -436,28 +456,36 @@ def _lesion_layer(
 
     tone = lesion.base_tone + lesion.tone_spread * 0.6 * points.sample(lesion.darkness)
     tone += lesion.centre_darkening * _smoothstep(0.0, 0.7, depth)
-    tone += lesion.granularity * points.sample(lesion.granules)
+    tone += lesion.granularity * granules
     if lesion.network_strength > 0:
         # Zero crossings of smooth noise form a mesh of lines around lighter holes; real
         # networks fade out towards the border.
-        lines = 1 - _smoothstep(0.15, 0.55, np.abs(points.sample(lesion.network)))
+        lines = 1 - _smoothstep(0.25, 0.75, np.abs(points.sample(lesion.network)))
         tone += lesion.network_strength * lines * _smoothstep(0.0, 0.4, depth + 0.1)
     if lesion.dots_strength > 0:
-        tone += lesion.dots_strength * _smoothstep(1.4, 2.2, points.sample(lesion.dots))
-    tone = np.clip(tone, 0.0, 1.0)
-    colour = np.stack(
-        [np.interp(tone, _PIGMENT_POSITIONS, _PIGMENT_RAMP[:, c]) for c in range(3)], axis=-1
-    ).astype(np.float32)
-    colour *= lesion.tint
+        tone += lesion.dots_strength * _smoothstep(1.7, 2.4, points.sample(lesion.dots))
+    rise = _smoothstep(0.0, lesion.edge_width, depth)
+    # Pigment thins out towards the border: lighter there, not just more transparent
+    # (a dark colour at low opacity over pink skin would read as a grey halo).
+    tone = np.clip(tone - 0.2 * (1 - rise), 0.0, 1.0)
+    levels = len(_PIGMENT_LUT) - 1
+    colour = _PIGMENT_LUT.T[:, (tone * levels + 0.5).astype(np.intp)]  # 3 x H x W
+    colour *= lesion.tint[:, None, None]
     if lesion.blue_strength > 0:
         veil = _smoothstep(
-            lesion.blue_threshold, lesion.blue_threshold + 0.8, points.sample(lesion.blue)
+            lesion.blue_threshold - 0.3, lesion.blue_threshold + 1.0, points.sample(lesion.blue)
         )
-        colour += (lesion.blue_strength * veil)[..., None] * (_BLUE_GREY - colour)
+        veil *= lesion.blue_strength * (0.75 + 0.25 * np.clip(granules, -1, 1))
+        colour += veil * (_BLUE_GREY[:, None, None] - colour)
 
-    rise = _smoothstep(0.0, lesion.edge_width, depth)
-    alpha = np.where(mask, lesion.edge_alpha + (1 - lesion.edge_alpha) * rise, 0.0)
-    return mask, alpha.astype(np.float32), colour
+    alpha = lesion.edge_alpha + (1 - lesion.edge_alpha) * rise
+    # A speckled rather than clean-cut rim; opacity stays above 0.24 inside the mask.
+    alpha *= 1 - lesion.edge_fuzz * (1 - rise) * _smoothstep(-0.5, 1.0, granules)
+    alpha = np.where(mask, alpha, 0.0)
+    # Pigment filters the skin's light, so a lesion on darker skin is darker too and the
+    # border keeps its contrast on every skin tone.
+    transmittance = colour / _REFERENCE_SKIN[:, None, None]
+    return mask, alpha.astype(np.float32), transmittance
 
 
 def _hair_opacity(hairs: tuple[_Hair, ...], size: tuple[int, int], view: _View) -> np.ndarray:
@@ -508,39 +536,38 @@ def _render(
     shade = 1 + scene.shading_amplitude * points.sample(scene.shading)
     shade += scene.pores_amplitude * points.sample(scene.pores)
     redness = scene.redness_amplitude * np.clip(points.sample(scene.redness), 0, None)
-    skin = scene.skin_colour * shade[..., None]
-    skin *= 1 - redness[..., None] * np.array([0.0, 0.6, 0.45], dtype=np.float32)
+    # Channel-first (3, H, W) throughout: broadcasting over a trailing axis of 3 is slow.
+    skin = scene.skin_colour[:, None, None] * shade
+    skin *= 1 - _ERYTHEMA[:, None, None] * redness
 
-    mask, alpha, pigment = _lesion_layer(scene.lesion, points)
-    image = skin + alpha[..., None] * (pigment - skin)
+    mask, alpha, transmittance = _lesion_layer(scene.lesion, points)
+    image = skin * (1 - alpha * (1 - transmittance))
 
     hair = _hair_opacity(scene.hairs, size, view)
-    image += hair[..., None] * (scene.hair_colour - image)
+    image += hair * (scene.hair_colour[:, None, None] - image)
 
     # Optics: slight blur, then exposure, the dermatoscope's bright centre and dark ring
     # (fixed to the image, not to the skin, so it does not move between views).
-    image = ndimage.gaussian_filter(image, sigma=(0.5, 0.5, 0))
+    image = ndimage.gaussian_filter(image, sigma=(0, 0.5, 0.5))
     ys, xs = _image_coordinates(size)
     half_diagonal = float(np.hypot(*_half_extents(size)))
     ring = (
         np.hypot((ys - scene.vignette_centre[0])[:, None], (xs - scene.vignette_centre[1])[None, :])
         / half_diagonal
     )
-    falloff = 1 - 0.12 * (ring / scene.vignette_radius) ** 2
-    image *= (view.brightness * falloff)[..., None]
+    image *= view.brightness * (1 - 0.12 * (ring / scene.vignette_radius) ** 2)
     dark = _smoothstep(
         scene.vignette_radius - scene.vignette_softness,
         scene.vignette_radius + scene.vignette_softness,
         ring,
     )
-    image += dark[..., None] * (scene.vignette_colour - image)
+    image += dark * (scene.vignette_colour[:, None, None] - image)
 
     noise_rng = np.random.default_rng([scene.noise_seed, view_index])
-    noise = noise_rng.standard_normal((*size, 3), dtype=np.float32)
-    noise += noise_rng.standard_normal((*size, 1), dtype=np.float32)  # luminance grain
-    image += scene.noise_sigma * 0.7 * noise
+    image += scene.noise_sigma * noise_rng.standard_normal(image.shape, dtype=np.float32)
 
-    image_uint8 = np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)
+    image_uint8 = np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8).transpose(1, 2, 0)
+    image_uint8 = np.ascontiguousarray(image_uint8)
     return image_uint8, mask.astype(np.uint8)
 
 

@@ -1,5 +1,18 @@
 """Models: one module per family, one registry, one factory (:func:`create_model`)."""
 
+from medlite.models.inference import optimize_for_inference
+from medlite.models.profile import profile_model
 from medlite.models.registry import create_model, list_models, register_model
+from medlite.models.tinyunet import CMRF, TinyUNet
+from medlite.models.unet import UNet
 
-__all__ = ["create_model", "list_models", "register_model"]
+__all__ = [
+    "CMRF",
+    "TinyUNet",
+    "UNet",
+    "create_model",
+    "list_models",
+    "optimize_for_inference",
+    "profile_model",
+    "register_model",
+]

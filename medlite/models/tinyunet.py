@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from medlite.errors import ConfigError, WeightsNotFoundError
 from medlite.models.layers import ConvBNAct
 from medlite.models.registry import register_model
+from medlite.models.weights import load_state_dict_file
 
 # The reference code inherits YOLO's BatchNorm settings, not PyTorch's defaults.
 CMRF_BN_EPS = 1e-3
@@ -94,14 +95,16 @@ class EncoderStage(nn.Module):
 class DecoderStage(nn.Module):
     """Bicubic x2 upsampling (align_corners=False), concat ``[upsampled, skip]``, CMRF.
 
-    Shapes: (N, C_x, H, W), (N, C_skip, 2H, 2W) -> (N, C_out, 2H, 2W), with
-    ``in_channels = C_x + C_skip``.
+    Shapes: (N, x_channels, H, W), (N, skip_channels, 2H, 2W) -> (N, out_channels, 2H, 2W).
     """
 
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, x_channels: int, skip_channels: int, out_channels: int):
         super().__init__()
+        # The split of the block's concatenated input, read by optimize_for_inference.
+        self.upsampled_channels = x_channels
+        self.skip_channels = skip_channels
         self.upsample = nn.Upsample(scale_factor=2, mode="bicubic", align_corners=False)
-        self.cmrf = CMRF(in_channels, out_channels)
+        self.cmrf = CMRF(x_channels + skip_channels, out_channels)
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
         return self.cmrf(torch.cat([self.upsample(x), skip], dim=1))
@@ -132,10 +135,10 @@ class TinyUNet(nn.Module):
         self.encoder3 = EncoderStage(w2, w3)
         self.encoder4 = EncoderStage(w3, w4)
         # The deepest decoder upsamples the pooled encoder4 output (w4 channels).
-        self.decoder4 = DecoderStage(w4 + w4, w4)
-        self.decoder3 = DecoderStage(w4 + w3, w3)
-        self.decoder2 = DecoderStage(w3 + w2, w2)
-        self.decoder1 = DecoderStage(w2 + w1, w1)
+        self.decoder4 = DecoderStage(w4, w4, w4)
+        self.decoder3 = DecoderStage(w4, w3, w3)
+        self.decoder2 = DecoderStage(w3, w2, w2)
+        self.decoder1 = DecoderStage(w2, w1, w1)
         self.final_conv = nn.Conv2d(w1, num_classes, kernel_size=1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -153,24 +156,21 @@ class TinyUNet(nn.Module):
 
 
 def load_local_weights(model: nn.Module, weights_path: str | Path) -> nn.Module:
-    """Load a local state_dict file (``torch.load(weights_only=True)``) into ``model``.
+    """Load a local state_dict file (read with ``torch.load(weights_only=True)`` by
+    :func:`~medlite.models.weights.load_state_dict_file`) into ``model``, strictly.
 
-    Raises WeightsNotFoundError when the file is missing and ConfigError when its keys or
-    shapes do not fit the model; both name the file and ``model.weights_path``.
+    Raises WeightsNotFoundError when the file is missing and ConfigError when it is not a
+    state_dict or its keys or shapes do not fit the model; both name the file and
+    ``model.weights_path``.
     """
-    path = Path(weights_path)
-    if not path.is_file():
-        raise WeightsNotFoundError(f"{path}: model.weights_path: file not found")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
+    state = load_state_dict_file(weights_path, field="model.weights_path")
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
-        first = str(error).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[:3])
-        raise ConfigError(f"{path}: model.weights_path: does not fit the model ({detail})") \
-            from None
+        detail = " ".join(line.strip() for line in str(error).strip().splitlines()[:3])
+        raise ConfigError(
+            f"model.weights_path: {weights_path} does not fit the model ({detail})"
+        ) from None
     return model
 
 

@@ -37,9 +37,6 @@ BACKBONE_TASKS = ("classification", "regression", "features")
 # are never built, so their keys in a checkpoint are skipped.
 _AUX_HEAD_PREFIXES = ("aux1.", "aux2.", "AuxLogits.")
 
-# Architectures whose forward pass needs the training-time input size.
-_FIXED_SIZE_ARGUMENT = {"vit_": "image_size", "maxvit_": "input_size"}
-
 
 def torchvision_architectures() -> list[str]:
     """Every torchvision classification architecture name, sorted."""
@@ -75,9 +72,15 @@ def build_torchvision_backbone(
         dropout: if set, dropout probability before the new head (and after its hidden layer).
         head_hidden: if set, a hidden ``Linear(num_features, head_hidden) + ReLU (+ Dropout)``
             before the output layer.
-        image_size: input side in pixels for fixed-size architectures (``vit_*``: default 224,
-            or the weights' size when pretrained; ``maxvit_t``: default 224); ignored by the
-            convolutional ones, which accept any size above their minimum.
+        image_size: input side in pixels for fixed-size architectures (``vit_*``, ``maxvit_t``;
+            default 224, or the pretrained weights' size); ignored by the convolutional ones,
+            which accept any size above their minimum (about 64 px for alexnet, 75 px for
+            inception_v3). A ViT checkpoint for another size has its position embedding
+            interpolated.
+
+    GoogLeNet and Inception-v3 re-normalise their input (torchvision's ``transform_input``)
+    whenever weights are loaded, from the cache or ``weights_path``, because torchvision's
+    ImageNet checkpoints for them expect it.
 
     Raises:
         ConfigError: an invalid argument, or a weights file that does not fit ``arch``.
@@ -85,7 +88,15 @@ def build_torchvision_backbone(
     """
     _check_arguments(arch, task, num_classes, num_outputs, in_channels, dropout, head_hidden)
     use_pretrained = pretrained and weights_path is None
-    loads_weights = use_pretrained or weights_path is not None
+    # Read the weights before building, so a missing file fails fast.
+    state = None
+    if weights_path is not None:
+        field, source = "model.weights_path", Path(weights_path)
+        state = load_state_dict_file(source)
+    elif use_pretrained:
+        field, source = "model.pretrained", hub_checkpoint_path(arch)
+        state = load_pretrained_state_dict(arch)
+    loads_weights = state is not None
     model = torchvision.models.get_model(
         arch,
         weights=None,
@@ -93,17 +104,10 @@ def build_torchvision_backbone(
     )
 
     first_conv_adapted = False
-    if loads_weights:
-        if weights_path is not None:
-            field, source = "model.weights_path", Path(weights_path)
-            state = load_state_dict_file(source)
-        else:
-            field, source = "model.pretrained", hub_checkpoint_path(arch)
-            state = load_pretrained_state_dict(arch)
+    if state is not None:
         state = _fit_position_embedding(model, state)
         conv_name, _ = first_conv(model)
-        file_in_channels = _file_in_channels(state, conv_name)
-        if in_channels != 3 and file_in_channels == in_channels:
+        if in_channels != 3 and _file_in_channels(state, conv_name) == in_channels:
             # A checkpoint of a model already adapted to in_channels (e.g. a fine-tuned one).
             adapt_first_conv(model, in_channels, from_pretrained=False)
             first_conv_adapted = True
@@ -177,6 +181,7 @@ def replace_head(
     head_name, num_features = find_head(model)
     outputs = {"classification": num_classes, "regression": num_outputs or 1}.get(task)
     head = build_head(num_features, outputs, dropout=dropout, hidden=head_hidden)
+    head.train(model.training)
     if head_name == "classifier" and isinstance(model.classifier, nn.Sequential):
         # SqueezeNet: conv1x1 -> ReLU -> global average pool. Pooling first, then a Linear, gives
         # the same linear map without the ReLU, which would clamp regression outputs at zero.
@@ -246,7 +251,8 @@ def adapt_first_conv(model: nn.Module, in_channels: int, *, from_pretrained: boo
 
     From pretrained RGB kernels ``w`` (out, 3, kh, kw): one channel gets ``w.mean(1)``; more
     channels get ``w`` repeated cyclically (R, G, B, R, ...) and scaled by ``3 / in_channels``,
-    so an image replicated over all channels gives the pretrained response. Without
+    which keeps the kernel's total weight (for a multiple of 3 channels, an image replicated
+    over all of them gives the pretrained response to it replicated over RGB). Without
     pretrained weights the kernel is drawn afresh with the std of the architecture's own
     initialisation, so no two input channels share a kernel.
     """
@@ -278,12 +284,15 @@ def _architecture_kwargs(
         # torchvision's ImageNet checkpoints for these two expect inputs re-normalised from the
         # ImageNet statistics to [-1, 1]; torchvision sets this whenever it loads them.
         kwargs["transform_input"] = loads_weights and in_channels == 3
-    for prefix, argument in _FIXED_SIZE_ARGUMENT.items():
-        if arch.startswith(prefix):
-            if image_size is not None:
-                kwargs[argument] = image_size
-            elif use_pretrained:
-                kwargs[argument] = default_weights(arch).meta["min_size"][0]
+    if arch.startswith(("vit_", "maxvit_")):
+        side = image_size
+        if side is None and use_pretrained:
+            # Some default weights (vit_h_14's SWAG) were trained at more than 224 px.
+            side = default_weights(arch).meta["min_size"][0]
+        if side is not None and arch.startswith("vit_"):
+            kwargs["image_size"] = side
+        elif side is not None:
+            kwargs["input_size"] = (side, side)
     return kwargs
 
 

@@ -137,13 +137,15 @@ def load_backbone_weights(
 
     expected = {k: v for k, v in model.state_dict().items() if not ignored(k)}
     given = {k: v for k, v in state.items() if not ignored(k)}
-    missing = sorted(set(expected) - set(given))
-    unexpected = sorted(set(given) - set(expected))
-    mismatched = sorted(
-        f"{k} {tuple(given[k].shape)} vs {tuple(expected[k].shape)}"
-        for k in set(expected) & set(given)
-        if tuple(given[k].shape) != tuple(expected[k].shape)
-    )
+    # Keys are listed in the model's (or the file's) order, so the first ones shown point at
+    # the first layer that differs.
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    mismatched = [
+        f"{k} {tuple(given[k].shape)} vs {tuple(value.shape)}"
+        for k, value in expected.items()
+        if k in given and tuple(given[k].shape) != tuple(value.shape)
+    ]
     if missing or unexpected or mismatched:
         problems = (
             [f"missing backbone key {k}" for k in missing]

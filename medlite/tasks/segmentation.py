@@ -104,10 +104,12 @@ class SegmentationTask(Task):
         config = SegmentationConfig(
             name="demo-segmentation",
             data=SegmentationDataConfig(manifest=manifest, image_size=(64, 64)),
-            optimizer=OptimizerConfig(name="adam", lr=3e-3),
+            optimizer=OptimizerConfig(name="adam", lr=1e-3),
         )
-        config.trainer.max_epochs = 12
-        config.trainer.batch_size = 8
+        # Small batches give TinyU-Net's slow BatchNorm statistics (momentum 0.03) enough
+        # steps to settle within the demo's time.
+        config.trainer.max_epochs = 25
+        config.trainer.batch_size = 4
         config.trainer.early_stopping_patience = None
         config.split.val_fraction = 0.2
         config.split.test_fraction = 0.2

@@ -1,0 +1,162 @@
+"""profile_model's counts against hand counts, and optimize_for_inference's equivalence."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medlite.models import CMRF, TinyUNet, UNet, optimize_for_inference, profile_model
+from medlite.models.inference import (
+    BicubicUpsample2x,
+    InferenceDecoderStage,
+    bicubic_upsample_x2,
+    bicubic_x2_taps,
+    check_equivalence,
+)
+from medlite.models.profile import count_flops, count_thop_flops, format_profile
+from tests.test_tinyunet import randomise_batchnorm
+
+# --- profiling --------------------------------------------------------------------------
+
+
+def test_profile_counts_a_small_model_by_hand():
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Conv2d(4, 2, 1),
+    )
+    # 8x8 outputs: conv1 64 * 4 * (3 * 9) MACs, conv2 64 * 2 * 4 MACs, BN 4 * 64 elements
+    conv_macs = 64 * 4 * 27 + 64 * 2 * 4
+    torch.set_num_threads(1)
+    result = profile_model(model.train(), (1, 3, 8, 8), threads=2, warmup=1, repeats=3)
+    assert torch.get_num_threads() == 1  # restored
+    torch.set_num_threads(2)
+    assert model.training  # restored
+    assert result["params"] == 3 * 4 * 9 + 2 * 4 + 4 * 2 + 2
+    assert result["flops"] == 2 * conv_macs
+    assert result["flops_thop_convention"] == 2 * (conv_macs + 4 * 4 * 64)
+    assert result["latency_ms"] > 0 and result["input_size"] == (1, 3, 8, 8)
+    table = format_profile(result)
+    assert "params" in table.lower() or "parameters" in table
+    assert "0.000 G" in table and "1x3x8x8" in table
+
+
+def test_profile_counts_a_cmrf_block_by_hand():
+    block = CMRF(8, 32)
+    x = torch.randn(1, 8, 8, 8)
+    pixels = 64
+    pwconv1 = pixels * 4 * 8  # 8 -> 4 channels
+    cascade = 7 * pixels * 2 * 9  # seven depthwise 3x3 on 2 channels
+    pwconv2 = pixels * 32 * 16  # 16 -> 32 channels
+    bn_elements = pixels * (4 + 7 * 2 + 32)
+    assert count_flops(block, x) == 2 * (pwconv1 + cascade + pwconv2)
+    assert count_thop_flops(block, x) == 2 * (pwconv1 + cascade + pwconv2 + 4 * bn_elements)
+
+
+def test_profile_transposed_convolution_and_linear_by_hand():
+    model = nn.Sequential(nn.ConvTranspose2d(4, 3, 2, stride=2), nn.Flatten(), nn.Linear(48, 5))
+    x = torch.randn(1, 4, 2, 2)
+    # each of the 16 input elements feeds 3 * 2 * 2 outputs; the Linear does 48 * 5 MACs
+    assert count_thop_flops(model, x) == 2 * (16 * 12 + 48 * 5)
+    assert count_flops(model, x) == 2 * (16 * 12 + 48 * 5)
+
+
+def test_tinyunet_flops_match_the_paper():
+    model = TinyUNet(3, 2).eval()
+    x = torch.zeros(1, 3, 256, 256)
+    flops = count_flops(model, x)
+    thop = count_thop_flops(model, x)
+    assert f"{flops / 1e9:.3f}" == "3.130"
+    assert f"{thop / 1e9:.2f}" == "3.33"  # the paper's 2 x thop MACs
+
+
+# --- bicubic x2 -------------------------------------------------------------------------
+
+
+def test_bicubic_taps_by_hand():
+    # Keys cubic, A = -0.75, at distances 1.75, 0.75, 0.25, 1.25
+    even, odd = bicubic_x2_taps()
+    assert even == (-0.03515625, 0.26171875, 0.87890625, -0.10546875, 0.0)
+    assert odd == tuple(reversed(even))
+    assert sum(even) == 1.0
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 7, 9), (1, 4, 16, 16), (1, 2, 1, 3)])
+def test_bicubic_x2_equals_interpolate(shape):
+    x = torch.randn(shape) * 10
+    expected = F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False)
+    torch.testing.assert_close(bicubic_upsample_x2(x), expected, rtol=0, atol=2e-5)
+    channels_last = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(BicubicUpsample2x()(channels_last), expected, rtol=0, atol=2e-5)
+
+
+# --- optimize_for_inference -------------------------------------------------------------
+
+
+def max_abs_difference(model: nn.Module, optimized: nn.Module, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        return (model(x) - optimized(x)).abs().max().item()
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: TinyUNet(3, 2),
+        lambda: TinyUNet(1, 3, widths=(16, 32, 48, 64)),
+        lambda: UNet(3, 2, widths=(8, 16, 32, 64, 128)),
+        lambda: UNet(3, 2, widths=(8, 16, 32), upsample="bilinear"),
+        lambda: UNet(3, 2, widths=(16, 32, 48, 64, 80), block="cmrf"),
+        lambda: UNet(3, 2, widths=(16, 32, 48), block="cmrf", upsample="bilinear"),
+    ],
+    ids=["tinyunet", "tinyunet-small", "unet", "unet-bilinear", "unet-cmrf", "unet-cmrf-bilinear"],
+)
+def test_optimized_model_matches_eager(build):
+    torch.manual_seed(0)
+    model = randomise_batchnorm(build()).eval()
+    in_channels = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
+    x = torch.randn(2, in_channels, 64, 64)
+    optimized = optimize_for_inference(model)
+    assert max_abs_difference(model, optimized, x) <= 1e-4
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in optimized.modules())
+    output = optimized(x)
+    assert output.is_contiguous() and not output.requires_grad
+
+
+def test_optimize_rewrites_decoders_and_leaves_the_model_alone():
+    model = randomise_batchnorm(TinyUNet(3, 2, widths=(16, 32, 48, 64))).train()
+    before = copy.deepcopy(model.state_dict())
+    optimized = optimize_for_inference(model, torch.randn(1, 3, 32, 32))
+    assert model.training
+    assert isinstance(model.decoder1.upsample, nn.Upsample)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert isinstance(optimized.model.decoder1, InferenceDecoderStage)
+    # Only out / 8 = 2 channels are upsampled in the last decoder instead of 32.
+    seen = []
+    optimized.model.decoder1.upsample.register_forward_hook(
+        lambda module, inputs, output: seen.append(inputs[0].shape[1])
+    )
+    optimized(torch.randn(1, 3, 32, 32))
+    assert seen == [2]
+
+
+def test_optimize_folds_sequential_conv_batchnorm():
+    model = randomise_batchnorm(
+        nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                      nn.Conv2d(8, 2, 1))
+    ).eval()
+    optimized = optimize_for_inference(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in optimized.modules())
+    assert max_abs_difference(model, optimized, torch.randn(2, 3, 16, 16)) <= 1e-5
+
+
+def test_equivalence_check_raises_on_a_different_model():
+    model = TinyUNet(3, 2, widths=(16, 32, 48, 64)).eval()
+    other = optimize_for_inference(randomise_batchnorm(copy.deepcopy(model), seed=3))
+    x = torch.randn(1, 3, 32, 32)
+    with pytest.raises(RuntimeError, match="outputs differ"):
+        check_equivalence(model, other, x)
+    assert check_equivalence(model, optimize_for_inference(model), x) <= 1e-4
