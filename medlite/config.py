@@ -139,7 +139,8 @@ def read_yaml(path: Path) -> dict:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        problem = getattr(exc, "problem", exc)
+        raise ConfigError(f"{path}:{where}: not valid YAML ({problem})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top level")
     return raw
@@ -173,7 +174,8 @@ def load_config(path: Path | str, overrides: list[str] | None = None) -> BaseTas
     raw = apply_overrides(read_yaml(path), overrides or [])
     task_name = raw.get("task")
     if task_name is None:
-        raise ConfigError(f"{path}: task: required key is missing (one of {', '.join(list_tasks())})")
+        names = ", ".join(list_tasks())
+        raise ConfigError(f"{path}: task: required key is missing (one of {names})")
     task = get_task(str(task_name), source=f"{path}: task")
     config = validate_config(raw, task.config_class, str(path))
     if config.name is None:

@@ -248,6 +248,7 @@ def test_weights_file_for_another_architecture_lists_the_offending_keys(tmp_path
         create_model("resnet34", task="regression", weights_path=path)
     message = str(caught.value)
     assert message.startswith("model.weights_path: ") and str(path) in message
+    assert "does not fit resnet34" in message
     assert "missing backbone keys" in message and "layer1.2.conv1.weight" in message
     assert "\n" not in message
     assert "missing backbone key layer3.5.bn2.running_var" in caught.value.problems
@@ -266,7 +267,7 @@ def test_missing_or_unreadable_weights_files(tmp_path):
     missing = tmp_path / "nowhere.pth"
     with pytest.raises(WeightsNotFoundError, match=f"model.weights_path: .*{missing}"):
         create_model("resnet18", task="regression", weights_path=missing)
-    (tmp_path / "pickle.pth").write_bytes(pickle.dumps({"a": object()}))
+    (tmp_path / "pickle.pth").write_bytes(pickle.dumps({"a": object()}, protocol=2))
     with pytest.raises(ConfigError, match="weights_only"):
         create_model("resnet18", task="regression", weights_path=tmp_path / "pickle.pth")
     torch.save([1, 2, 3], tmp_path / "list.pth")

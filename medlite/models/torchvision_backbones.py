@@ -118,6 +118,7 @@ def build_torchvision_backbone(
             ignore_prefixes=(f"{head_name}.", *_AUX_HEAD_PREFIXES),
             source=str(source),
             field=field,
+            model_name=arch,
         )
     if in_channels != 3 and not first_conv_adapted:
         adapt_first_conv(model, in_channels, from_pretrained=loads_weights)

@@ -121,14 +121,15 @@ def load_backbone_weights(
     ignore_prefixes: Iterable[str],
     source: str,
     field: str = "model.weights_path",
+    model_name: str | None = None,
 ) -> None:
     """Copy ``state`` into ``model``; every key outside ``ignore_prefixes`` must match.
 
     ``ignore_prefixes`` names the parts the caller replaces or drops (the classifier head,
     auxiliary heads): their keys may be missing from ``state`` or present with any shape.
     Anything else missing, unexpected or of the wrong shape raises :class:`ConfigError` whose
-    message names ``field`` and ``source`` (a path) and the first few offending keys; the full
-    lists are in ``error.problems``.
+    message names ``field``, ``source`` (a path), ``model_name`` (default: the class name) and
+    the first few offending keys; the full lists are in ``error.problems``.
     """
     prefixes = tuple(ignore_prefixes)
 
@@ -162,7 +163,8 @@ def load_backbone_weights(
             if keys
         ]
         raise ConfigError(
-            f"{field}: {source} does not fit {type(model).__name__} ({'; '.join(parts)})",
+            f"{field}: {source} does not fit {model_name or type(model).__name__} "
+            f"({'; '.join(parts)})",
             problems=problems,
         )
     to_load = OrderedDict(given)

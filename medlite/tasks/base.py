@@ -200,7 +200,7 @@ def train_run(config: BaseTaskConfig, run_dir: Path, *, resume: bool = False,
     else:
         samples = split_samples(samples, config, task, source=str(run_dir / SPLITS_FILE))
         write_splits(run_dir / SPLITS_FILE, samples["sample"], samples["subject"],
-                     samples["split"], samples["fold"] if "fold" in samples else None)
+                     samples["split"], samples.get("fold"))
 
     parts = task.training_parts(config, samples)
     fit(parts, config, run_dir, resume=resume, progress=progress)

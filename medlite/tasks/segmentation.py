@@ -33,14 +33,18 @@ from medlite.data.manifest import read_manifest
 from medlite.data.segmentation import SegmentationDataset, fit_to_size, restore_logits
 from medlite.data.transforms import AugmentConfig, normalize, to_tensor_image
 from medlite.errors import DataError
-from medlite.metrics import metrics_with_ci, per_image_scores, segmentation_counts
-from medlite.metrics import segmentation_scores
+from medlite.metrics import (
+    metrics_with_ci,
+    per_image_scores,
+    segmentation_counts,
+    segmentation_scores,
+)
 from medlite.models import create_model
 from medlite.reports.figures import overlay_image, save_case_grid
 from medlite.reports.html import write_standard_report
 from medlite.tasks.base import Evaluation, Task
-from medlite.training.losses import DiceCELoss
 from medlite.training.loop import TrainingParts
+from medlite.training.losses import DiceCELoss
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 
@@ -154,7 +158,8 @@ class SegmentationTask(Task):
         return TrainingParts(
             model=self.build_model(config),
             loss_fn=DiceCELoss(config.loss.ce_weight, config.loss.dice_weight),
-            train_loader=DataLoader(train, batch_size=batch, shuffle=True, drop_last=len(train) > batch,
+            train_loader=DataLoader(train, batch_size=batch, shuffle=True,
+                                    drop_last=len(train) > batch,
                                     num_workers=workers, persistent_workers=workers > 0),
             val_loader=DataLoader(val, batch_size=batch, num_workers=workers,
                                   persistent_workers=workers > 0),

@@ -1,0 +1,115 @@
+"""PH2 lesion segmentation under a CPU time budget: TinyU-Net against the classic U-Net.
+
+Both models train through the same medlite pipeline (``train_run``) on the same
+subject-disjoint split of the 200 PH2 lesions at 256x256, each with the same wall-clock
+budget. The number of epochs is set from a measured throughput so that the cosine schedule
+ends when the budget does; ``trainer.max_time_minutes`` is the hard stop.
+
+    python benchmarks/bench_ph2_segmentation.py --budget-minutes 30 --out runs/bench-ph2
+
+Writes ``summary.json`` in ``--out`` and prints a table (test split, per-image and
+dataset-level lesion Dice/IoU with 95% subject-bootstrap CIs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from medlite.data.manifest import index_segmentation
+from medlite.runs import write_json
+from medlite.tasks import get_task
+from medlite.tasks.base import split_samples, train_run
+from medlite.tasks.segmentation import SegmentationConfig, SegmentationDataConfig
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "ph2"
+
+
+def make_config(manifest: Path, model: str, lr: float, batch: int, seed: int) -> SegmentationConfig:
+    config = SegmentationConfig(
+        name=f"ph2-{model}", seed=seed,
+        data=SegmentationDataConfig(manifest=manifest, image_size=(256, 256)))
+    config.model.name = model
+    config.optimizer.lr = lr
+    config.trainer.batch_size = batch
+    config.trainer.threads = 2
+    config.trainer.early_stopping_patience = None
+    return config
+
+
+def seconds_per_epoch(config: SegmentationConfig, n_train: int, n_val: int) -> float:
+    """Time a few training steps and validation batches of this model on random data."""
+    torch.set_num_threads(config.trainer.threads)
+    model = get_task("segmentation").build_model(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    batch = config.trainer.batch_size
+    x = torch.randn(batch, 3, *config.data.image_size)
+    y = torch.randint(0, 2, (batch, *config.data.image_size))
+    loss_fn = torch.nn.CrossEntropyLoss()
+    steps = 3
+    for i in range(steps + 1):
+        if i == 1:
+            start = time.perf_counter()
+        optimizer.zero_grad()
+        loss_fn(model(x), y).backward()
+        optimizer.step()
+    train_step = (time.perf_counter() - start) / steps
+    model.eval()
+    with torch.no_grad():
+        start = time.perf_counter()
+        model(x)
+        val_step = time.perf_counter() - start
+    return n_train / batch * train_step + math.ceil(n_val / batch) * val_step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget-minutes", type=float, default=30.0)
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-ph2"))
+    parser.add_argument("--models", nargs="+", default=["tinyunet", "unet"])
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--ph2", type=Path, default=SHARED)
+    args = parser.parse_args()
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    manifest = args.out / "ph2_manifest.csv"
+    if not manifest.exists():
+        index_segmentation(args.ph2 / "images", args.ph2 / "masks", manifest)
+    summary = {"budget_minutes": args.budget_minutes, "lr": args.lr, "batch": args.batch,
+               "image_size": [256, 256], "threads": 2, "models": {}}
+    for model in args.models:
+        config = make_config(manifest, model, args.lr, args.batch, args.seed)
+        task = get_task("segmentation")
+        samples = split_samples(task.load_samples(config), config, task, source=str(manifest))
+        counts = samples["split"].value_counts()
+        per_epoch = seconds_per_epoch(config, counts["train"], counts["val"])
+        # 10% of the budget is kept for evaluation overhead and the slower first epoch.
+        epochs = max(1, int(0.9 * args.budget_minutes * 60 / per_epoch))
+        config.trainer.max_epochs = epochs
+        config.trainer.max_time_minutes = args.budget_minutes
+        print(f"{model}: ~{per_epoch:.0f} s/epoch -> {epochs} epochs "
+              f"({counts['train']} train / {counts['val']} val / {counts['test']} test)")
+        start = time.perf_counter()
+        metrics = train_run(config, args.out / model, overwrite=True, progress=False)
+        elapsed = time.perf_counter() - start
+        history = (args.out / model / "history.csv").read_text().strip().splitlines()
+        summary["models"][model] = {
+            "planned_epochs": epochs, "epochs_run": len(history) - 1,
+            "wall_minutes": round(elapsed / 60, 1), "test": metrics,
+        }
+        write_json(args.out / "summary.json", summary)
+    print(json.dumps({m: {f"{g}.{k}": v["test"][g][k]
+                          for g in ("per_image", "dataset")
+                          for k in ("dice_lesion", "iou_lesion")}
+                      for m, v in summary["models"].items()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
