@@ -75,14 +75,22 @@ def bicubic_upsample_x2(x: Tensor, weight: Tensor | None = None) -> Tensor:
 
 class BicubicUpsample2x(nn.Module):
     """Drop-in for ``nn.Upsample(scale_factor=2, mode="bicubic", align_corners=False)``
-    computed by :func:`bicubic_upsample_x2`; works for any channel count."""
+    computed by :func:`bicubic_upsample_x2`.
 
-    def __init__(self):
+    With ``channels`` the depthwise weight is built once (and the module exports to ONNX);
+    without, it is repeated for the input's channel count on each call.
+    """
+
+    def __init__(self, channels: int | None = None):
         super().__init__()
-        self.register_buffer("phase_weight", bicubic_x2_weight(1), persistent=False)
+        self.channels = channels
+        weight = bicubic_x2_weight(1 if channels is None else channels)
+        self.register_buffer("weight", weight, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        weight = self.phase_weight.to(x.dtype).repeat(x.shape[1], 1, 1, 1)
+        weight = self.weight.to(x.dtype)
+        if self.channels is None:
+            weight = weight.repeat(x.shape[1], 1, 1, 1)
         return bicubic_upsample_x2(x, weight)
 
 
@@ -233,7 +241,9 @@ class InferenceDecoderStage(nn.Module):
             self.upsample = nn.Identity()
         else:
             self.reduce_x = _conv1x1(x_weight, None)
-            self.upsample = BicubicUpsample2x() if is_bicubic_x2(upsample) else upsample
+            if is_bicubic_x2(upsample):
+                upsample = BicubicUpsample2x(x_weight.shape[0])
+            self.upsample = upsample
         self.reduce_skip = _conv1x1(weight[:, upsampled_channels:], bias)
         self.act = cmrf.pwconv1.act
         self.expand = CMRFExpand(cmrf)

@@ -37,9 +37,9 @@ from medlite.metrics import (
     metrics_with_ci,
     per_image_scores,
     segmentation_counts,
-    segmentation_scores,
+    segmentation_statistic,
 )
-from medlite.models import create_model
+from medlite.models import create_model, profile_model
 from medlite.reports.figures import overlay_image, save_case_grid
 from medlite.reports.html import write_standard_report
 from medlite.tasks.base import Evaluation, Task
@@ -202,22 +202,24 @@ class SegmentationTask(Task):
         names = config.data.class_names
         subjects = samples["subject"].astype(str).to_numpy()
         n_boot = config.evaluation.bootstrap_resamples
-        metrics = {}
-        for aggregate in ("image", "dataset"):
-            def statistic(indices, aggregate=aggregate):
-                return segmentation_scores(counts_t[indices], aggregate=aggregate,
-                                           class_names=names)
-            metrics[f"per_{aggregate}" if aggregate == "image" else "dataset"] = metrics_with_ci(
-                statistic, subjects, n_resamples=n_boot,
-                confidence=config.evaluation.confidence, seed=config.seed)
+        metrics = {
+            group: metrics_with_ci(
+                segmentation_statistic(counts_t, aggregate=aggregate, class_names=names),
+                subjects, n_resamples=n_boot, confidence=config.evaluation.confidence,
+                seed=config.seed)
+            for group, aggregate in (("per_image", "image"), ("dataset", "dataset"))
+        }
         per_image = pd.DataFrame({"sample": samples["sample"].to_numpy(), "subject": subjects,
                                   **per_image_scores(counts_t, names)})
         per_image.to_csv(out_dir / "per_image_metrics.csv", index=False)
         figures = self._case_figures(per_image, cases, names, out_dir / "figures")
+        profile = profile_model(model, (1, 3, *config.data.image_size),
+                                threads=torch.get_num_threads(), warmup=1, repeats=5)
+        profile["model"] = config.model.name
         return Evaluation(metrics=metrics, per_sample=per_image, figures=figures,
                           extra={"aggregation": "per_image: mean over images of each image's "
                                  "score; dataset: pixels of all images pooled; computed at "
-                                 "original image resolution"})
+                                 "original image resolution", "profile": profile})
 
     def _case_figures(self, per_image: pd.DataFrame, cases, names, figure_dir: Path):
         key = f"dice_{names[-1]}"
