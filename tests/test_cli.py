@@ -139,3 +139,25 @@ def test_data_index_lists_every_problem_and_writes_nothing(tmp_path):
     for name in ["A1_lesion.png", "B2.png", "C3_lesion.png", "D4.jpg"]:
         assert name in result.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda rows: [rows[0].replace("mask", "maks")] + rows[1:], "mask"),
+    (lambda rows: rows + [rows[1]], "identical"),
+    (lambda rows: [rows[0], rows[1].replace("SYN0001_1.jpg", "gone.jpg")] + rows[2:],
+     "gone.jpg"),
+    (lambda rows: [rows[0] + ",split", rows[1] + ",train", rows[2] + ",test"]
+     + [r + "," for r in rows[3:]], "SYN0001"),  # one subject's two views in two splits
+])
+def test_bad_manifest_through_train_is_one_line_exit_2(tmp_path, capsys, edit, expected):
+    manifest = write_segmentation_dataset(tmp_path / "data", n_subjects=4,
+                                          images_per_subject=2, size=(32, 32), seed=2)
+    rows = manifest.read_text().strip().splitlines()
+    manifest.write_text("\n".join(edit(rows)) + "\n")
+    config = tmp_path / "c.yaml"
+    config.write_text(TINY_CONFIG)
+    assert main(["train", str(config), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "manifest.csv" in err.splitlines()[0]
+    assert expected in err
+    assert not (tmp_path / "run" / "model.pt").exists()

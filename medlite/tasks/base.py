@@ -108,6 +108,7 @@ class Task:
 def split_samples(samples: pd.DataFrame, config: BaseTaskConfig, task: Task,
                   source: str) -> pd.DataFrame:
     """Add ``split`` (train/val/test) and, for k-fold, ``fold``; subjects never straddle."""
+    source = samples.attrs.get("source", source)
     samples = samples.copy()
     subjects = samples["subject"].astype(str).to_numpy()
     fixed = samples["split"].tolist() if "split" in samples else None

@@ -128,6 +128,7 @@ class SegmentationTask(Task):
                             "`medlite data index IMAGES MASKS --out manifest.csv` makes one")
         table = read_manifest(Path(path))
         table["sample"] = _sample_ids(table["image"])
+        table.attrs["source"] = str(path)
         return table
 
     def _dataset(self, config: SegmentationConfig, rows: pd.DataFrame, train: bool):
