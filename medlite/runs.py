@@ -127,14 +127,15 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def save_state_dict_atomic(state_dict: dict, path: Path) -> None:
-    """``torch.save`` through a temporary file and ``os.replace``."""
+def save_torch_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` through a temporary file in the same folder, fsync, ``os.replace``:
+    a crash or a full disk never leaves a half-written file in place of the old one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(state_dict, tmp)
+        torch.save(obj, tmp)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -8,7 +8,7 @@ from medlite.runs import (
     environment_record,
     load_state_dict,
     prepare_run_dir,
-    save_state_dict_atomic,
+    save_torch_atomic,
     write_json,
 )
 
@@ -38,7 +38,7 @@ def test_overwrite_never_deletes_a_folder_medlite_did_not_make(tmp_path):
 
 def test_state_dict_round_trip_is_weights_only(tmp_path):
     state = {"w": torch.arange(6.0).view(2, 3)}
-    save_state_dict_atomic(state, tmp_path / "m.pt")
+    save_torch_atomic(state, tmp_path / "m.pt")
     assert torch.equal(load_state_dict(tmp_path / "m.pt")["w"], state["w"])
     assert not list(tmp_path.glob(".*tmp"))
 

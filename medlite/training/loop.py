@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from medlite.config import BaseTaskConfig
-from medlite.runs import save_state_dict_atomic, write_text_atomic
+from medlite.runs import save_torch_atomic, write_text_atomic
 from medlite.training.checkpoint import AtomicCheckpointIO, model_state_from_checkpoint
 from medlite.training.module import TaskModule
 
@@ -137,7 +137,7 @@ def fit(parts: TrainingParts, config: BaseTaskConfig, run_dir: Path, *,
     best = checkpoint_dir / BEST_CHECKPOINT
     source = best if best.is_file() else last
     state = model_state_from_checkpoint(source)
-    save_state_dict_atomic(state, run_dir / MODEL_FILE)
+    save_torch_atomic(state, run_dir / MODEL_FILE)
     return run_dir / MODEL_FILE
 
 
