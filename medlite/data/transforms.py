@@ -37,7 +37,7 @@ class AugmentConfig(StrictModel):
 
 def to_tensor_image(image: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, H, W) uint8 tensor, as torchvision wants it."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    return torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)
 
 
 def normalize(image: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:

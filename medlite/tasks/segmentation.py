@@ -8,6 +8,7 @@ whole set, with subject-level bootstrap CIs.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -150,12 +151,10 @@ class SegmentationTask(Task):
         workers = config.trainer.num_workers
         train = self._dataset(config, samples[samples["split"] == "train"], train=True)
         val = self._dataset(config, samples[samples["split"] == "val"], train=False)
-        metrics = MetricCollection({
-            "dice": DiceScore(num_classes=config.data.num_classes, include_background=False,
-                              average="micro", input_format="index"),
-            "miou": MeanIoU(num_classes=config.data.num_classes, include_background=True,
-                            input_format="index"),
-        })
+        with warnings.catch_warnings():
+            # torchmetrics warns about a default we set explicitly (average="micro").
+            warnings.filterwarnings("ignore", "DiceScore metric currently defaults")
+            metrics = self._val_metrics(config.data.num_classes)
         return TrainingParts(
             model=self.build_model(config),
             loss_fn=DiceCELoss(config.loss.ce_weight, config.loss.dice_weight),
@@ -166,6 +165,16 @@ class SegmentationTask(Task):
                                   persistent_workers=workers > 0),
             val_metrics=metrics, prediction_fn=lambda logits: logits.argmax(dim=1),
             monitor="val_dice", monitor_mode="max")
+
+    @staticmethod
+    def _val_metrics(num_classes: int) -> MetricCollection:
+        """Lesion Dice (foreground classes pooled) and mean IoU for epoch-level monitoring."""
+        return MetricCollection({
+            "dice": DiceScore(num_classes=num_classes, include_background=False,
+                              average="micro", input_format="index"),
+            "miou": MeanIoU(num_classes=num_classes, include_background=True,
+                            input_format="index"),
+        })
 
     def example_input(self, config: SegmentationConfig) -> torch.Tensor:
         return torch.randn(1, 3, *config.data.image_size)
