@@ -56,3 +56,12 @@ def test_overrides_apply_dotted_keys(tmp_path):
     assert config.data.image_size == (64, 64)
     with pytest.raises(ConfigError, match="trainer.max_epochs"):
         load_config(write(tmp_path, "task: segmentation\n"), ["trainer.max_epochs=zero"])
+
+
+def test_unknown_model_argument_is_a_config_error():
+    from medlite.models import create_model
+
+    with pytest.raises(ConfigError, match="model.kwargs: 'tinyunet' does not take widthz"):
+        create_model("tinyunet", widthz=[16, 32, 32, 64])
+    with pytest.raises(ConfigError, match="did you mean tinyunet"):
+        create_model("tinyunett")

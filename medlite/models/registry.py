@@ -90,4 +90,14 @@ def create_model(name: str, **kwargs) -> nn.Module:
         raise ConfigError(
             f"model.name: {name!r} supports tasks {list(entry.tasks)}, not {task!r}"
         )
-    return entry.builder(**{**entry.defaults, **kwargs})
+    import inspect
+
+    arguments = {**entry.defaults, **kwargs}
+    parameters = inspect.signature(entry.builder).parameters.values()
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        accepted = {p.name for p in parameters}
+        unknown = sorted(set(arguments) - accepted)
+        if unknown:
+            raise ConfigError(f"model.kwargs: {name!r} does not take {', '.join(unknown)} "
+                              f"(it takes {', '.join(sorted(accepted))})")
+    return entry.builder(**arguments)
