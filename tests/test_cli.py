@@ -88,6 +88,10 @@ def test_predict_writes_full_resolution_masks_and_overlays(trained, tmp_path):
     assert Image.open(out / "photo_overlay.png").size == (53, 37)
     assert len(list(out.glob("*_mask.png"))) == 1 + 12
     assert main(["predict", str(run), str(photo), "--out", str(out)]) == 2
+    fast = tmp_path / "fast"
+    assert main(["predict", str(run), str(photo), "--out", str(fast), "--fast"]) == 0
+    agreement = (np.array(Image.open(fast / "photo_mask.png")) == mask).mean()
+    assert agreement > 0.999
 
 
 def test_export_onnx_matches_pytorch(trained, capsys):
