@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import torch
 from torch import nn
 
 from medlite.errors import MedliteError
+from medlite.runs import atomic_target
 
 
 def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Path, *,
@@ -19,23 +18,15 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Path, *,
     """Write ``model`` (eval mode) as ONNX to ``path`` atomically; input ``input``, output
     ``output``, with a dynamic batch axis."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".onnx")
-    os.close(fd)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model, (example_input,), tmp, input_names=["input"], output_names=["output"],
-                opset_version=opset, dynamo=False,
-                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}
-                if dynamic_batch else None,
-            )
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_target(path) as tmp, warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (example_input,), tmp, input_names=["input"], output_names=["output"],
+            opset_version=opset, dynamo=False,
+            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}
+            if dynamic_batch else None,
+        )
     return path
 
 

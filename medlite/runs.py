@@ -23,6 +23,8 @@ import platform
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -102,21 +104,33 @@ def environment_record(seed: int, extra: dict[str, Any] | None = None) -> dict[s
     }
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write through a temporary file in the same folder and rename, so a crash never
-    leaves a half-written file behind."""
+@contextmanager
+def atomic_target(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block succeeds the file is fsynced
+    and renamed onto ``path`` (atomic on POSIX and Windows), else removed. A crash or a full
+    disk never leaves a half-written file where the old one was. The file gets the usual
+    permissions (0666 less the umask), not mkstemp's private 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
+        yield tmp
+        with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_target(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -128,20 +142,9 @@ def read_json(path: Path) -> Any:
 
 
 def save_torch_atomic(obj: Any, path: Path) -> None:
-    """``torch.save`` through a temporary file in the same folder, fsync, ``os.replace``:
-    a crash or a full disk never leaves a half-written file in place of the old one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    """``torch.save`` through :func:`atomic_target`."""
+    with atomic_target(path) as tmp:
         torch.save(obj, tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_state_dict(path: Path) -> dict:

@@ -47,3 +47,14 @@ def test_environment_record_has_seed_and_versions():
     record = environment_record(7)
     assert record["seed"] == 7
     assert {"torch", "lightning", "numpy"} <= set(record["versions"])
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    write_json(tmp_path / "metrics.json", {"a": 1})
+    save_torch_atomic({"w": torch.ones(1)}, tmp_path / "model.pt")
+    for name in ("metrics.json", "model.pt"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask

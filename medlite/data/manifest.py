@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ import pandas as pd
 
 from medlite.data.io import IMAGE_EXTENSIONS, decoded_image_size, read_mask
 from medlite.errors import DataError
+from medlite.runs import atomic_target
 
 #: Values allowed in a manifest's ``split`` column; empty means "assign automatically".
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
@@ -60,15 +60,8 @@ def write_csv_atomic(df: pd.DataFrame, path: str | os.PathLike) -> Path:
         The destination path.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
-            df.to_csv(handle, index=False, lineterminator="\n")
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_target(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        df.to_csv(handle, index=False, lineterminator="\n")
     return path
 
 
