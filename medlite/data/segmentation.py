@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
@@ -110,13 +109,3 @@ class SegmentationDataset(Dataset):
             item["target"] = mask.long()
         return item
 
-
-def original_size(path: Path) -> tuple[int, int]:
-    """(H, W) of an image file."""
-    image = read_image(path)
-    return image.shape[0], image.shape[1]
-
-
-def logits_to_mask(logits: torch.Tensor) -> np.ndarray:
-    """(C, H, W) logits -> (H, W) uint8 class indices."""
-    return logits.argmax(dim=0).to(torch.uint8).numpy()

@@ -233,13 +233,12 @@ class SegmentationTask(Task):
 
     def _case_figures(self, per_image: pd.DataFrame, cases, names, figure_dir: Path):
         key = f"dice_{names[-1]}"
-        order = per_image[key].fillna(-1).to_numpy().argsort()
+        ranked = per_image["sample"].to_numpy()[per_image[key].fillna(-1).to_numpy().argsort()]
         by_sample = {case[0]: case for case in cases}
-        pick = lambda idx: [by_sample[per_image["sample"].iloc[i]] for i in idx]  # noqa: E731
         figure_dir.mkdir(parents=True, exist_ok=True)
-        best = save_case_grid(pick(order[::-1][:4]), per_image, key,
+        best = save_case_grid([by_sample[s] for s in ranked[::-1][:4]], per_image, key,
                               figure_dir / "best_cases.png", "Best cases")
-        worst = save_case_grid(pick(order[:4]), per_image, key,
+        worst = save_case_grid([by_sample[s] for s in ranked[:4]], per_image, key,
                                figure_dir / "worst_cases.png", "Worst cases")
         return {"best_cases": best, "worst_cases": worst}
 

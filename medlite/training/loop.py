@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -147,12 +146,3 @@ def read_history(run_dir: Path) -> pd.DataFrame:
         return pd.DataFrame()
     return pd.read_csv(path)
 
-
-def best_epoch(history: pd.DataFrame, monitor: str, mode: str) -> int | None:
-    if history.empty or monitor not in history:
-        return None
-    values = history[monitor].to_numpy()
-    if all(math.isnan(v) for v in values):
-        return None
-    index = values.argmin() if mode == "min" else values.argmax()
-    return int(history["epoch"].iloc[index])
