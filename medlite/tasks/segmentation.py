@@ -194,7 +194,7 @@ class SegmentationTask(Task):
         pred_dir = out_dir / "predictions"
         pred_dir.mkdir(parents=True, exist_ok=True)
         num_classes = config.data.num_classes
-        counts, cases = [], []
+        counts = []
         model.eval()
         for row in tqdm(samples.itertuples(), total=len(samples), desc="evaluate", leave=False):
             image = read_image(row.image)
@@ -207,7 +207,6 @@ class SegmentationTask(Task):
                                               torch.from_numpy(truth[None]), num_classes)[0])
             Image.fromarray(_mask_to_png(pred, num_classes)).save(
                 pred_dir / f"{row.sample}_mask.png")
-            cases.append((row.sample, image, truth, pred))
         counts_t = torch.stack(counts)
         names = config.data.class_names
         subjects = samples["subject"].astype(str).to_numpy()
@@ -222,7 +221,7 @@ class SegmentationTask(Task):
         per_image = pd.DataFrame({"sample": samples["sample"].to_numpy(), "subject": subjects,
                                   **per_image_scores(counts_t, names)})
         per_image.to_csv(out_dir / "per_image_metrics.csv", index=False)
-        figures = self._case_figures(per_image, cases, names, out_dir / "figures")
+        figures = self._case_figures(per_image, samples, config, pred_dir, out_dir / "figures")
         profile = profile_model(model, (1, 3, *config.data.image_size),
                                 threads=torch.get_num_threads(), warmup=1, repeats=5)
         profile["model"] = config.model.name
@@ -231,14 +230,25 @@ class SegmentationTask(Task):
                                  "score; dataset: pixels of all images pooled; computed at "
                                  "original image resolution", "profile": profile})
 
-    def _case_figures(self, per_image: pd.DataFrame, cases, names, figure_dir: Path):
-        key = f"dice_{names[-1]}"
+    @staticmethod
+    def _case_figures(per_image: pd.DataFrame, samples: pd.DataFrame,
+                      config: SegmentationConfig, pred_dir: Path, figure_dir: Path):
+        """Best and worst four cases by lesion Dice. Only these are read back from disk, so
+        evaluating thousands of images never holds them all in memory."""
+        key = f"dice_{config.data.class_names[-1]}"
         ranked = per_image["sample"].to_numpy()[per_image[key].fillna(-1).to_numpy().argsort()]
-        by_sample = {case[0]: case for case in cases}
+        rows = samples.set_index("sample")
+        num_classes = config.data.num_classes
+
+        def case(sample: str) -> tuple:
+            return (sample, read_image(rows.loc[sample, "image"]),
+                    read_mask(rows.loc[sample, "mask"], num_classes),
+                    read_mask(pred_dir / f"{sample}_mask.png", num_classes))
+
         figure_dir.mkdir(parents=True, exist_ok=True)
-        best = save_case_grid([by_sample[s] for s in ranked[::-1][:4]], per_image, key,
+        best = save_case_grid([case(s) for s in ranked[::-1][:4]], per_image, key,
                               figure_dir / "best_cases.png", "Best cases")
-        worst = save_case_grid([by_sample[s] for s in ranked[:4]], per_image, key,
+        worst = save_case_grid([case(s) for s in ranked[:4]], per_image, key,
                                figure_dir / "worst_cases.png", "Worst cases")
         return {"best_cases": best, "worst_cases": worst}
 
