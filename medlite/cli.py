@@ -173,9 +173,9 @@ def cmd_evaluate(args) -> int:
     from medlite.tasks.base import METRICS_FILE, load_trained_model
 
     task, config, model = load_trained_model(args.run)
-    out = args.out or args.run / "evaluations"
-    out_dir = unique_child(out.parent, out.name, args.overwrite) if args.out else unique_child(
-        out, args.data.stem, args.overwrite)
+    parent, name = ((args.out.parent, args.out.name) if args.out
+                    else (args.run / "evaluations", args.data.stem))
+    out_dir = unique_child(parent, name, args.overwrite)
     samples = task.load_samples(config, data_path=args.data)
     evaluation = task.evaluate(model, config, samples, out_dir)
     write_json(out_dir / METRICS_FILE, {"data": str(args.data), "n_samples": len(samples),
