@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from medlite import __version__
-from medlite.errors import MedliteError
+from medlite.errors import ConfigError, MedliteError
 
 EPILOG = """examples:
   medlite demo segmentation --out runs/demo
@@ -76,11 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="evaluate a trained run on other data",
                               description="Evaluate a trained run on every row of another "
-                              "manifest; results go to RUN/evaluations/<manifest name>/.")
+                              "manifest (results in RUN/evaluations/<manifest name>/), or "
+                              "again on one split of its own data (RUN/evaluations/<split>/).")
     evaluate.add_argument("run", type=Path)
-    evaluate.add_argument("--data", type=Path, required=True, help="manifest CSV")
+    evaluate.add_argument("--data", type=Path, help="manifest CSV (default: the run's own data)")
+    evaluate.add_argument("--split", choices=["train", "val", "test"], default="test",
+                          help="without --data: which split of the run's data (default test)")
     evaluate.add_argument("--out", type=Path, help="output folder")
     evaluate.add_argument("--overwrite", action="store_true")
+    _add_inference_overrides(evaluate)
 
     predict = sub.add_parser("predict", help="predict on new files with a trained run",
                              description="Predict with a trained run. Segmentation writes "
@@ -92,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--fast", action="store_true",
                          help="run through optimize_for_inference (BatchNorm folding, "
                          "channels-last...; outputs within 1e-4 of the trained model)")
+    _add_inference_overrides(predict)
 
     export = sub.add_parser("export", help="export a trained model (ONNX)",
                             description="Export a trained run's model and check ONNX Runtime "
@@ -168,30 +173,64 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_evaluate(args) -> int:
-    from medlite.runs import unique_child, write_json
-    from medlite.tasks.base import METRICS_FILE, load_trained_model
+def _add_inference_overrides(parser) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="change how the trained model is applied: "
+                        "keys under inference. or evaluation., e.g. --set "
+                        "inference.flip_tta=true (repeatable)")
 
-    task, config, model = load_trained_model(args.run)
+
+def _load_run_with_overrides(run: Path, overrides: list[str]):
+    """The trained run, its config changed by ``--set`` keys that do not touch training."""
+    from medlite.config import apply_overrides, validate_config
+    from medlite.tasks.base import load_trained_model
+
+    task, config, model = load_trained_model(run)
+    for item in overrides:
+        if item.partition("=")[0].split(".")[0] not in ("inference", "evaluation"):
+            raise ConfigError(f"--set {item}: only inference.* and evaluation.* keys can "
+                              "change after training")
+    if overrides:
+        raw = apply_overrides(config.model_dump(mode="json"), overrides)
+        config = validate_config(raw, type(config), "--set")
+    return task, config, model
+
+
+def _data_source(samples) -> str:
+    return str(samples.attrs.get("source", "the run's data"))
+
+
+def cmd_evaluate(args) -> int:
+    from medlite.runs import find_run, unique_child, write_json
+    from medlite.tasks.base import METRICS_FILE, with_saved_splits
+
+    task, config, model = _load_run_with_overrides(args.run, args.overrides)
+    if args.data is not None:
+        samples = task.load_samples(config, data_path=args.data)
+        source, default_name = str(args.data), args.data.stem
+    else:
+        samples = with_saved_splits(task.load_samples(config), find_run(args.run))
+        samples = samples[samples["split"] == args.split].reset_index(drop=True)
+        if samples.empty:
+            raise MedliteError(f"{args.run}: the run has no {args.split} samples")
+        source = f"{_data_source(samples)} ({args.split} split)"
+        default_name = args.split
     parent, name = ((args.out.parent, args.out.name) if args.out
-                    else (args.run / "evaluations", args.data.stem))
+                    else (args.run / "evaluations", default_name))
     out_dir = unique_child(parent, name, args.overwrite)
-    samples = task.load_samples(config, data_path=args.data)
     evaluation = task.evaluate(model, config, samples, out_dir)
-    write_json(out_dir / METRICS_FILE, {"data": str(args.data), "n_samples": len(samples),
+    write_json(out_dir / METRICS_FILE, {"data": source, "n_samples": len(samples),
                                         "n_subjects": int(samples["subject"].nunique()),
                                         "metrics": evaluation.metrics, **evaluation.extra})
     task.write_report(args.run, config, evaluation, out_dir / "report.html",
-                      title=f"medlite {config.task}: {config.name} on {args.data.name}")
+                      title=f"medlite {config.task}: {config.name} on {Path(name).name}")
     print(f"wrote {out_dir / METRICS_FILE} and {out_dir / 'report.html'}")
     print(json.dumps(_headline(evaluation.metrics), indent=2))
     return 0
 
 
 def cmd_predict(args) -> int:
-    from medlite.tasks.base import load_trained_model
-
-    task, config, model = load_trained_model(args.run)
+    task, config, model = _load_run_with_overrides(args.run, args.overrides)
     if args.fast:
         from medlite.models import optimize_for_inference
 

@@ -76,6 +76,41 @@ def test_evaluate_on_another_manifest(trained, capsys):
     assert "exists" in capsys.readouterr().err
 
 
+def test_evaluate_again_on_the_runs_own_test_split(trained):
+    _, _, run = trained
+    assert main(["evaluate", str(run)]) == 0
+    again = json.loads((run / "evaluations" / "test" / "metrics.json").read_text())
+    original = json.loads((run / "metrics.json").read_text())
+    assert again["n_samples"] == original["n_samples"]
+    assert again["metrics"] == original["metrics"]
+    assert "test split" in again["data"]
+
+
+def test_evaluate_with_flip_tta_and_post_processing(trained, capsys):
+    root, _, run = trained
+    other = root / "other" / "manifest.csv"
+    if not other.exists():
+        write_segmentation_dataset(root / "other", n_subjects=3, images_per_subject=1,
+                                   size=(56, 40), seed=9)
+    out = root / "tta-eval"
+    assert main(["evaluate", str(run), "--data", str(other), "--out", str(out),
+                 "--set", "inference.flip_tta=true", "--set", "inference.fill_holes=true",
+                 "--set", "inference.largest_component=true"]) == 0
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["inference"] == {"flip_tta": True, "largest_component": True,
+                                  "fill_holes": True}
+    for mask_file in (out / "predictions").glob("*_mask.png"):
+        from scipy import ndimage
+        assert ndimage.label(np.array(Image.open(mask_file)) > 0)[1] <= 1
+    # The run itself is unchanged: training keys cannot be overridden afterwards.
+    assert main(["evaluate", str(run), "--data", str(other), "--out", str(root / "x"),
+                 "--set", "trainer.max_epochs=3"]) == 2
+    assert "only inference.* and evaluation.*" in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--data", str(other), "--out", str(root / "y"),
+                 "--set", "inference.flip_ttta=true"]) == 2
+    assert "inference.flip_ttta" in capsys.readouterr().err
+
+
 def test_predict_writes_full_resolution_masks_and_overlays(trained, tmp_path):
     root, _, run = trained
     photo = tmp_path / "photo.png"

@@ -6,8 +6,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from torch.utils.data import Dataset
 
 from medlite.data.io import read_image, read_mask
@@ -47,6 +49,30 @@ def fit_to_size(image: torch.Tensor, mask: torch.Tensor | None, size: tuple[int,
     if mask is not None:
         mask = F.pad(mask, pad)
     return image, mask, valid
+
+
+def postprocess_mask(pred: np.ndarray, num_classes: int, *, largest_component: bool = False,
+                     fill_holes: bool = False) -> np.ndarray:
+    """Clean a predicted label map (H, W) of ints in ``0..num_classes-1``.
+
+    For each foreground class on its own: ``largest_component`` keeps only its largest
+    8-connected region (the others become background, class 0), since a dermoscopy image
+    frames one lesion; ``fill_holes`` gives the class to background pixels it fully encloses
+    (lesions have no holes; low-contrast centres of regressing lesions are a common miss).
+    """
+    out = pred.copy()
+    structure = np.ones((3, 3), dtype=bool)
+    for cls in range(1, num_classes):
+        region = out == cls
+        if largest_component and region.any():
+            labels, count = ndimage.label(region, structure=structure)
+            if count > 1:
+                sizes = np.bincount(labels.ravel())[1:]
+                out[region & (labels != 1 + int(sizes.argmax()))] = 0
+                region = out == cls
+        if fill_holes and region.any():
+            out[ndimage.binary_fill_holes(region) & (out == 0)] = cls
+    return out
 
 
 def restore_logits(logits: torch.Tensor, valid: tuple[int, int],

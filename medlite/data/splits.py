@@ -275,3 +275,167 @@ def read_splits(path: str | os.PathLike) -> pd.DataFrame:
     raise_if_problems(problems, str(path))
     check_subject_disjoint(table["subject"].tolist(), table["split"].tolist(), str(path))
     return table
+
+
+# --- greedy label-balanced test split (One-Step PASI) -------------------------------------
+
+
+def _label_counts(labels: Sequence[int], label_values: Sequence[int]) -> np.ndarray:
+    """``int64`` (n_samples, n_values) one-hot rows; labels outside ``label_values`` raise."""
+    labels = np.asarray(labels)
+    values = np.asarray(label_values)
+    onehot = labels[:, None] == values[None, :]
+    unknown = ~onehot.any(axis=1)
+    if unknown.any():
+        raise ValueError(
+            f"label {labels[unknown][0].item()!r} (sample {int(np.flatnonzero(unknown)[0])}) "
+            f"is not one of the label values {values.tolist()}"
+        )
+    return onehot.astype(np.int64)
+
+
+def _imbalance_of_counts(train: np.ndarray, test: np.ndarray) -> float:
+    """Mean over label values of |train % - test %| for per-value sample counts."""
+    train_pct = 100.0 * train / train.sum()
+    test_pct = 100.0 * test / test.sum()
+    return float(np.mean(np.abs(train_pct - test_pct)))
+
+
+def label_imbalance(labels: Sequence[int], is_test: Sequence[bool],
+                    label_values: Sequence[int] = (0, 1, 2, 3, 4)) -> float:
+    """How differently the labels are distributed in train and test, in percentage points.
+
+    For each label value v, ``train %`` is the percentage of train samples labelled v (and
+    likewise ``test %``), so sides of different sizes compare fairly; the imbalance is the
+    mean over ``label_values`` of ``|train % - test %|``: 0 for identical distributions,
+    at most 200 / len(label_values).
+
+    Args:
+        labels: an integer label per sample, each in ``label_values``.
+        is_test: bool per sample, True for test.
+        label_values: the labels that exist (those absent from both sides count as 0 - 0).
+
+    Raises:
+        ValueError: lengths differ, a side is empty, or a label is not in ``label_values``.
+    """
+    is_test = np.asarray(is_test, dtype=bool)
+    if len(labels) != len(is_test):
+        raise ValueError(f"{len(labels)} labels but {len(is_test)} is_test values")
+    counts = _label_counts(labels, label_values)
+    if is_test.all() or not is_test.any():
+        raise ValueError("label_imbalance needs samples on both the train and the test side")
+    return _imbalance_of_counts(counts[~is_test].sum(axis=0), counts[is_test].sum(axis=0))
+
+
+def _greedy_trial(counts: np.ndarray, order: np.ndarray, target: float) -> np.ndarray | None:
+    """One greedy pass over subjects in ``order``; bool per subject (True = test), or None
+    when the test side ends empty.
+
+    ``counts`` is (n_subjects, n_values) label counts per subject; ``target`` the wanted
+    number of test samples.
+    """
+    sizes = counts.sum(axis=1)
+    overall = counts.sum(axis=0)
+    train, test = np.zeros_like(overall), np.zeros_like(overall)
+    remaining = int(sizes.sum())
+    is_test = np.zeros(len(counts), dtype=bool)
+
+    def imbalance(train_counts, test_counts):
+        # An empty side has no distribution yet; it is taken as the whole set's, the one it
+        # is meant to reach.
+        return _imbalance_of_counts(train_counts if train_counts.any() else overall,
+                                    test_counts if test_counts.any() else overall)
+
+    for s in order:
+        n = int(sizes[s])
+        remaining -= n
+        held = int(test.sum())
+        # Test takes a subject only if that brings its size no further from the target...
+        test_allowed = held + n / 2 <= target
+        # ...and must take it when the subjects still to come could not fill it otherwise.
+        train_allowed = not (test_allowed and held + remaining < target)
+        if test_allowed and train_allowed:
+            to_test = imbalance(train, test + counts[s]) <= imbalance(train + counts[s], test)
+        else:
+            to_test = test_allowed
+        if to_test:
+            test += counts[s]
+            is_test[s] = True
+        else:
+            train += counts[s]
+    if not is_test.any() or is_test.all():
+        return None
+    return is_test
+
+
+def greedy_stratified_split(
+    subjects: Sequence,
+    labels: Sequence[int],
+    test_fraction: float = 0.1,
+    n_trials: int = 20,
+    seed: int = 0,
+    label_values: Sequence[int] = (0, 1, 2, 3, 4),
+) -> tuple[np.ndarray, float]:
+    """Subject-disjoint train/test split whose label distributions match (the One-Step PASI
+    paper's greedy split; labels there are the desquamation scores 0-4 of each composite).
+
+    Subjects are taken one at a time in a shuffled order. The test side should hold
+    ``target = test_fraction x n_samples`` samples; rule: a subject of ``n`` samples may go
+    to test only while ``test_samples + n / 2 <= target`` (adding it brings the test size no
+    further from the target), and must go to test when that is allowed and the subjects
+    still to come hold too few samples to reach the target otherwise. When both sides are
+    allowed, the subject goes to the side whose choice gives the lower
+    :func:`label_imbalance` of the split so far (an empty side counting as the whole set's
+    distribution; ties go to test). ``n_trials`` shuffles are tried (seeds spawned from
+    ``seed``) and the split with the lowest imbalance is kept (the earliest on ties). The
+    result depends only on the subjects' labels and ``seed``, not on sample order.
+
+    Args:
+        subjects: subject id per sample (converted to ``str``).
+        labels: integer label per sample, each in ``label_values``.
+        test_fraction: wanted fraction of SAMPLES in test, in (0, 1).
+        n_trials: number of shuffled orders tried, >= 1.
+        seed: seed of the shuffles.
+        label_values: the possible labels.
+
+    Returns:
+        ``(is_test, imbalance)``: bool (n_samples,) mask, all samples of a subject on one
+        side; and the split's :func:`label_imbalance` in percentage points.
+
+    Raises:
+        ValueError: bad fraction, trial count or lengths; fewer than two subjects; a label
+            outside ``label_values``; or no order gives a non-empty test side (every subject
+            has more than twice the target test size in samples).
+    """
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if n_trials < 1:
+        raise ValueError(f"n_trials must be >= 1, got {n_trials}")
+    if len(subjects) != len(labels):
+        raise ValueError(f"{len(subjects)} subjects but {len(labels)} labels")
+    subject_ids = _as_subject_strings(subjects)
+    unique_subjects, subject_index = np.unique(subject_ids, return_inverse=True)
+    if len(unique_subjects) < 2:
+        raise ValueError(f"a train/test split needs at least 2 subjects, got "
+                         f"{len(unique_subjects)}")
+    sample_counts = _label_counts(labels, label_values)
+    counts = np.zeros((len(unique_subjects), sample_counts.shape[1]), dtype=np.int64)
+    np.add.at(counts, subject_index, sample_counts)
+    target = test_fraction * len(subject_ids)
+
+    best: tuple[float, np.ndarray] | None = None
+    for trial_seed in np.random.SeedSequence(seed).spawn(n_trials):
+        order = np.random.default_rng(trial_seed).permutation(len(unique_subjects))
+        subject_is_test = _greedy_trial(counts, order, target)
+        if subject_is_test is None:
+            continue
+        score = _imbalance_of_counts(counts[~subject_is_test].sum(axis=0),
+                                     counts[subject_is_test].sum(axis=0))
+        if best is None or score < best[0]:
+            best = (score, subject_is_test)
+    if best is None:
+        raise ValueError(
+            f"no test side of about {target:g} samples can be formed: every subject has more "
+            f"than {2 * target:g} samples"
+        )
+    return best[1][subject_index], best[0]

@@ -171,6 +171,21 @@ def load_trained_model(run_dir: Path) -> tuple[Task, BaseTaskConfig, nn.Module]:
     return task, config, model.eval()
 
 
+def with_saved_splits(samples: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
+    """``samples`` with the ``split`` (and ``fold``) columns the run saved in splits.csv."""
+    path = Path(run_dir) / SPLITS_FILE
+    saved = read_splits(path).set_index("sample")
+    missing = sorted(set(samples["sample"]) - set(saved.index))
+    if missing:
+        raise DataError(f"{path}: sample {missing[0]} of the data is not in the run's split "
+                        f"file ({len(missing)} missing); was the manifest changed?")
+    samples = samples.copy()
+    samples["split"] = saved.loc[samples["sample"], "split"].to_numpy()
+    if "fold" in saved:
+        samples["fold"] = saved.loc[samples["sample"], "fold"].to_numpy()
+    return samples
+
+
 def train_run(config: BaseTaskConfig, run_dir: Path, *, resume: bool = False,
               overwrite: bool = False, progress: bool = True,
               run_dir_ready: bool = False) -> dict:
@@ -194,10 +209,7 @@ def train_run(config: BaseTaskConfig, run_dir: Path, *, resume: bool = False,
 
     samples = task.load_samples(config)
     if resume and (run_dir / SPLITS_FILE).is_file():
-        saved = read_splits(run_dir / SPLITS_FILE).set_index("sample")
-        samples["split"] = saved.loc[samples["sample"], "split"].to_numpy()
-        if "fold" in saved:
-            samples["fold"] = saved.loc[samples["sample"], "fold"].to_numpy()
+        samples = with_saved_splits(samples, run_dir)
     else:
         samples = split_samples(samples, config, task, source=str(run_dir / SPLITS_FILE))
         write_splits(run_dir / SPLITS_FILE, samples["sample"], samples["subject"],

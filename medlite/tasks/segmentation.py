@@ -31,7 +31,12 @@ from medlite.config import (
 )
 from medlite.data.io import read_image, read_mask
 from medlite.data.manifest import read_manifest
-from medlite.data.segmentation import SegmentationDataset, fit_to_size, restore_logits
+from medlite.data.segmentation import (
+    SegmentationDataset,
+    fit_to_size,
+    postprocess_mask,
+    restore_logits,
+)
 from medlite.data.transforms import AugmentConfig, normalize, to_tensor_image
 from medlite.errors import DataError
 from medlite.metrics import (
@@ -79,10 +84,23 @@ class SegmentationLossConfig(StrictModel):
     dice_weight: float = Field(1.0, ge=0)
 
 
+class SegmentationInferenceConfig(StrictModel):
+    """How masks are predicted from a trained model (evaluate and predict). The defaults are
+    the paper's plain argmax; ``medlite evaluate/predict --set inference.KEY=VALUE`` changes
+    them for a trained run."""
+
+    flip_tta: bool = Field(False, description="Average softmax over the image and its "
+                           "horizontal, vertical and double flips (4 forward passes).")
+    largest_component: bool = Field(False, description="Keep only the largest region of "
+                                    "each foreground class.")
+    fill_holes: bool = Field(False, description="Fill background holes enclosed by a class.")
+
+
 class SegmentationConfig(BaseTaskConfig):
     task: Literal["segmentation"] = "segmentation"
     data: SegmentationDataConfig = Field(default_factory=SegmentationDataConfig)
     loss: SegmentationLossConfig = Field(default_factory=SegmentationLossConfig)
+    inference: SegmentationInferenceConfig = Field(default_factory=SegmentationInferenceConfig)
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(name="tinyunet"))
     optimizer: OptimizerConfig = Field(
         default_factory=lambda: OptimizerConfig(name="adam", lr=1e-4, betas=(0.9, 0.999)))
@@ -181,12 +199,24 @@ class SegmentationTask(Task):
 
     # -- inference -----------------------------------------------------------------------
     @torch.no_grad()
-    def predict_logits(self, model, config: SegmentationConfig, image: np.ndarray) -> torch.Tensor:
-        """(H, W, 3) uint8 image -> (C, H, W) logits at the image's own resolution."""
+    def predict_probabilities(self, model, config: SegmentationConfig,
+                              image: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 image -> (C, H, W) class probabilities at the image's own
+        resolution (flip-averaged when ``inference.flip_tta``)."""
         tensor, _, valid = fit_to_size(to_tensor_image(image), None, config.data.image_size,
                                        config.data.resize_mode)
-        logits = model(normalize(tensor)[None])[0]
-        return restore_logits(logits, valid, image.shape[:2])
+        batch = normalize(tensor)[None]
+        flips = [(), (3,), (2,), (2, 3)] if config.inference.flip_tta else [()]
+        probabilities = sum(_flip(model(_flip(batch, dims)).softmax(dim=1), dims)
+                            for dims in flips) / len(flips)
+        return restore_logits(probabilities[0], valid, image.shape[:2])
+
+    def predict_mask(self, model, config: SegmentationConfig, image: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 image -> (H, W) int64 class map, post-processed as configured."""
+        pred = self.predict_probabilities(model, config, image).argmax(dim=0).numpy()
+        return postprocess_mask(pred, config.data.num_classes,
+                                largest_component=config.inference.largest_component,
+                                fill_holes=config.inference.fill_holes)
 
     def evaluate(self, model, config: SegmentationConfig, samples: pd.DataFrame,
                  out_dir: Path) -> Evaluation:
@@ -202,7 +232,7 @@ class SegmentationTask(Task):
             if truth.shape != image.shape[:2]:
                 raise DataError(f"{row.mask}: mask is {truth.shape[1]}x{truth.shape[0]}, image "
                                 f"is {image.shape[1]}x{image.shape[0]}")
-            pred = self.predict_logits(model, config, image).argmax(dim=0).numpy()
+            pred = self.predict_mask(model, config, image)
             counts.append(segmentation_counts(torch.from_numpy(pred[None]),
                                               torch.from_numpy(truth[None]), num_classes)[0])
             Image.fromarray(_mask_to_png(pred, num_classes)).save(
@@ -228,7 +258,8 @@ class SegmentationTask(Task):
         return Evaluation(metrics=metrics, per_sample=per_image, figures=figures,
                           extra={"aggregation": "per_image: mean over images of each image's "
                                  "score; dataset: pixels of all images pooled; computed at "
-                                 "original image resolution", "profile": profile})
+                                 "original image resolution", "profile": profile,
+                                 "inference": config.inference.model_dump()})
 
     @staticmethod
     def _case_figures(per_image: pd.DataFrame, samples: pd.DataFrame,
@@ -268,7 +299,7 @@ class SegmentationTask(Task):
         model.eval()
         for path in tqdm(files, desc="predict", leave=False):
             image = read_image(path)
-            pred = self.predict_logits(model, config, image).argmax(dim=0).numpy()
+            pred = self.predict_mask(model, config, image)
             mask_path = out_dir / f"{path.stem}_mask.png"
             Image.fromarray(_mask_to_png(pred, config.data.num_classes)).save(mask_path)
             overlay_path = out_dir / f"{path.stem}_overlay.png"
@@ -279,6 +310,10 @@ class SegmentationTask(Task):
     def write_report(self, run_dir, config, evaluation, out_path, title):
         return write_standard_report(run_dir, config, evaluation, out_path, title,
                                      monitor="val_dice")
+
+
+def _flip(batch: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    return batch.flip(dims) if dims else batch
 
 
 def _sample_ids(images: pd.Series) -> list[str]:
