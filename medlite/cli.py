@@ -63,6 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="classes in the masks (2: masks are 0/255 or 0/1)")
     index.add_argument("--overwrite", action="store_true", help="replace an existing manifest")
 
+    check = data_sub.add_parser(
+        "check", help="check PASI photo and score tables",
+        description="Validate a photos CSV (subject, visit, region, image) and a scores CSV "
+        "(per region: subject, visit, region, erythema, induration, desquamation, "
+        "area_percent or area; or per visit: subject, visit, pasi). Lists every problem, one "
+        "per line, and exits 2 when there is any.")
+    check.add_argument("photos", type=Path, help="photos CSV")
+    check.add_argument("scores", type=Path, help="scores CSV")
+    check.add_argument("--no-decode", action="store_true",
+                       help="only check that photo files exist (faster than decoding them)")
+
     train = sub.add_parser("train", help="train a model from a YAML config",
                            description="Train from a YAML config whose top-level `task:` key "
                            "picks the recipe; evaluate on the test split; write a report.")
@@ -80,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "again on one split of its own data (RUN/evaluations/<split>/).")
     evaluate.add_argument("run", type=Path)
     evaluate.add_argument("--data", type=Path, help="manifest CSV (default: the run's own data)")
+    evaluate.add_argument("--scores", type=Path,
+                          help="pasi: the scores CSV that goes with the --data photos CSV")
     evaluate.add_argument("--split", choices=["train", "val", "test"], default="test",
                           help="without --data: which split of the run's data (default test)")
     evaluate.add_argument("--out", type=Path, help="output folder")
@@ -90,7 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
                              description="Predict with a trained run. Segmentation writes "
                              "<stem>_mask.png at the original resolution and <stem>_overlay.png.")
     predict.add_argument("run", type=Path)
-    predict.add_argument("inputs", type=Path, nargs="+", help="files or folders")
+    predict.add_argument("inputs", type=Path, nargs="*", help="files or folders")
+    predict.add_argument("--visit", type=Path, action="append", default=[],
+                         help="pasi: a visit folder holding upper/, trunk/, lower/ (and "
+                         "optionally head/) photo folders; repeat for several visits, in "
+                         "time order")
     predict.add_argument("--out", type=Path, required=True, help="output folder")
     predict.add_argument("--overwrite", action="store_true")
     predict.add_argument("--fast", action="store_true",
@@ -153,6 +170,17 @@ def _headline(metrics: dict) -> dict:
 def cmd_data(args) -> int:
     from medlite.data.manifest import index_segmentation
 
+    if args.data_command == "check":
+        from medlite.data.visits import read_visit_tables, visit_items
+
+        tables = read_visit_tables(args.photos, args.scores, check_images=not args.no_decode)
+        items = visit_items(tables)
+        print(f"{args.photos} and {args.scores}: OK: {len(tables.photos)} photos, "
+              f"{items['subject'].nunique()} subjects, "
+              f"{items.groupby(['subject', 'visit']).ngroups} visits, {len(items)} composites; "
+              f"scores per {tables.score_level}")
+        return 0
+
     table = index_segmentation(args.images_dir, args.masks_dir, args.out,
                                num_classes=args.num_classes, overwrite=args.overwrite)
     print(f"wrote {args.out}: {len(table)} image/mask pairs, "
@@ -205,6 +233,10 @@ def cmd_evaluate(args) -> int:
     from medlite.tasks.base import METRICS_FILE, with_saved_splits
 
     task, config, model = _load_run_with_overrides(args.run, args.overrides)
+    if args.scores is not None:
+        if not hasattr(config.data, "scores"):
+            raise MedliteError(f"--scores: only for pasi runs, not {config.task}")
+        config.data.scores = args.scores.resolve()
     if args.data is not None:
         samples = task.load_samples(config, data_path=args.data)
         source, default_name = str(args.data), args.data.stem
@@ -231,11 +263,14 @@ def cmd_evaluate(args) -> int:
 
 def cmd_predict(args) -> int:
     task, config, model = _load_run_with_overrides(args.run, args.overrides)
+    inputs = [*args.inputs, *args.visit]
+    if not inputs:
+        raise MedliteError("predict: give files or folders (or --visit folders for pasi)")
     if args.fast:
         from medlite.models import optimize_for_inference
 
         model = optimize_for_inference(model, task.example_input(config))
-    written = task.predict(model, config, args.inputs, args.out, overwrite=args.overwrite)
+    written = task.predict(model, config, inputs, args.out, overwrite=args.overwrite)
     print(f"wrote {len(written)} files to {args.out}")
     return 0
 

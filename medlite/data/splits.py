@@ -240,7 +240,8 @@ def write_splits(
         }
     )
     if folds is not None:
-        table["fold"] = np.asarray(folds, dtype=np.int64)
+        # Empty cells: samples outside every fold (e.g. a held-out test set).
+        table["fold"] = pd.array(pd.Series(list(folds), dtype="Float64").round(), dtype="Int64")
     return write_csv_atomic(table, path)
 
 
@@ -248,8 +249,8 @@ def read_splits(path: str | os.PathLike) -> pd.DataFrame:
     """Read and check a ``splits.csv`` written by :func:`write_splits`.
 
     Returns:
-        Columns ``sample``, ``subject``, ``split`` (``str``) and ``fold`` (``int64``) when
-        present.
+        Columns ``sample``, ``subject``, ``split`` (``str``) and ``fold`` when present
+        (``int64``, or nullable ``Int64`` when some samples are in no fold: empty cells).
 
     Raises:
         DataError: missing columns or cells, repeated samples, unknown split names, folds
@@ -264,14 +265,16 @@ def read_splits(path: str | os.PathLike) -> pd.DataFrame:
     )
     problems: list[str] = []
     if "fold" in table.columns:
-        folds = pd.to_numeric(table["fold"], errors="coerce")
-        valid = folds.notna() & (folds >= 0) & (folds == folds.round())
+        text = table["fold"].astype("string").fillna("").str.strip()
+        folds = pd.to_numeric(text.replace("", np.nan), errors="coerce")
+        valid = (text == "") | (folds.notna() & (folds >= 0) & (folds == folds.round()))
         for i in np.flatnonzero(~valid.to_numpy()):
             problems.append(
                 f"{path} line {i + 2}: fold '{table['fold'].iloc[i]}' is not a non-negative integer"
             )
         if not problems:
-            table["fold"] = folds.astype(np.int64)
+            table["fold"] = (folds.astype(np.int64) if folds.notna().all()
+                             else pd.array(folds, dtype="Int64"))
     raise_if_problems(problems, str(path))
     check_subject_disjoint(table["subject"].tolist(), table["split"].tolist(), str(path))
     return table

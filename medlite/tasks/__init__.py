@@ -14,9 +14,10 @@ from medlite.errors import ConfigError
 
 @cache
 def _tasks() -> dict:
+    from medlite.tasks.pasi import PasiTask
     from medlite.tasks.segmentation import SegmentationTask
 
-    return {task.name: task for task in (SegmentationTask(),)}
+    return {task.name: task for task in (SegmentationTask(), PasiTask())}
 
 
 def list_tasks() -> list[str]:

@@ -102,6 +102,40 @@ class Task:
                      out_path: Path, title: str) -> Path:
         raise NotImplementedError
 
+    # -- the pipeline ---------------------------------------------------------------------
+    def run_training(self, config: BaseTaskConfig, run_dir: Path, *, resume: bool,
+                     progress: bool) -> dict:
+        """Splits, training, test evaluation and report inside a prepared run directory;
+        returns the test metrics. This default trains one model with the shared loop; a
+        recipe that trains many (an ensemble) overrides it."""
+        task = self
+        run_dir = Path(run_dir)
+        samples = task.load_samples(config)
+        if resume and (run_dir / SPLITS_FILE).is_file():
+            samples = with_saved_splits(samples, run_dir)
+        else:
+            samples = split_samples(samples, config, task, source=str(run_dir / SPLITS_FILE))
+            write_splits(run_dir / SPLITS_FILE, samples["sample"], samples["subject"],
+                         samples["split"], samples.get("fold"))
+
+        parts = task.training_parts(config, samples)
+        fit(parts, config, run_dir, resume=resume, progress=progress)
+
+        model = task.build_model(config, for_training=False)
+        model.load_state_dict(load_state_dict(run_dir / MODEL_FILE))
+        model.eval()
+        test = samples[samples["split"] == "test"]
+        if test.empty:
+            test = samples[samples["split"] == "val"]
+        evaluation = task.evaluate(model, config, test, run_dir)
+        write_json(run_dir / METRICS_FILE, {"split": str(test["split"].iloc[0]),
+                                            "n_samples": len(test),
+                                            "n_subjects": int(test["subject"].nunique()),
+                                            "metrics": evaluation.metrics, **evaluation.extra})
+        task.write_report(run_dir, config, evaluation, run_dir / "report.html",
+                          title=f"medlite {config.task}: {config.name}")
+        return evaluation.metrics
+
 
 # -- the shared pipeline ------------------------------------------------------------------
 
@@ -207,31 +241,8 @@ def train_run(config: BaseTaskConfig, run_dir: Path, *, resume: bool = False,
         write_json(run_dir / "run.json",
                    environment_record(config.seed, {"task": config.task, "threads": threads}))
 
-    samples = task.load_samples(config)
-    if resume and (run_dir / SPLITS_FILE).is_file():
-        samples = with_saved_splits(samples, run_dir)
-    else:
-        samples = split_samples(samples, config, task, source=str(run_dir / SPLITS_FILE))
-        write_splits(run_dir / SPLITS_FILE, samples["sample"], samples["subject"],
-                     samples["split"], samples.get("fold"))
-
-    parts = task.training_parts(config, samples)
-    fit(parts, config, run_dir, resume=resume, progress=progress)
-
-    model = task.build_model(config, for_training=False)
-    model.load_state_dict(load_state_dict(run_dir / MODEL_FILE))
-    model.eval()
-    test = samples[samples["split"] == "test"]
-    if test.empty:
-        test = samples[samples["split"] == "val"]
-    evaluation = task.evaluate(model, config, test, run_dir)
-    write_json(run_dir / METRICS_FILE, {"split": str(test["split"].iloc[0]),
-                                        "n_samples": len(test),
-                                        "n_subjects": int(test["subject"].nunique()),
-                                        "metrics": evaluation.metrics, **evaluation.extra})
-    task.write_report(run_dir, config, evaluation, run_dir / "report.html",
-                      title=f"medlite {config.task}: {config.name}")
+    metrics = task.run_training(config, run_dir, resume=resume, progress=progress)
     run_info = read_json(run_dir / "run.json")
     run_info["finished"] = pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds")
     write_json(run_dir / "run.json", run_info)
-    return evaluation.metrics
+    return metrics
