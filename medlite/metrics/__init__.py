@@ -8,6 +8,13 @@ from medlite.metrics.bootstrap import (
     subject_blocks,
     subject_resample_indices,
 )
+from medlite.metrics.classification import (
+    check_probabilities,
+    classification_metrics,
+    confusion,
+    expected_calibration_error,
+    reliability_curve,
+)
 from medlite.metrics.regression import regression_metrics
 from medlite.metrics.segmentation import (
     SEGMENTATION_CLASS_NAMES,
@@ -30,4 +37,9 @@ __all__ = [
     "segmentation_statistic",
     "subject_blocks",
     "subject_resample_indices",
+    "check_probabilities",
+    "classification_metrics",
+    "confusion",
+    "expected_calibration_error",
+    "reliability_curve",
 ]

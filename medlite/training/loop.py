@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -127,7 +129,7 @@ def fit(parts: TrainingParts, config: BaseTaskConfig, run_dir: Path, *,
     )
     last = checkpoint_dir / LAST_CHECKPOINT
     ckpt_path = last if resume and last.is_file() else None
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_lightning(not progress):
         # Lightning nags about worker counts and small logging intervals on laptops.
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*number of training batches.*")
@@ -138,6 +140,20 @@ def fit(parts: TrainingParts, config: BaseTaskConfig, run_dir: Path, *,
     state = model_state_from_checkpoint(source)
     save_torch_atomic(state, run_dir / MODEL_FILE)
     return run_dir / MODEL_FILE
+
+
+@contextmanager
+def _quiet_lightning(quiet: bool):
+    """Without progress bars (ensembles of many jobs), also hide Lightning's per-fit banner
+    (accelerator, tips); warnings still show."""
+    logger = logging.getLogger("lightning.pytorch")
+    level = logger.level
+    if quiet:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def read_history(run_dir: Path) -> pd.DataFrame:
