@@ -161,9 +161,10 @@ def _square_limits(*arrays: np.ndarray) -> tuple[float, float]:
 
 def plot_agreement(
     y_true: np.ndarray, y_pred: np.ndarray, path: str | Path, title: str = "",
-    units: str = "PASI",
+    units: str = "PASI", point_label: str = "visit",
 ) -> Path:
-    """Figure 3: model prediction (y) against physician score (x), one point per image.
+    """Figure 3: model prediction (y) against physician score (x), one point per
+    ``point_label`` (a visit for PASI).
 
     Draws the OLS line of prediction on physician with its 95 % confidence band for the mean
     (:func:`regression_band`, drawn only over the range of the physician scores and only with
@@ -188,7 +189,7 @@ def plot_agreement(
     with plt.rc_context(PAPER_STYLE):
         fig, ax = plt.subplots(figsize=(4.6, 4.6))
         ax.scatter(truth, predicted, s=14, alpha=0.6, color=PHYSICIAN_COLOUR, linewidths=0,
-                   label="image", zorder=2)
+                   label=point_label, zorder=2)
         ax.plot(limits, limits, linestyle="--", color="grey", linewidth=1, label="identity")
         if truth.size >= 3 and np.ptp(truth) > 0:
             grid = np.linspace(truth.min(), truth.max(), 200)

@@ -318,7 +318,7 @@ def train_fold_job(job: Job, job_dir: Path) -> dict:
         else pd.DataFrame()
     return {"oof": dict(zip(held_out["sample"], oof.tolist(), strict=True)),
             "test": dict(zip(test["sample"], test_pred.tolist(), strict=True)),
-            "epochs": len(history),
+            "epochs": len(history), "cache_hits": cache.hits, "cache_misses": cache.misses,
             "best_val_loss": float(history["val_loss"].min()) if len(history) else None}
 
 
@@ -416,8 +416,8 @@ class PasiTask(Task):
             name="demo-pasi",
             data=PasiDataConfig(photos=photos, scores=scores, tile_size=32),
             ensemble=PasiEnsembleConfig(
-                architectures=["mobilenet_v3_small", "shufflenet_v2_x0_5", "squeezenet1_1"],
-                heads=["regional"], test_fraction=0.2),
+                architectures=["mobilenet_v3_small", "squeezenet1_1"],
+                heads=["regional", "components"], test_fraction=0.2),
             model=ModelConfig(name="mobilenet_v3_small", pretrained=False),
             optimizer=OptimizerConfig(name="adam", lr=2e-3),
             scheduler=SchedulerConfig(name="cosine", min_lr=1e-5),
@@ -497,7 +497,7 @@ class PasiTask(Task):
             samples = self.split(samples, config)
             write_splits(run_dir / SPLITS_FILE, samples["sample"], samples["subject"],
                          samples["split"], samples["fold"].where(samples["fold"] >= 0))
-        self._build_composites(samples, config, progress)
+        composites = self._build_composites(samples, config, progress)
         columns = base_columns(config)
         check_weights_available(config)
         jobs = [Job(_job_key(name, fold), {"architecture": arch, "head": head, "fold": fold})
@@ -508,19 +508,24 @@ class PasiTask(Task):
 
         model = self._assemble(config, run_dir, samples, columns, results)
         evaluation = self.evaluate(model, config, samples[samples["split"] == "test"], run_dir)
+        cache = {"before_jobs": composites,
+                 "jobs_reads": sum(r.get("cache_hits", 0) for r in results.values()),
+                 "jobs_builds": sum(r.get("cache_misses", 0) for r in results.values())}
         write_json(run_dir / METRICS_FILE, {"split": "test", **_counts(evaluation.per_sample),
-                                            "metrics": evaluation.metrics, **evaluation.extra})
+                                            "metrics": evaluation.metrics,
+                                            "composite_cache": cache, **evaluation.extra})
         self.write_report(run_dir, config, evaluation, run_dir / "report.html",
                           title=f"medlite pasi: {config.name}")
         return evaluation.metrics
 
     def _build_composites(self, samples: pd.DataFrame, config: PasiConfig,
-                          progress: bool) -> None:
+                          progress: bool) -> dict:
         """Build every composite once, before the jobs (which then only read the cache)."""
         cache = self.composite_cache(config)
         for paths in tqdm(samples["images"], desc="composites", disable=not progress,
                           leave=False):
             cache.get(paths, config.data.tile_size)
+        return {"built": cache.misses, "reused": cache.hits}
 
     def _assemble(self, config: PasiConfig, run_dir: Path, samples: pd.DataFrame,
                   columns: dict, results: dict) -> PasiEnsemble:

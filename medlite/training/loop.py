@@ -110,27 +110,28 @@ def fit(parts: TrainingParts, config: BaseTaskConfig, run_dir: Path, *,
                                        patience=trainer_cfg.early_stopping_patience))
     max_time = (timedelta(minutes=trainer_cfg.max_time_minutes)
                 if trainer_cfg.max_time_minutes else None)
-    trainer = pl.Trainer(
-        default_root_dir=run_dir,
-        max_epochs=trainer_cfg.max_epochs,
-        max_time=max_time,
-        accelerator=trainer_cfg.accelerator,
-        devices=trainer_cfg.devices,
-        precision=trainer_cfg.precision,
-        deterministic=trainer_cfg.deterministic,
-        limit_train_batches=trainer_cfg.limit_train_batches,
-        callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()],
-        logger=False,
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        log_every_n_steps=max(1, min(50, len(parts.train_loader))),
-        num_sanity_val_steps=0,
-    )
     last = checkpoint_dir / LAST_CHECKPOINT
     ckpt_path = last if resume and last.is_file() else None
     with warnings.catch_warnings(), _quiet_lightning(not progress):
         # Lightning nags about worker counts and small logging intervals on laptops.
+        warnings.filterwarnings("ignore", ".*isinstance.treespec, LeafSpec.*")
+        trainer = pl.Trainer(
+            default_root_dir=run_dir,
+            max_epochs=trainer_cfg.max_epochs,
+            max_time=max_time,
+            accelerator=trainer_cfg.accelerator,
+            devices=trainer_cfg.devices,
+            precision=trainer_cfg.precision,
+            deterministic=trainer_cfg.deterministic,
+            limit_train_batches=trainer_cfg.limit_train_batches,
+            callbacks=callbacks,
+            plugins=[AtomicCheckpointIO()],
+            logger=False,
+            enable_progress_bar=progress,
+            enable_model_summary=False,
+            log_every_n_steps=max(1, min(50, len(parts.train_loader))),
+            num_sanity_val_steps=0,
+        )
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*number of training batches.*")
         trainer.fit(module, parts.train_loader, parts.val_loader, ckpt_path=ckpt_path,
