@@ -193,3 +193,25 @@ def test_missing_pretrained_weights_fail_before_training(trial, tmp_path, monkey
     message = str(info.value)
     assert "resnet18" in message and "model.pretrained: false" in message
     assert len(info.value.problems) == 2
+
+
+def test_visit_scores_equation_2_and_per_visit_mean():
+    from medlite.tasks.pasi import visit_scores
+
+    rows = pd.DataFrame({"subject": ["a"] * 3 + ["b"] * 3, "visit": ["0"] * 6,
+                         "region": ["upper", "trunk", "lower"] * 2})
+    regional = np.array([10.0, 20.0, 30.0, 80.0, -2.0, 0.0])
+    by_region = visit_scores(rows, regional, per_visit=False)
+    # 0.2*10 + 0.3*20 + 0.4*30 = 20; predictions are clipped to 0-72 first: 0.2*72 = 14.4
+    assert by_region["pasi"].tolist() == pytest.approx([20.0, 14.4])
+    per_visit = visit_scores(rows, np.array([9.0, 12.0, 15.0, 1.0, 2.0, 3.0]), per_visit=True)
+    assert per_visit["pasi"].tolist() == pytest.approx([12.0, 2.0])
+
+
+def test_components_head_computes_the_regional_score_within_ranges():
+    from medlite.tasks.pasi import regional_from_outputs
+
+    outputs = torch.tensor([[2.0, 1.0, 1.0, 2.0],      # (2+1+1) x 2 = 8
+                            [5.0, -1.0, 4.5, 7.0]])    # clipped: (4+0+4) x 6 = 48
+    assert regional_from_outputs(outputs, "components").tolist() == pytest.approx([8.0, 48.0])
+    assert regional_from_outputs(torch.tensor([[80.0], [-3.0]]), "regional").tolist() == [72, 0]
