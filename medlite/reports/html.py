@@ -51,9 +51,12 @@ def render_report(title: str, sections: list[tuple[str, str]]) -> str:
 
 
 def write_standard_report(run_dir: Path, config, evaluation, out_path: Path, title: str,
-                          monitor: str | None = None, extra_sections=None) -> Path:
+                          monitor: str | None = None, extra_sections=None,
+                          markers: dict[str, int] | None = None) -> Path:
     """The report every task shares: metrics with CIs, learning curves, the task's figures,
-    model profile, run record and resolved config."""
+    model profile, run record and resolved config. ``markers`` (label -> 0-based epoch of
+    ``history.csv``) draws vertical lines on the learning curves, e.g. where a training
+    stage starts."""
     from medlite.training.loop import read_history
 
     run_dir = Path(run_dir)
@@ -71,7 +74,8 @@ def write_standard_report(run_dir: Path, config, evaluation, out_path: Path, tit
     history = read_history(run_dir)
     figure_dir = run_dir / "figures"
     figure_dir.mkdir(parents=True, exist_ok=True)
-    curves = plot_learning_curves(history, figure_dir / "learning_curves.png", monitor)
+    curves = plot_learning_curves(history, figure_dir / "learning_curves.png", monitor,
+                                  markers)
     if curves is not None:
         sections.append(("Learning curves", embed_png(curves, "learning curves")))
     for name, path in evaluation.figures.items():

@@ -30,6 +30,7 @@ standardised units (the MSE divided by the target variance).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -353,7 +354,10 @@ def visit_scores(rows: pd.DataFrame, values: np.ndarray, per_visit: bool) -> pd.
     return grouped.clip(0, REGIONAL_MAX).rename("pasi").reset_index()
 
 
-def score_statistic(y_true: np.ndarray, y_pred: np.ndarray, thresholds) -> callable:
+def score_statistic(y_true: np.ndarray, y_pred: np.ndarray,
+                    thresholds: tuple[float, float]) -> Callable[[np.ndarray], dict]:
+    """Visit-level MAE, MSE, Pearson, CCC and severity accuracy of the rows ``index``."""
+
     def statistic(index: np.ndarray) -> dict[str, float]:
         if len(index) < 2:
             return dict.fromkeys(("mae", "mse", "pcc", "ccc", "severity_acc"), float("nan"))
@@ -675,6 +679,7 @@ class PasiTask(Task):
         from PIL import Image
 
         from medlite.data.io import IMAGE_EXTENSIONS, read_image
+        from medlite.data.transforms import normalize, to_tensor_image
 
         out_dir = Path(out_dir)
         target = out_dir / "visit_predictions.csv"
@@ -700,8 +705,6 @@ class PasiTask(Task):
                                            config.data.tile_size)
                 out_dir.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(composite).save(out_dir / f"{visit_dir.name}_{region}.png")
-                from medlite.data.transforms import normalize, to_tensor_image
-
                 with torch.no_grad():
                     value = model.eval()(normalize(to_tensor_image(composite))[None])[0, 0]
                 regional[region] = float(value)

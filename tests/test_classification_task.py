@@ -1,0 +1,391 @@
+"""The classification task (Akay et al. 2021 SSc recipe): a two-stage run end to end, what each
+stage may change, resume, predict, export, pretrained MobileNetV2 weights, splits, configs and
+bad input reported on one line with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from medlite.cli import main
+from medlite.config import validate_config
+from medlite.data.synthetic_skin import write_synthetic_skin_dataset
+from medlite.errors import ConfigError
+from medlite.models import create_model
+from medlite.runs import load_state_dict
+from medlite.tasks import get_task
+from medlite.tasks.classification import (
+    ClassificationConfig,
+    ClassificationDataConfig,
+    ClassificationTask,
+    StageConfig,
+)
+from tests.conftest import random_rgb, save_image
+
+CLASSES = ["normal", "early", "late"]
+HEAD = "classifier.1"  # mobilenet_v2's new head (head_hidden): classifier.1.1 ... classifier.1.3
+FROZEN_IN_FINE_TUNE = tuple(f"features.{i}." for i in range(10))
+
+TWO_STAGE_CONFIG = """task: classification
+data:
+  manifest: data/manifest.csv
+  class_names: [normal, early, late]
+  image_size: 32
+model:
+  name: mobilenet_v2
+  pretrained: false
+  weights_path: initial.pt
+  kwargs: {head_hidden: 8}
+stages:
+  - {name: head, epochs: 1, lr: 1.0e-3, trainable: head}
+  - {name: fine_tune, epochs: 1, lr: 1.0e-3, trainable: all_but_first_n,
+     freeze_first_n_layers: 10}
+trainer: {batch_size: 8, threads: 2}
+split: {val_fraction: 0.2, test_fraction: 0.25}
+evaluation: {bootstrap_resamples: 20}
+"""
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A finished two-stage run of MobileNetV2 (random start weights from ``initial.pt``)
+    on 12 synthetic subjects x 2 images of 32 px."""
+    root = tmp_path_factory.mktemp("classification")
+    write_synthetic_skin_dataset(root / "data", n_subjects=12, images_per_subject=2, size=32,
+                                 seed=0)
+    torch.manual_seed(0)
+    initial = create_model("mobilenet_v2", task="classification", num_classes=3, head_hidden=8)
+    torch.save(initial.state_dict(), root / "initial.pt")
+    config = root / "two_stage.yaml"
+    config.write_text(TWO_STAGE_CONFIG)
+    run = root / "run"
+    assert main(["train", str(config), "--out", str(run), "--no-progress"]) == 0
+    return root, config, run
+
+
+def _state(path: Path) -> dict[str, torch.Tensor]:
+    return load_state_dict(path)
+
+
+def _differs(a: dict, b: dict, keys) -> bool:
+    return any(not torch.equal(a[k], b[k]) for k in keys)
+
+
+def test_two_stage_run_layout(trained):
+    _, _, run = trained
+    for name in ["config.yaml", "splits.csv", "model.pt", "metrics.json", "predictions.csv",
+                 "report.html", "stages.json", "history.csv", "stages/1-head/model.pt",
+                 "stages/2-fine_tune/model.pt", "figures/learning_curves.png",
+                 "figures/confusion_matrix.png", "figures/confusion_matrix_normalized.png",
+                 "figures/reliability.png", "figures/roc_curves.png",
+                 "figures/misclassified.png"]:
+        assert (run / name).is_file(), name
+
+    history = pd.read_csv(run / "history.csv")
+    assert history["stage"].tolist() == ["head", "fine_tune"]
+    assert history["epoch"].tolist() == [0, 1]  # global epochs across the stages
+    assert {"train_loss", "val_loss", "val_accuracy", "val_macro_f1"} <= set(history)
+
+    stages = json.loads((run / "stages.json").read_text())
+    assert [s["name"] for s in stages] == ["head", "fine_tune"]
+    assert all(s["finished"] and s["epochs_run"] == 1 for s in stages)
+    head_parameters = sum(r["parameters"] for r in stages[0]["modules"]
+                          if r["name"] == "classifier")
+    assert stages[0]["trainable_parameters"] == head_parameters
+    assert stages[0]["frozen_modules"] == ["features.0..features.18"]
+    assert stages[1]["frozen_modules"] == ["features.0..features.9"]
+
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["class_names"] == CLASSES
+    for name in ["accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "ece",
+                 "sensitivity_early", "specificity_late"]:
+        entry = saved["metrics"][name]
+        assert {"value", "ci_low", "ci_high"} <= set(entry)
+    accuracy = saved["metrics"]["accuracy"]
+    assert accuracy["ci_low"] <= accuracy["value"] <= accuracy["ci_high"]
+    assert np.sum(saved["confusion_matrix"]) == saved["n_samples"]
+
+    predictions = pd.read_csv(run / "predictions.csv")
+    splits = pd.read_csv(run / "splits.csv")
+    assert sorted(predictions["sample"]) == sorted(splits.loc[splits["split"] == "test",
+                                                              "sample"])
+    assert {"subject", "label", "predicted", "p_normal", "p_early", "p_late"} <= set(predictions)
+    np.testing.assert_allclose(predictions[["p_normal", "p_early", "p_late"]].sum(axis=1), 1,
+                               atol=1e-6)
+    assert (predictions["correct"] == (predictions["label"] == predictions["predicted"])).all()
+
+    report = (run / "report.html").read_text()
+    assert "Training stages" in report and "Confusion matrix" in report
+
+
+def test_splits_keep_subjects_together_and_every_class_in_training(trained):
+    _, _, run = trained
+    splits = pd.read_csv(run / "splits.csv")
+    assert splits.groupby("subject")["split"].nunique().max() == 1
+    manifest = pd.read_csv(run.parent / "data" / "manifest.csv")
+    labels = dict(zip(manifest["subject"], manifest["label"], strict=False))
+    train_labels = {labels[s] for s in splits.loc[splits["split"] == "train", "subject"]}
+    assert train_labels == set(CLASSES)
+
+
+def test_stage_one_trains_only_the_head(trained):
+    root, _, run = trained
+    initial, after = _state(root / "initial.pt"), _state(run / "stages/1-head/model.pt")
+    backbone = [k for k in after if not k.startswith(HEAD)]
+    head = [k for k in after if k.startswith(HEAD)]
+    # Weights and BatchNorm running statistics of the frozen backbone are untouched...
+    assert not _differs(initial, after, backbone)
+    assert any(k.endswith("running_mean") for k in backbone)
+    # ...and the head did learn.
+    assert _differs(initial, after, head)
+
+
+def test_stage_two_leaves_the_first_ten_layers_alone(trained):
+    _, _, run = trained
+    first, second = _state(run / "stages/1-head/model.pt"), _state(
+        run / "stages/2-fine_tune/model.pt")
+    frozen = [k for k in second if k.startswith(FROZEN_IN_FINE_TUNE)]
+    later = [k for k in second if k.startswith("features.1") and k not in frozen]
+    assert frozen and later
+    assert not _differs(first, second, frozen)
+    assert _differs(first, second, later)
+    final = _state(run / "model.pt")
+    assert not _differs(final, second, second)
+
+
+def test_resume_trains_only_the_unfinished_stage(trained, tmp_path):
+    _, config, run = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "stages/2-fine_tune/model.pt").unlink()
+    first_stage = copy / "stages/1-head/model.pt"
+    first_mtime = first_stage.stat().st_mtime_ns
+    assert main(["train", str(config), "--out", str(copy), "--resume", "--no-progress"]) == 0
+    assert first_stage.stat().st_mtime_ns == first_mtime  # finished stage skipped
+    resumed = _state(copy / "stages/2-fine_tune/model.pt")
+    original = _state(run / "stages/2-fine_tune/model.pt")
+    assert not _differs(resumed, original, original)  # from its finished checkpoint
+    assert pd.read_csv(copy / "history.csv")["stage"].tolist() == ["head", "fine_tune"]
+
+
+def test_predict_writes_probabilities_and_refuses_to_overwrite(trained, tmp_path, capsys):
+    root, _, run = trained
+    images = sorted((root / "data" / "images").glob("*.png"))[:3]
+    out = tmp_path / "pred"
+    assert main(["predict", str(run), *map(str, images), "--out", str(out)]) == 0
+    table = pd.read_csv(out / "predictions.csv")
+    assert table["file"].tolist() == [str(p) for p in images]
+    assert set(table["predicted"]) <= set(CLASSES)
+    np.testing.assert_allclose(table[["p_normal", "p_early", "p_late"]].sum(axis=1), 1,
+                               atol=1e-6)
+    np.testing.assert_allclose(table["confidence"],
+                               table[["p_normal", "p_early", "p_late"]].max(axis=1))
+    assert main(["predict", str(run), str(images[0]), "--out", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert len(pd.read_csv(out / "predictions.csv")) == 3  # untouched
+    assert main(["predict", str(run), str(root / "data" / "images"), "--out", str(out),
+                 "--overwrite"]) == 0
+    assert len(pd.read_csv(out / "predictions.csv")) == len(list(
+        (root / "data" / "images").glob("*.png")))
+
+
+def test_export_to_onnx_matches_pytorch(trained, capsys):
+    _, _, run = trained
+    assert main(["export", str(run)]) == 0
+    assert (run / "export" / "model.onnx").is_file()
+    assert "max abs difference" in capsys.readouterr().out
+
+
+def test_pretrained_mobilenet_v2_from_a_local_file(shared_dir, tmp_path):
+    weights = shared_dir / "weights" / "mobilenet_v2_imagenet_features.pth"
+    if not weights.is_file():
+        pytest.skip(f"{weights} is absent")
+    manifest = write_synthetic_skin_dataset(tmp_path / "data", classes=("normal", "late"),
+                                            n_subjects=8, images_per_subject=1, size=32)
+    config = ClassificationConfig(
+        name="pretrained", data=ClassificationDataConfig(manifest=manifest, image_size=32),
+        stages=[StageConfig(name="head", epochs=1, trainable="head")])
+    config.model.weights_path = weights
+    config.trainer.batch_size = 4
+    config.trainer.limit_train_batches = 1
+    config.trainer.threads = 2
+    config.split.val_fraction = config.split.test_fraction = 0.25
+    task = ClassificationTask()
+    samples = task.load_samples(config)
+    config.data.class_names = samples.attrs["class_names"]
+    final = task.train_stages(config, task.split(samples, config), tmp_path / "run",
+                              resume=False, progress=False)
+    imagenet = load_state_dict(weights)
+    trained_state = _state(final)
+    assert final == tmp_path / "run" / "stages" / "1-head" / "model.pt"
+    assert set(imagenet) <= set(trained_state)
+    assert not _differs(imagenet, trained_state, imagenet)  # frozen, statistics included
+
+
+# -- configuration and data -----------------------------------------------------------------
+
+def test_defaults_reproduce_the_paper():
+    config = ClassificationConfig()
+    assert config.model.name == "mobilenet_v2" and config.model.pretrained
+    assert config.data.image_size == (128, 128)
+    assert config.optimizer.name == "adam"
+    assert [(s.name, s.trainable, s.freeze_first_n_layers) for s in config.stages] == [
+        ("head", "head", None), ("fine_tune", "all_but_first_n", 10)]
+    assert config.data.class_balance == "weights"
+    assert get_task("classification").config_class is ClassificationConfig
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({"stages": [{"name": "a", "trainable": "all", "freeze_first_n_layers": 3}]},
+     "stages.0"),
+    ({"stages": [{"name": "a", "trainable": "all_but_first_n"}]}, "stages.0"),
+    ({"stages": [{"name": "a"}, {"name": "a"}]}, "stages"),
+    ({"stages": [{"name": "a b"}]}, "stages.0.name"),
+    ({"data": {"manifest": "m.csv", "image_folder": "images"}}, "data"),
+    ({"data": {"image_size": 8}}, "data.image_size"),
+])
+def test_bad_configs_name_the_key(raw, key):
+    with pytest.raises(ConfigError) as info:
+        validate_config({"task": "classification", **raw}, ClassificationConfig, "c.yaml")
+    assert str(info.value).startswith(f"c.yaml: {key}")
+
+
+def test_split_is_stratified_grouped_and_keeps_given_splits():
+    task = ClassificationTask()
+    subjects = [f"S{i:02d}" for i in range(30) for _ in range(2)]
+    labels = [CLASSES[i % 3] for i in range(30) for _ in range(2)]
+    samples = pd.DataFrame({"sample": [f"{s}_{k}" for s, k in zip(subjects, [1, 2] * 30,
+                                                                    strict=True)],
+                            "subject": subjects, "label": labels,
+                            "split": ["test", "test"] + [""] * 58})
+    config = ClassificationConfig()
+    config.split.val_fraction, config.split.test_fraction = 0.2, 0.2
+    split = task.split(samples, config)
+    assert split.groupby("subject")["split"].nunique().max() == 1
+    assert (split.loc[split["subject"] == "S00", "split"] == "test").all()
+    for name in ("train", "val", "test"):
+        assert set(split.loc[split["split"] == name, "label"]) == set(CLASSES), name
+
+    config.split.folds, config.split.fold = 3, 1
+    with pytest.raises(ConfigError, match="split.folds"):
+        task.split(samples, config)  # a fixed split column and k-fold do not mix
+    folded = task.split(samples.drop(columns="split"), config)
+    assert (folded.loc[folded["split"] == "test", "fold"] == 1).all()
+    assert folded.groupby("subject")["fold"].nunique().max() == 1
+
+
+def test_class_balance_options(tmp_path):
+    manifest = write_synthetic_skin_dataset(tmp_path / "data", n_subjects=9,
+                                            images_per_subject=1, size=16)
+    task = ClassificationTask()
+    config = ClassificationConfig(data=ClassificationDataConfig(
+        manifest=manifest, class_names=CLASSES, image_size=16))
+    config.model.name, config.model.pretrained, config.model.kwargs = "plain_cnn", False, {}
+    samples = task.load_samples(config)
+    samples["split"] = ["train"] * 7 + ["val"] * 2
+    samples["label_index"] = [0, 0, 0, 0, 1, 1, 2, 0, 1]  # 4:2:1 in training
+    weighted = task.training_parts(config, samples)
+    expected = np.array([1 / 4, 1 / 2, 1]) / np.mean([1 / 4, 1 / 2, 1])
+    np.testing.assert_allclose(weighted.loss_fn.weight.numpy(), expected, rtol=1e-6)
+    config.data.class_balance = "sampler"
+    sampled = task.training_parts(config, samples)
+    assert sampled.loss_fn.weight is None
+    assert isinstance(sampled.train_loader.sampler, torch.utils.data.WeightedRandomSampler)
+
+
+def test_image_folder_is_a_data_source(tmp_path):
+    for label in ("normal", "ssc"):
+        for k in range(2):
+            save_image(tmp_path / "photos" / label / f"{k}.png", random_rgb(20, 24, seed=k))
+    config = ClassificationConfig(data=ClassificationDataConfig(image_folder=tmp_path /
+                                                                "photos"))
+    samples = ClassificationTask().load_samples(config)
+    assert samples.attrs["class_names"] == ["normal", "ssc"]
+    # Same file names in two class folders are different subjects and samples.
+    assert samples["subject"].nunique() == 4 and samples["sample"].nunique() == 4
+    assert samples.groupby("label")["label_index"].first().to_dict() == {"normal": 0, "ssc": 1}
+
+
+def test_dermamnist_official_split(shared_dir):
+    root = shared_dir / "data" / "dermamnist"
+    if not (root / "dermamnist_28_from_jpg.npz").is_file():
+        pytest.skip(f"{root} has no DermaMNIST npz")
+    task = ClassificationTask()
+    config = ClassificationConfig(data=ClassificationDataConfig(dermamnist=root,
+                                                                image_size=32))
+    samples = task.load_samples(config)
+    assert samples["split"].value_counts().to_dict() == {"train": 7007, "test": 2005,
+                                                         "val": 1003}
+    config.data.class_names = samples.attrs["class_names"]
+    split = task.split(samples, config)
+    assert (split["split"] == samples["split"]).all()
+    item = task._dataset(config, samples.iloc[:2], train=False)[1]
+    assert item["input"].shape == (3, 32, 32) and int(item["target"]) == samples[
+        "label_index"].iloc[1]
+
+
+# -- bad input: one line, exit code 2 --------------------------------------------------------
+
+def _write_case(root: Path, rows: list[tuple], class_names=None, extra=None) -> Path:
+    """A manifest of 16 px images (image, label, subject[, split]) and a config reading it."""
+    columns = ["image", "label", "subject", "split"][:len(rows[0])]
+    for k, row in enumerate(rows):
+        save_image(root / row[0], random_rgb(16, 16, seed=k))
+    pd.DataFrame(rows, columns=columns).to_csv(root / "manifest.csv", index=False)
+    data = {"manifest": "manifest.csv", "image_size": 16, **(extra or {})}
+    if class_names:
+        data["class_names"] = class_names
+    config = {"task": "classification", "data": data,
+              "model": {"name": "plain_cnn", "pretrained": False},
+              "stages": [{"name": "train", "epochs": 1}]}
+    path = root / "config.yaml"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def _rows(labels, splits=None):
+    rows = [(f"img/{i}.png", label, f"S{i}") for i, label in enumerate(labels)]
+    if splits:
+        rows = [(*r, s) for r, s in zip(rows, splits, strict=True)]
+    return rows
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("unknown_label", "label 'sclerosis' is not a known class"),
+    ("class_without_images", "class 'early' has no images"),
+    ("single_class", "only one class ('normal')"),
+    ("unreadable_image", "img/1.png"),
+    ("subject_in_two_splits", "subject 'S0' appears in several splits"),
+    ("empty_class_folder", "class folder has no images"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(case, expected, tmp_path, capsys):
+    if case == "unknown_label":
+        config = _write_case(tmp_path, _rows(["normal", "sclerosis", "late"]), CLASSES)
+    elif case == "class_without_images":
+        config = _write_case(tmp_path, _rows(["normal", "late", "late"]), CLASSES)
+    elif case == "single_class":
+        config = _write_case(tmp_path, _rows(["normal"] * 3))
+    elif case == "unreadable_image":
+        config = _write_case(tmp_path, _rows(["normal", "late", "late"]))
+        (tmp_path / "img" / "1.png").write_bytes(b"not a png")
+    elif case == "subject_in_two_splits":
+        rows = _rows(["normal", "late", "late"], ["train", "val", "test"])
+        rows.append(("img/3.png", "normal", "S0", "test"))
+        config = _write_case(tmp_path, rows)
+    else:
+        (tmp_path / "photos" / "early").mkdir(parents=True)
+        for label in ("normal", "late"):
+            save_image(tmp_path / "photos" / label / "a.png", random_rgb(16, 16))
+        config = _write_case(tmp_path, _rows(["normal", "late"]),
+                             extra={"manifest": None, "image_folder": "photos"})
+    assert main(["train", str(config), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    first = err.splitlines()[0]
+    assert first.startswith("medlite: error: ") and expected in err
+    assert "Traceback" not in err
