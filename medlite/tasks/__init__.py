@@ -14,10 +14,13 @@ from medlite.errors import ConfigError
 
 @cache
 def _tasks() -> dict:
+    from medlite.tasks.classification import ClassificationTask
     from medlite.tasks.pasi import PasiTask
     from medlite.tasks.segmentation import SegmentationTask
+    from medlite.tasks.stress import StressTask
 
-    return {task.name: task for task in (SegmentationTask(), PasiTask())}
+    return {task.name: task for task in (SegmentationTask(), PasiTask(), ClassificationTask(),
+                                             StressTask())}
 
 
 def list_tasks() -> list[str]:

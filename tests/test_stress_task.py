@@ -1,0 +1,372 @@
+"""The SONIC stress task end to end on a tiny synthetic study: subject-wise and window-level
+CV side by side, run layout, metrics with CIs, figures, resume, predict, evaluate, export,
+and one-line errors for bad recordings."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from medlite.cli import main
+from medlite.config import load_config
+from medlite.data.spectrogram import NORMALIZER_MODES, SpectrogramNormalizer
+from medlite.data.splits import read_splits
+from medlite.data.synthetic_ecg import synthetic_ecg, synthetic_stress_study
+from medlite.errors import DataError
+from medlite.tasks.base import load_trained_model
+from medlite.tasks.stress import (
+    SpectrogramStandardize,
+    carve_validation,
+    cv_folds,
+    prepare_windows,
+    train_test_overlap,
+    write_recordings,
+)
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+FS = 100.0
+BACKBONES = ["squeezenet1_1", "shufflenet_v2_x0_5"]
+
+
+def tiny_config(recordings, **cv) -> dict:
+    return {
+        "task": "stress", "name": "tiny-stress", "seed": 3,
+        "data": {"recordings": str(recordings)},
+        "spectrogram": {"image_size": 32},
+        "model": {"name": "sonic", "pretrained": False, "kwargs": {"backbones": BACKBONES}},
+        "cv": {"scheme": "subject", "folds": 2, **cv},
+        "trainer": {"max_epochs": 1, "batch_size": 16, "threads": 1},
+        "evaluation": {"bootstrap_resamples": 30},
+    }
+
+
+def write_yaml(path, config: dict):
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stress")
+    recordings = synthetic_stress_study(n_subjects=3, minutes_per_condition=(0.5, 0.5, 0.5),
+                                        fs=FS, seed=1)
+    manifest = write_recordings(recordings, root / "data")
+    return root, manifest
+
+
+@pytest.fixture(scope="module")
+def trained(study):
+    root, manifest = study
+    config = write_yaml(root / "tiny.yaml", tiny_config(manifest, compare_window_cv=True))
+    run = root / "run"
+    assert main(["train", str(config), "--out", str(run), "--no-progress"]) == 0
+    return run
+
+
+def test_run_layout_folds_metrics_figures_report(trained):
+    splits = read_splits(trained / "splits.csv")
+    windows = pd.read_csv(trained / "windows.csv")
+    # (90 s - 5 s) / 2 s + 1 = 43 windows per subject, less 4 across its 2 label changes.
+    assert len(splits) == len(windows) == 3 * 39
+    # Subject-wise folds: each subject's windows all in one fold, so no fold trains on a
+    # subject it tests.
+    assert (splits.groupby("subject")["fold"].nunique() == 1).all()
+    assert set(splits["fold"]) == {0, 1}
+    for fold in (0, 1):
+        test = set(splits.loc[splits["fold"] == fold, "subject"])
+        train = set(splits.loc[splits["fold"] != fold, "subject"])
+        assert test and train and not test & train
+
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert set(metrics["metrics"]) == {"subject_cv", "window_cv"}
+    for group in metrics["metrics"].values():
+        for name in ("accuracy", "macro_f1"):
+            entry = group[name]
+            assert entry["ci_low"] <= entry["value"] <= entry["ci_high"]
+    assert metrics["n_samples"] == len(windows)
+    assert metrics["windows"]["kept"] == len(windows)
+    assert metrics["windows"]["mixed"] == 3 * 4  # two label changes per subject
+
+    for figure in ("confusion_subject_cv", "confusion_window_cv", "tsne", "learning_curves"):
+        assert (trained / "figures" / f"{figure}.png").stat().st_size > 5_000
+    report = (trained / "report.html").read_text()
+    assert "Leakage" in report and "share 60% of their samples" in report
+    assert "Per-fold metrics" in report and "Windows per recording" in report
+
+    folds = pd.read_csv(trained / "folds.csv")
+    assert sorted(zip(folds["scheme"], folds["fold"], strict=True)) == [
+        ("subject", 0), ("subject", 1), ("window", 0), ("window", 1)]
+    jobs = pd.read_csv(trained / "jobs" / "jobs.csv")
+    assert (jobs["status"] == "done").all() and len(jobs) == 5  # 2 + 2 folds + final
+    assert not (trained / "jobs" / "subject-fold0" / "checkpoints").exists()
+
+
+def test_leakage_table_measures_shared_samples(trained):
+    leakage = pd.read_csv(trained / "leakage.csv").set_index("scheme")
+    assert list(leakage["role"]) == ["main", "comparison"]
+    # Subject folds share no sample between test and training windows; shuffled windows do
+    # (a test window's neighbours, 3 s of its 5, sit in the training folds).
+    assert leakage.loc["subject", "share_of_test_windows_sharing_samples"] == 0
+    assert leakage.loc["window", "share_of_test_windows_sharing_samples"] > 0.8
+    assert leakage.loc["window", "mean_shared_with_training"] > 0.4
+    assert (leakage["tested_windows"] == 3 * 39).all()
+
+
+def test_out_of_fold_predictions_cover_every_window_once(trained):
+    oof = pd.read_csv(trained / "predictions" / "out_of_fold.csv")
+    splits = read_splits(trained / "splits.csv").set_index("sample")
+    assert oof["sample"].is_unique and set(oof["sample"]) == set(splits.index)
+    assert (oof["fold"].to_numpy() == splits.loc[oof["sample"], "fold"].to_numpy()).all()
+    probabilities = oof[["p_baseline", "p_stress", "p_amusement"]].to_numpy()
+    assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    names = np.array(["baseline", "stress", "amusement"])
+    assert (oof["predicted"] == names[probabilities.argmax(axis=1)]).all()
+
+
+def test_deployed_model_loads_and_takes_raw_spectrograms(trained):
+    task, config, model = load_trained_model(trained)
+    assert config.data.label_scheme == "wesad3"
+    logits, features = model(task.example_input(config), return_features=True)
+    assert logits.shape == (1, 3) and features.shape == (1, 12)  # SONIC's fused layer
+
+
+def test_resume_reruns_only_the_unfinished_fold(trained, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    (run / "jobs" / "subject-fold1" / "done.json").unlink()
+    before = pd.read_csv(run / "predictions" / "out_of_fold.csv")
+    assert main(["train", str(run / "config.yaml"), "--out", str(run), "--resume",
+                 "--no-progress"]) == 0
+    attempts = pd.read_csv(run / "jobs" / "jobs.csv").set_index("key")["attempts"]
+    assert attempts["subject-fold1"] == 2
+    assert (attempts.drop("subject-fold1") == 1).all()
+    after = pd.read_csv(run / "predictions" / "out_of_fold.csv")
+    fold0 = before["fold"] == 0
+    assert np.allclose(before.loc[fold0, "p_stress"], after.loc[fold0, "p_stress"])
+
+
+def test_predict_writes_probability_over_time(trained, tmp_path, capsys):
+    signal = synthetic_ecg(42.0, FS, heart_rate_bpm=80, seed=5)
+    pd.DataFrame({"ecg": signal}).to_csv(tmp_path / "new.csv", index=False)
+    out = tmp_path / "pred"
+    assert main(["predict", str(trained), str(tmp_path / "new.csv"), "--out", str(out),
+                 "--set", f"inference.fs={FS}"]) == 0
+    table = pd.read_csv(out / "new_stress.csv")
+    assert len(table) == 19  # (42 s - 5 s) / 2 s + 1 windows
+    assert list(table.columns) == ["start_s", "end_s", "ok", "p_baseline", "p_stress",
+                                   "p_amusement", "predicted"]
+    assert np.allclose(table["start_s"], np.arange(19) * 2.0)
+    assert np.allclose(table[["p_baseline", "p_stress", "p_amusement"]].sum(axis=1), 1, atol=1e-5)
+    assert (out / "new_stress.png").stat().st_size > 5_000
+    # Without the sampling rate the CSV cannot be read: one line, exit 2; nothing overwritten.
+    assert main(["predict", str(trained), str(tmp_path / "new.csv"), "--out",
+                 str(tmp_path / "other")]) == 2
+    assert "sampling rate missing" in capsys.readouterr().err
+    assert main(["predict", str(trained), str(tmp_path / "new.csv"), "--out", str(out),
+                 "--set", f"inference.fs={FS}"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_predict_labelled_recording_adds_true_class(trained, study, tmp_path):
+    _, manifest = study
+    out = tmp_path / "pred"
+    assert main(["predict", str(trained), str(manifest.parent / "synth01.csv"), "--out",
+                 str(out), "--set", f"inference.fs={FS}"]) == 0
+    table = pd.read_csv(out / "synth01_stress.csv", keep_default_na=False)
+    assert set(table["true"]) == {"baseline", "stress", "amusement", ""}  # "": mixed windows
+
+
+def test_evaluate_on_other_recordings_and_refuses_own_data(trained, tmp_path, capsys):
+    others = synthetic_stress_study(n_subjects=2, minutes_per_condition=(0.4, 0.4, 0.4), fs=FS,
+                                    seed=9)
+    for recording in others:
+        recording.subject = f"new-{recording.subject}"
+    manifest = write_recordings(others, tmp_path / "other")
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(trained), "--data", str(manifest), "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_subjects"] == 2
+    assert "accuracy" in metrics["metrics"]["deployed_model"]
+    assert (out / "figures" / "confusion.png").is_file()
+    # Every window of the run's own data trained the deployed model (the CV metrics are in
+    # metrics.json): evaluating it there is refused.
+    assert main(["evaluate", str(trained), "--out", str(tmp_path / "own")]) == 2
+    assert "no test samples" in capsys.readouterr().err
+    assert main(["evaluate", str(trained), "--split", "train", "--out",
+                 str(tmp_path / "own-train")]) == 2
+    assert "trained on every window" in capsys.readouterr().err
+
+
+def test_export_onnx(trained, tmp_path):
+    path = tmp_path / "stress.onnx"
+    assert main(["export", str(trained), "--out", str(path)]) == 0
+    assert path.stat().st_size > 100_000
+
+
+# -- bad input: one line naming the file, exit code 2 --------------------------------------------
+
+def _write_csv(path, ecg, labels=None):
+    table = pd.DataFrame({"ecg": ecg})
+    if labels is not None:
+        table["label"] = labels
+    table.to_csv(path, index=False)
+    return path
+
+
+def _bad_case(tmp_path, case: str):
+    """A manifest whose single recording has the named problem; returns (manifest, name)."""
+    n = int(30 * FS)
+    ecg = synthetic_ecg(30.0, FS, seed=2)
+    labels = np.repeat([0, 1], n // 2)
+    fs = FS
+    extra = {}
+    if case == "short":
+        _write_csv(tmp_path / "rec.csv", ecg[:200], labels[:200])
+    elif case == "nan":
+        _write_csv(tmp_path / "rec.csv", np.full(n, np.nan), labels)
+    elif case == "length":
+        _write_csv(tmp_path / "rec.csv", ecg)
+        np.save(tmp_path / "labels.npy", labels[:-10])
+        extra = {"labels": "labels.npy"}
+    elif case == "code":
+        _write_csv(tmp_path / "rec.csv", ecg, np.where(labels == 1, 5, 0))
+    elif case == "fs":
+        _write_csv(tmp_path / "rec.csv", ecg, labels)
+        fs = ""
+    manifest = tmp_path / "recordings.csv"
+    pd.DataFrame([{"path": "rec.csv", "subject": "s1", "fs": fs, **extra}]).to_csv(
+        manifest, index=False)
+    return manifest
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("short", "shorter than one window"),
+    ("nan", "contain NaN"),
+    ("length", "label track has 2990 samples but the signal"),
+    ("code", "label code 5 is not a class"),
+    ("fs", "sampling rate missing"),
+])
+def test_bad_recordings_are_one_line_errors(tmp_path, capsys, case, message):
+    manifest = _bad_case(tmp_path, case)
+    config = write_yaml(tmp_path / "bad.yaml", tiny_config(manifest))
+    assert main(["train", str(config), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+    assert str(tmp_path / ("labels.npy" if case == "length" else "rec.csv")) in err
+
+
+def test_unknown_manifest_column_and_misplaced_split_key(tmp_path, capsys):
+    manifest = tmp_path / "recordings.csv"
+    pd.DataFrame([{"path": "rec.csv", "sampling_rate": 100}]).to_csv(manifest, index=False)
+    config = write_yaml(tmp_path / "bad.yaml", tiny_config(manifest))
+    assert main(["train", str(config), "--out", str(tmp_path / "run")]) == 2
+    assert "unknown column 'sampling_rate'" in capsys.readouterr().err
+    raw = tiny_config(manifest)
+    raw["split"] = {"folds": 5}
+    config = write_yaml(tmp_path / "split.yaml", raw)
+    assert main(["train", str(config), "--out", str(tmp_path / "run2")]) == 2
+    assert "cv.scheme" in capsys.readouterr().err
+
+
+# -- building blocks of the recipe -------------------------------------------------------------
+
+def _window_table(n_per_class=30, subjects=("a",), step=2.0):
+    rows = []
+    for subject in subjects:
+        for i in range(2 * n_per_class):
+            rows.append({"sample": f"{subject}@{i}", "subject": subject, "recording": subject,
+                         "start_s": i * step, "label": int(i >= n_per_class)})
+    return pd.DataFrame(rows)
+
+
+def test_time_validation_is_the_end_of_each_class_stretch_and_purged():
+    windows = _window_table()
+    fit_rows, val_rows, how = carve_validation(windows, np.arange(len(windows)), "time",
+                                               val_fraction=0.15, gap_s=5.0, seed=0)
+    assert how == "time" and not set(fit_rows) & set(val_rows)
+    assert sorted(val_rows) == [25, 26, 27, 28, 29, 55, 56, 57, 58, 59]  # ceil(0.15 x 30) = 5
+    times = windows["start_s"].to_numpy()
+    gaps = np.abs(times[fit_rows][:, None] - times[val_rows][None, :])
+    assert gaps.min() >= 5.0  # no fitted window shares a sample with a validation window
+
+
+def test_subject_validation_holds_out_whole_subjects():
+    windows = _window_table(n_per_class=5, subjects=[f"s{i}" for i in range(8)])
+    fit_rows, val_rows, how = carve_validation(windows, np.arange(len(windows)), "subject",
+                                               val_fraction=0.15, gap_s=5.0, seed=0)
+    assert how == "subject"
+    fit_subjects = set(windows["subject"][fit_rows])
+    val_subjects = set(windows["subject"][val_rows])
+    assert len(val_subjects) == 1 and not fit_subjects & val_subjects
+    assert len(fit_rows) + len(val_rows) == len(windows)
+
+
+def test_time_blocked_folds_share_no_samples_but_shuffled_windows_do():
+    from medlite.tasks.stress import StressConfig
+
+    windows = _window_table(n_per_class=50)
+    config = StressConfig.model_validate({"cv": {"scheme": "time", "folds": 5}})
+    time_folds = cv_folds(windows, "time", config)
+    assert (time_folds == -1).sum() == 4 * 2  # two windows purged at each of 4 boundaries
+    assert train_test_overlap(windows, time_folds, 5.0) == (0.0, 0.0)
+    mean_shared, share = train_test_overlap(windows, cv_folds(windows, "window", config), 5.0)
+    assert mean_shared > 0.4 and share > 0.9
+
+
+def test_leave_one_subject_out_when_folds_is_null():
+    from medlite.tasks.stress import StressConfig
+
+    windows = _window_table(n_per_class=3, subjects=["a", "b", "c", "d"])
+    config = StressConfig.model_validate({"cv": {"scheme": "subject", "folds": None}})
+    folds = cv_folds(windows, "subject", config)
+    assert sorted(np.unique(folds)) == [0, 1, 2, 3]
+    assert (windows.assign(fold=folds).groupby("subject")["fold"].nunique() == 1).all()
+    config = StressConfig.model_validate({"cv": {"scheme": "subject", "folds": 5}})
+    with pytest.raises(DataError, match="cv.folds: 5 subject folds need at least 5 subjects"):
+        cv_folds(windows, "subject", config)
+
+
+@pytest.mark.parametrize("mode", NORMALIZER_MODES)
+def test_in_network_normalisation_matches_the_fitted_normaliser(mode):
+    rng = np.random.default_rng(0)
+    images = (rng.normal(-40, 8, (12, 16, 20)) + np.linspace(0, 30, 16)[None, :, None])
+    normalizer = SpectrogramNormalizer(mode).fit(images[:8])
+    module = SpectrogramStandardize(mode, height=16)
+    module.set_statistics(normalizer)
+    expected = normalizer.transform(images[8:])
+    actual = module(torch.from_numpy(images[8:, None]).float())[:, 0].numpy()
+    assert np.allclose(actual, expected, atol=1e-4)
+
+
+# -- real data (../shared) -------------------------------------------------------------------
+
+def test_drivedb_config_windows_two_classes_in_time_blocks(shared_dir):
+    config = load_config(CONFIGS / "stress_drivedb.yaml")
+    windows, recordings = prepare_windows(config, config.data.recordings)
+    assert list(recordings["recording"]) == ["drive17a", "drive17b"]
+    assert set(windows["subject"]) == {"drive17"}
+    assert set(windows["label"]) == {0, 1}
+    folds = cv_folds(windows, "time", config)
+    assert set(folds) == {-1, 0, 1, 2, 3, 4}
+    assert train_test_overlap(windows, folds, config.data.window_s) == (0.0, 0.0)
+
+
+def test_wesad_fixture_without_stress_labels_is_refused(shared_dir, tmp_path, capsys):
+    config = tiny_config(shared_dir / "data" / "wesad_fixture")
+    assert main(["train", str(write_yaml(tmp_path / "wesad.yaml", config)), "--out",
+                 str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "S16_git.pkl" in err and "no labelled window" in err
+
+
+def test_wesad_config_is_valid():
+    config = load_config(CONFIGS / "stress_wesad.yaml")
+    assert config.model.kwargs["backbones"] == ["resnet50", "efficientnet_b0"]
+    assert config.spectrogram.image_size == 224 and config.trainer.max_epochs == 20
