@@ -1,0 +1,120 @@
+"""PH2 3-class (common nevus, atypical nevus, melanoma) as the stand-in for the SSc paper's
+normal/early/late: MobileNetV2 two-stage transfer learning against the plain CNN and against
+MobileNetV2 trained from scratch, with subject-grouped, label-stratified 5-fold CV.
+
+Every fold of every model is one ``medlite train`` run (``split.folds: 5, split.fold: k``;
+the run's validation subjects come from the four training folds). Reports the paper's table:
+accuracy, sensitivity and specificity (macro over the three one-vs-rest classes) as mean and
+SD over folds, plus CPU training minutes.
+
+    python benchmarks/bench_ph2_classification.py --out runs/bench-ph2-cls
+
+Writes ``summary.json`` and ``folds.csv`` in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from medlite.runs import write_json
+from medlite.tasks.base import train_run
+from medlite.tasks.classification import ClassificationConfig, ClassificationDataConfig, StageConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+PH2 = ROOT.parent / "shared" / "data" / "ph2"
+WEIGHTS = ROOT.parent / "shared" / "weights" / "mobilenet_v2_imagenet_features.pth"
+CLASSES = ["common_nevus", "atypical_nevus", "melanoma"]
+
+
+def write_manifest(ph2: Path, out: Path) -> Path:
+    """PH2 labels.csv -> manifest (image, label, subject); one lesion per image."""
+    labels = pd.read_csv(ph2 / "labels.csv", dtype={"image_id": str})
+    manifest = pd.DataFrame({
+        "image": [str(ph2 / "images" / f"{i}.jpg") for i in labels["image_id"]],
+        "label": [CLASSES[int(c)] for c in labels["clinical_diagnosis"]],
+        "subject": labels["image_id"]})
+    path = out / "ph2_3class.csv"
+    manifest.to_csv(path, index=False)
+    return path
+
+
+def variant_config(variant: str, manifest: Path, args, fold: int) -> ClassificationConfig:
+    config = ClassificationConfig(
+        name=f"ph2-{variant}-fold{fold}", seed=args.seed,
+        data=ClassificationDataConfig(manifest=manifest, class_names=CLASSES,
+                                      image_size=(args.size, args.size)))
+    config.split.folds, config.split.fold = 5, fold
+    config.trainer.batch_size = 16
+    config.trainer.threads = 2
+    config.trainer.early_stopping_patience = None
+    config.optimizer.name = "adam"
+    config.evaluation.bootstrap_resamples = 200
+    epochs = args.epochs
+    if variant == "mobilenet_v2_two_stage":
+        config.model.name = "mobilenet_v2"
+        config.model.pretrained = True
+        config.model.weights_path = WEIGHTS
+        config.model.kwargs = {"head_hidden": 128, "dropout": 0.2}
+        config.stages = [
+            StageConfig(name="head", epochs=max(1, epochs // 3), lr=1e-3, trainable="head"),
+            StageConfig(name="fine_tune", epochs=epochs, lr=1e-4, trainable="all_but_first_n",
+                        freeze_first_n_layers=10)]
+    else:
+        config.model.name = "plain_cnn" if variant == "plain_cnn" else "mobilenet_v2"
+        config.model.pretrained = False
+        config.model.weights_path = None
+        config.model.kwargs = {}
+        config.stages = [StageConfig(name="train", epochs=epochs, lr=1e-3, trainable="all")]
+    return config
+
+
+def macro(metrics: dict, prefix: str) -> float:
+    values = [metrics[f"{prefix}_{name}"]["value"] for name in CLASSES]
+    return sum(values) / len(values)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-ph2-cls"))
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--variants", nargs="+", default=[
+        "mobilenet_v2_two_stage", "plain_cnn", "mobilenet_v2_scratch"])
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    manifest = write_manifest(PH2, args.out)
+    rows = []
+    for variant in args.variants:
+        for fold in args.folds:
+            config = variant_config(variant, manifest, args, fold)
+            start = time.perf_counter()
+            metrics = train_run(config, args.out / variant / f"fold{fold}", overwrite=True,
+                                progress=False)
+            rows.append({"variant": variant, "fold": fold,
+                         "minutes": (time.perf_counter() - start) / 60,
+                         "accuracy": metrics["accuracy"]["value"],
+                         "sensitivity": macro(metrics, "sensitivity"),
+                         "specificity": macro(metrics, "specificity"),
+                         "roc_auc": metrics["roc_auc"]["value"]})
+            pd.DataFrame(rows).to_csv(args.out / "folds.csv", index=False)
+    table = pd.DataFrame(rows).groupby("variant", sort=False).agg(["mean", "std"])
+    summary = {variant: {metric: [round(table.loc[variant, (metric, "mean")], 3),
+                                  round(table.loc[variant, (metric, "std")], 3)]
+                         for metric in ("accuracy", "sensitivity", "specificity", "roc_auc",
+                                        "minutes")}
+               for variant in table.index}
+    summary["settings"] = {"size": args.size, "epochs": args.epochs, "folds": args.folds}
+    write_json(args.out / "summary.json", summary)
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
