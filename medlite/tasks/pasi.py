@@ -79,6 +79,7 @@ from medlite.tasks.base import (
     load_run_config,
     with_saved_splits,
 )
+from medlite.training.batchnorm import recompute_batchnorm_statistics
 from medlite.training.jobs import Job, make_executor, run_jobs
 from medlite.training.loop import MODEL_FILE, TrainingParts, fit
 
@@ -126,6 +127,9 @@ class PasiEnsembleConfig(StrictModel):
     deploy: str = Field("ridge_intercept", description="Meta-learner used by predict and "
                         "export, or a base learner name such as resnet34.")
     test_fraction: float = Field(0.1, gt=0, lt=1)
+    precise_bn: bool = Field(True, description="Recompute BatchNorm statistics over the "
+                             "training composites after training (short schedules leave "
+                             "them lagging; see medlite.training.batchnorm).")
     split_trials: int = Field(20, ge=1, description="Shuffles of the greedy split.")
 
     @field_validator("meta_learners")
@@ -313,6 +317,11 @@ def train_fold_job(job: Job, job_dir: Path) -> dict:
     resume = (job_dir / "checkpoints" / "last.ckpt").is_file()
     fit(parts, config, job_dir, resume=resume, progress=False)
     model.load_state_dict(load_state_dict(job_dir / MODEL_FILE))
+    if config.ensemble.precise_bn:
+        plain = CompositeDataset(fit_rows, cache, tile, targets, train=False)
+        batches = (b["input"] for b in DataLoader(plain, batch_size=batch))
+        if recompute_batchnorm_statistics(model, batches):
+            save_torch_atomic(model.state_dict(), job_dir / MODEL_FILE)
     oof = predict_regional(model, head, held_out, cache, tile, batch)
     test_pred = predict_regional(model, head, test, cache, tile, batch)
     history = pd.read_csv(job_dir / "history.csv") if (job_dir / "history.csv").is_file() \
