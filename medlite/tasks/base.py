@@ -123,18 +123,7 @@ class Task:
 
         model = task.build_model(config, for_training=False)
         model.load_state_dict(load_state_dict(run_dir / MODEL_FILE))
-        model.eval()
-        test = samples[samples["split"] == "test"]
-        if test.empty:
-            test = samples[samples["split"] == "val"]
-        evaluation = task.evaluate(model, config, test, run_dir)
-        write_json(run_dir / METRICS_FILE, {"split": str(test["split"].iloc[0]),
-                                            "n_samples": len(test),
-                                            "n_subjects": int(test["subject"].nunique()),
-                                            "metrics": evaluation.metrics, **evaluation.extra})
-        task.write_report(run_dir, config, evaluation, run_dir / "report.html",
-                          title=f"medlite {config.task}: {config.name}")
-        return evaluation.metrics
+        return evaluate_test_split(task, model, config, samples, run_dir)
 
 
 # -- the shared pipeline ------------------------------------------------------------------
@@ -203,6 +192,38 @@ def load_trained_model(run_dir: Path) -> tuple[Task, BaseTaskConfig, nn.Module]:
     model = task.build_model(config, for_training=False)
     model.load_state_dict(load_state_dict(weights))
     return task, config, model.eval()
+
+
+def resolve_relative(section: Any, fields: tuple[str, ...], base_dir: Path) -> None:
+    """Make the relative paths in ``section``'s ``fields`` relative to ``base_dir``."""
+    for name in fields:
+        value = getattr(section, name)
+        if value is not None and not Path(value).is_absolute():
+            setattr(section, name, (Path(base_dir) / value).resolve())
+
+
+def record_results(task: Task, config: BaseTaskConfig, evaluation: Evaluation, run_dir: Path,
+                   summary: dict) -> dict:
+    """Write ``metrics.json`` (``summary``, the metrics and the evaluation's extras) and
+    ``report.html`` into the run; return the metrics."""
+    write_json(Path(run_dir) / METRICS_FILE,
+               {**summary, "metrics": evaluation.metrics, **evaluation.extra})
+    task.write_report(run_dir, config, evaluation, Path(run_dir) / "report.html",
+                      title=f"medlite {config.task}: {config.name}")
+    return evaluation.metrics
+
+
+def evaluate_test_split(task: Task, model: nn.Module, config: BaseTaskConfig,
+                        samples: pd.DataFrame, run_dir: Path) -> dict:
+    """Evaluate the trained ``model`` on the test split (the validation split when there is
+    no test split), then record metrics and report."""
+    test = samples[samples["split"] == "test"]
+    if test.empty:
+        test = samples[samples["split"] == "val"]
+    evaluation = task.evaluate(model.eval(), config, test, run_dir)
+    return record_results(task, config, evaluation, run_dir, {
+        "split": str(test["split"].iloc[0]), "n_samples": len(test),
+        "n_subjects": int(test["subject"].nunique())})
 
 
 def with_saved_splits(samples: pd.DataFrame, run_dir: Path) -> pd.DataFrame:

@@ -97,10 +97,11 @@ from medlite.reports.classification_figures import (
 from medlite.reports.html import write_standard_report
 from medlite.runs import load_state_dict, read_json, save_torch_atomic, write_json
 from medlite.tasks.base import (
-    METRICS_FILE,
     SPLITS_FILE,
     Evaluation,
     Task,
+    evaluate_test_split,
+    resolve_relative,
     save_config,
     with_saved_splits,
 )
@@ -337,10 +338,7 @@ class ClassificationTask(Task):
     def resolve_paths(self, config: ClassificationConfig,
                       base_dir: Path) -> ClassificationConfig:
         config = super().resolve_paths(config, base_dir)
-        for field in ("manifest", "image_folder", "dermamnist"):
-            value = getattr(config.data, field)
-            if value is not None and not value.is_absolute():
-                setattr(config.data, field, (base_dir / value).resolve())
+        resolve_relative(config.data, ("manifest", "image_folder", "dermamnist"), base_dir)
         return config
 
     def demo_config(self, out_dir: Path) -> ClassificationConfig:
@@ -529,18 +527,7 @@ class ClassificationTask(Task):
 
         model = self.build_model(config, for_training=False)
         model.load_state_dict(state)
-        model.eval()
-        test = samples[samples["split"] == "test"]
-        if test.empty:
-            test = samples[samples["split"] == "val"]
-        evaluation = self.evaluate(model, config, test, run_dir)
-        write_json(run_dir / METRICS_FILE, {"split": str(test["split"].iloc[0]),
-                                            "n_samples": len(test),
-                                            "n_subjects": int(test["subject"].nunique()),
-                                            "metrics": evaluation.metrics, **evaluation.extra})
-        self.write_report(run_dir, config, evaluation, run_dir / "report.html",
-                          title=f"medlite classification: {config.name}")
-        return evaluation.metrics
+        return evaluate_test_split(self, model, config, samples, run_dir)
 
     def train_stages(self, config: ClassificationConfig, samples: pd.DataFrame,
                      run_dir: Path, *, resume: bool, progress: bool) -> Path:

@@ -72,11 +72,12 @@ from medlite.pasi import REGION_WEIGHTS, percent_change, severity_accuracy
 from medlite.reports.html import write_standard_report
 from medlite.runs import load_state_dict, save_torch_atomic, write_json
 from medlite.tasks.base import (
-    METRICS_FILE,
     SPLITS_FILE,
     Evaluation,
     Task,
     load_run_config,
+    record_results,
+    resolve_relative,
     with_saved_splits,
 )
 from medlite.training.batchnorm import recompute_batchnorm_statistics
@@ -413,10 +414,7 @@ class PasiTask(Task):
 
     def resolve_paths(self, config: PasiConfig, base_dir: Path) -> PasiConfig:
         config = super().resolve_paths(config, base_dir)
-        for field in ("photos", "scores", "cache_dir"):
-            value = getattr(config.data, field)
-            if value is not None and not value.is_absolute():
-                setattr(config.data, field, (base_dir / value).resolve())
+        resolve_relative(config.data, ("photos", "scores", "cache_dir"), base_dir)
         return config
 
     def demo_config(self, out_dir: Path) -> PasiConfig:
@@ -524,12 +522,8 @@ class PasiTask(Task):
         cache = {"before_jobs": composites,
                  "jobs_reads": sum(r.get("cache_hits", 0) for r in results.values()),
                  "jobs_builds": sum(r.get("cache_misses", 0) for r in results.values())}
-        write_json(run_dir / METRICS_FILE, {"split": "test", **_counts(evaluation.per_sample),
-                                            "metrics": evaluation.metrics,
-                                            "composite_cache": cache, **evaluation.extra})
-        self.write_report(run_dir, config, evaluation, run_dir / "report.html",
-                          title=f"medlite pasi: {config.name}")
-        return evaluation.metrics
+        return record_results(self, config, evaluation, run_dir, {
+            "split": "test", **_counts(evaluation.per_sample), "composite_cache": cache})
 
     def _build_composites(self, samples: pd.DataFrame, config: PasiConfig,
                           progress: bool) -> dict:

@@ -29,7 +29,7 @@ from medlite.config import (
     SchedulerConfig,
     StrictModel,
 )
-from medlite.data.io import read_image, read_mask
+from medlite.data.io import IMAGE_EXTENSIONS, read_image, read_mask
 from medlite.data.manifest import read_manifest
 from medlite.data.segmentation import (
     SegmentationDataset,
@@ -48,11 +48,9 @@ from medlite.metrics import (
 from medlite.models import create_model, profile_model
 from medlite.reports.figures import overlay_image, save_case_grid
 from medlite.reports.html import write_standard_report
-from medlite.tasks.base import Evaluation, Task
+from medlite.tasks.base import Evaluation, Task, resolve_relative
 from medlite.training.loop import TrainingParts
 from medlite.training.losses import DiceCELoss
-
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 
 
 class SegmentationDataConfig(StrictModel):
@@ -114,9 +112,7 @@ class SegmentationTask(Task):
 
     def resolve_paths(self, config: SegmentationConfig, base_dir: Path) -> SegmentationConfig:
         config = super().resolve_paths(config, base_dir)
-        manifest = config.data.manifest
-        if manifest is not None and not manifest.is_absolute():
-            config.data.manifest = (base_dir / manifest).resolve()
+        resolve_relative(config.data, ("manifest",), base_dir)
         return config
 
     def demo_config(self, out_dir: Path) -> SegmentationConfig:

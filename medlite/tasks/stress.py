@@ -99,13 +99,14 @@ from medlite.models.sonic import LogitHeadBackbone, SonicFusion
 from medlite.reports.classification_figures import CLASS_COLOURS, plot_confusion_matrix
 from medlite.reports.embedding import plot_tsne, tsne_embedding
 from medlite.reports.html import write_standard_report
-from medlite.runs import atomic_target, load_state_dict, save_torch_atomic, write_json
+from medlite.runs import atomic_target, load_state_dict, save_torch_atomic
 from medlite.tasks.base import (
-    METRICS_FILE,
     SPLITS_FILE,
     Evaluation,
     Task,
     load_run_config,
+    record_results,
+    resolve_relative,
     with_saved_splits,
 )
 from medlite.training.jobs import Job, make_executor, run_jobs
@@ -1035,8 +1036,7 @@ class StressTask(Task):
     def resolve_paths(self, config: StressConfig, base_dir: Path) -> StressConfig:
         config = super().resolve_paths(config, base_dir)
         data = config.data
-        if data.cache_dir is not None and not data.cache_dir.is_absolute():
-            data.cache_dir = (base_dir / data.cache_dir).resolve()
+        resolve_relative(data, ("cache_dir",), base_dir)
         if isinstance(data.recordings, list):
             for entry in data.recordings:
                 if not entry.path.is_absolute():
@@ -1142,13 +1142,9 @@ class StressTask(Task):
 
         evaluation = self.cross_validation_results(config, run_dir, windows, recordings,
                                                    schemes, results)
-        write_json(run_dir / METRICS_FILE, {
+        return record_results(self, config, evaluation, run_dir, {
             "split": f"out-of-fold ({main} CV)", "n_samples": len(evaluation.per_sample),
-            "n_subjects": int(windows["subject"].nunique()), "metrics": evaluation.metrics,
-            **evaluation.extra})
-        self.write_report(run_dir, config, evaluation, run_dir / "report.html",
-                          title=f"medlite stress: {config.name}")
-        return evaluation.metrics
+            "n_subjects": int(windows["subject"].nunique())})
 
     def cross_validation_results(self, config: StressConfig, run_dir: Path,
                                  windows: pd.DataFrame, recordings: pd.DataFrame,
