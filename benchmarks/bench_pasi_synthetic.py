@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from medlite.data.pasi_synthetic import write_synthetic_trial
+from medlite.datasets.pasi_trial import write_pasi_trial
 from medlite.runs import write_json
 from medlite.tasks.base import train_run
 from medlite.tasks.pasi import PasiConfig, PasiDataConfig, PasiEnsembleConfig
@@ -79,8 +79,8 @@ def main() -> None:
     data_dir = args.out / "trial"
     if not (data_dir / "photos.csv").is_file():
         shutil.rmtree(data_dir, ignore_errors=True)
-        write_synthetic_trial(data_dir, n_subjects=args.subjects, photo_size=args.photo_size,
-                              seed=args.seed)
+        write_pasi_trial(data_dir, n_subjects=args.subjects, photo_size=args.photo_size,
+                         seed=args.seed)
     summary: dict = {"subjects": args.subjects, "tile": args.tile, "epochs": args.epochs,
                      "architectures": args.architectures, "lr": args.lr}
 

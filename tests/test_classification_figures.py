@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
@@ -20,7 +20,7 @@ from medlite.reports.classification_figures import (
     roc_figure,
     save_misclassified_grid,
 )
-from medlite.reports.longitudinal import DPI
+from medlite.reports.style import DPI
 
 
 def assert_png(path, min_size: tuple[int, int], max_size: tuple[int, int]) -> None:
@@ -55,6 +55,7 @@ def test_confusion_cell_labels_by_hand():
 def test_confusion_matrix_figure_puts_texts_in_cells(normalize, tmp_path):
     matrix = confusion([0, 0, 1, 2, 2, 2], [0, 2, 1, 2, 2, 0], num_classes=3)
     fig = confusion_matrix_figure(matrix, ["healthy", "morphea", "ssc"], normalize, "fold 1")
+    assert isinstance(fig, Figure)
     ax = fig.axes[0]
     cells = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text()
              for t in ax.texts}
@@ -65,7 +66,6 @@ def test_confusion_matrix_figure_puts_texts_in_cells(normalize, tmp_path):
     # Row 2 holds 2 of 3 on the diagonal: shaded darker than its 1-count off-diagonal cell.
     shading = ax.images[0].get_array()
     assert shading[2, 2] > shading[2, 0] > shading[0, 1]
-    plt.close(fig)
     path = plot_confusion_matrix(matrix, ["healthy", "morphea", "ssc"],
                                  tmp_path / "sub" / "cm.png", normalize=normalize)
     assert path == tmp_path / "sub" / "cm.png"
@@ -85,7 +85,6 @@ def test_reliability_diagram_draws_filled_bins_and_ece(tmp_path):
     np.testing.assert_allclose([bar.get_height() for bar in ax_count.containers[0]],
                                curve["count"])
     assert any(f"ECE = {ece:.3f}" in t.get_text() for t in ax.texts)
-    plt.close(fig)
     assert_png(plot_reliability_diagram(curve, ece, tmp_path / "rel.png"), (600, 700),
                (1200, 1300))
     with pytest.raises(ValueError, match="accuracy"):
@@ -100,7 +99,6 @@ def test_roc_curves_one_per_class_with_sklearn_auc(tmp_path):
     expected = [f"{n} (AUC = {roc_auc_score(y == k, probs[:, k]):.3f})"
                 for k, n in enumerate(names)]
     assert legend == [*expected, "chance"]
-    plt.close(fig)
     # Binary: only the positive class, whose AUC is that of column 1.
     yb, pb = random_problem(60, 2, seed=2)
     fig = roc_figure(yb, pb, ["healthy", "ssc"])
@@ -108,12 +106,10 @@ def test_roc_curves_one_per_class_with_sklearn_auc(tmp_path):
     assert legend == [f"ssc (AUC = {roc_auc_score(yb, pb[:, 1]):.3f})", "chance"]
     curve = fig.axes[0].lines[0]
     assert curve.get_xdata()[0] == 0 and curve.get_xdata()[-1] == 1
-    plt.close(fig)
     # A class absent from y_true is listed without a curve instead of failing.
     fig = roc_figure(y[y != 2], probs[y != 2], names)
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert legend[2] == "c (AUC undefined: one class only)"
-    plt.close(fig)
     assert_png(plot_roc_curves(y, probs, names, tmp_path / "roc.png"), (700, 700),
                (1200, 1200))
     with pytest.raises(ValueError, match="class names"):
@@ -131,7 +127,6 @@ def test_misclassified_grid_titles_and_limits(tmp_path):
     assert len(shown) == 5 and len(fig.axes) == 8  # 4 columns x 2 rows, 3 tiles blank
     assert shown[0].get_title() == "true: ssc\npred: healthy (0.91)"
     np.testing.assert_array_equal(shown[1].images[0].get_array(), images[1])
-    plt.close(fig)
     path = save_misclassified_grid(images, truth, predicted, confidences, tmp_path / "m.png")
     assert_png(path, (1000, 600), (2200, 1400))
     assert_png(save_misclassified_grid([], [], [], [], tmp_path / "none.png"), (300, 80),

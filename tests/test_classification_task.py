@@ -15,7 +15,7 @@ import torch
 
 from medlite.cli import main
 from medlite.config import validate_config
-from medlite.data.synthetic_skin import write_synthetic_skin_dataset
+from medlite.datasets.skin import write_skin_dataset
 from medlite.errors import ConfigError
 from medlite.models import create_model
 from medlite.runs import load_state_dict
@@ -57,8 +57,8 @@ def trained(tmp_path_factory):
     """A finished two-stage run of MobileNetV2 (random start weights from ``initial.pt``)
     on 12 synthetic subjects x 2 images of 32 px."""
     root = tmp_path_factory.mktemp("classification")
-    write_synthetic_skin_dataset(root / "data", n_subjects=12, images_per_subject=2, size=32,
-                                 seed=0)
+    write_skin_dataset(root / "data", n_subjects=12, images_per_subject=2, size=32,
+                       seed=0)
     torch.manual_seed(0)
     initial = create_model("mobilenet_v2", task="classification", num_classes=3, head_hidden=8)
     torch.save(initial.state_dict(), root / "initial.pt")
@@ -206,8 +206,8 @@ def test_pretrained_mobilenet_v2_from_a_local_file(shared_dir, tmp_path):
     weights = shared_dir / "weights" / "mobilenet_v2_imagenet_features.pth"
     if not weights.is_file():
         pytest.skip(f"{weights} is absent")
-    manifest = write_synthetic_skin_dataset(tmp_path / "data", classes=("normal", "late"),
-                                            n_subjects=8, images_per_subject=1, size=32)
+    manifest = write_skin_dataset(tmp_path / "data", classes=("normal", "late"),
+                                  n_subjects=8, images_per_subject=1, size=32)
     config = ClassificationConfig(
         name="pretrained", data=ClassificationDataConfig(manifest=manifest, image_size=32),
         stages=[StageConfig(name="head", epochs=1, trainable="head")])
@@ -281,8 +281,8 @@ def test_split_is_stratified_grouped_and_keeps_given_splits():
 
 
 def test_class_balance_options(tmp_path):
-    manifest = write_synthetic_skin_dataset(tmp_path / "data", n_subjects=9,
-                                            images_per_subject=1, size=16)
+    manifest = write_skin_dataset(tmp_path / "data", n_subjects=9,
+                                  images_per_subject=1, size=16)
     task = ClassificationTask()
     config = ClassificationConfig(data=ClassificationDataConfig(
         manifest=manifest, class_names=CLASSES, image_size=16))

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from medlite.cli import build_parser, main
-from medlite.data.synthetic import write_segmentation_dataset
+from medlite.datasets.lesions import write_lesion_dataset
 
 SUBCOMMANDS = [["demo"], ["data"], ["data", "index"], ["train"], ["evaluate"], ["predict"],
                ["export"], ["profile"], ["models"]]
@@ -46,8 +46,8 @@ evaluation: {bootstrap_resamples: 20}
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
-    write_segmentation_dataset(root / "data", n_subjects=6, images_per_subject=2,
-                               size=(40, 48), seed=1)
+    write_lesion_dataset(root / "data", n_subjects=6, images_per_subject=2,
+                         size=(40, 48), seed=1)
     config = root / "tiny.yaml"
     config.write_text(TINY_CONFIG)
     run = root / "runs" / "tiny"
@@ -66,8 +66,8 @@ def test_train_refuses_existing_run(trained, capsys):
 
 def test_evaluate_on_another_manifest(trained, capsys):
     root, _, run = trained
-    other = write_segmentation_dataset(root / "other", n_subjects=3, images_per_subject=1,
-                                       size=(56, 40), seed=9)
+    other = write_lesion_dataset(root / "other", n_subjects=3, images_per_subject=1,
+                                 size=(56, 40), seed=9)
     assert main(["evaluate", str(run), "--data", str(other)]) == 0
     saved = json.loads((run / "evaluations" / "manifest" / "metrics.json").read_text())
     assert saved["n_samples"] == 3
@@ -90,8 +90,8 @@ def test_evaluate_with_flip_tta_and_post_processing(trained, capsys):
     root, _, run = trained
     other = root / "other" / "manifest.csv"
     if not other.exists():
-        write_segmentation_dataset(root / "other", n_subjects=3, images_per_subject=1,
-                                   size=(56, 40), seed=9)
+        write_lesion_dataset(root / "other", n_subjects=3, images_per_subject=1,
+                             size=(56, 40), seed=9)
     out = root / "tta-eval"
     assert main(["evaluate", str(run), "--data", str(other), "--out", str(out),
                  "--set", "inference.flip_tta=true", "--set", "inference.fill_holes=true",
@@ -189,8 +189,8 @@ def test_data_index_lists_every_problem_and_writes_nothing(tmp_path):
      + [r + "," for r in rows[3:]], "SYN0001"),  # one subject's two views in two splits
 ])
 def test_bad_manifest_through_train_is_one_line_exit_2(tmp_path, capsys, edit, expected):
-    manifest = write_segmentation_dataset(tmp_path / "data", n_subjects=4,
-                                          images_per_subject=2, size=(32, 32), seed=2)
+    manifest = write_lesion_dataset(tmp_path / "data", n_subjects=4,
+                                    images_per_subject=2, size=(32, 32), seed=2)
     rows = manifest.read_text().strip().splitlines()
     manifest.write_text("\n".join(edit(rows)) + "\n")
     config = tmp_path / "c.yaml"

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from medlite.cli import main
-from medlite.data.pasi_synthetic import write_synthetic_trial
 from medlite.data.splits import read_splits
+from medlite.datasets.pasi_trial import write_pasi_trial
 from medlite.ensemble import META_LEARNERS
 from medlite.errors import WeightsNotFoundError
 from medlite.pasi import REGION_WEIGHTS
@@ -44,8 +44,8 @@ def tiny_config(data_dir, **ensemble):
 @pytest.fixture(scope="module")
 def trial(tmp_path_factory):
     root = tmp_path_factory.mktemp("pasi")
-    write_synthetic_trial(root / "data", n_subjects=10, visits_per_subject=(3, 3),
-                          photo_size=32, seed=1)
+    write_pasi_trial(root / "data", n_subjects=10, visits_per_subject=(3, 3),
+                     photo_size=32, seed=1)
     return root
 
 

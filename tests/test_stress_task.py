@@ -18,7 +18,7 @@ from medlite.cli import main
 from medlite.config import load_config
 from medlite.data.spectrogram import NORMALIZER_MODES, SpectrogramNormalizer
 from medlite.data.splits import read_splits
-from medlite.data.synthetic_ecg import synthetic_ecg, synthetic_stress_study
+from medlite.datasets.ecg import make_ecg, make_ecg_study
 from medlite.errors import DataError
 from medlite.tasks.base import load_trained_model
 from medlite.tasks.stress import (
@@ -55,8 +55,8 @@ def write_yaml(path, config: dict):
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("stress")
-    recordings = synthetic_stress_study(n_subjects=3, minutes_per_condition=(0.5, 0.5, 0.5),
-                                        fs=FS, seed=1)
+    recordings = make_ecg_study(n_subjects=3, minutes_per_condition=(0.5, 0.5, 0.5),
+                                fs=FS, seed=1)
     manifest = write_recordings(recordings, root / "data")
     return root, manifest
 
@@ -153,7 +153,7 @@ def test_resume_reruns_only_the_unfinished_fold(trained, tmp_path):
 
 
 def test_predict_writes_probability_over_time(trained, tmp_path, capsys):
-    signal = synthetic_ecg(42.0, FS, heart_rate_bpm=80, seed=5)
+    signal = make_ecg(42.0, FS, heart_rate_bpm=80, seed=5)
     pd.DataFrame({"ecg": signal}).to_csv(tmp_path / "new.csv", index=False)
     out = tmp_path / "pred"
     assert main(["predict", str(trained), str(tmp_path / "new.csv"), "--out", str(out),
@@ -184,8 +184,8 @@ def test_predict_labelled_recording_adds_true_class(trained, study, tmp_path):
 
 
 def test_evaluate_on_other_recordings_and_refuses_own_data(trained, tmp_path, capsys):
-    others = synthetic_stress_study(n_subjects=2, minutes_per_condition=(0.4, 0.4, 0.4), fs=FS,
-                                    seed=9)
+    others = make_ecg_study(n_subjects=2, minutes_per_condition=(0.4, 0.4, 0.4), fs=FS,
+                            seed=9)
     for recording in others:
         recording.subject = f"new-{recording.subject}"
     manifest = write_recordings(others, tmp_path / "other")
@@ -223,7 +223,7 @@ def _write_csv(path, ecg, labels=None):
 def _bad_case(tmp_path, case: str):
     """A manifest whose single recording has the named problem; returns (manifest, name)."""
     n = int(30 * FS)
-    ecg = synthetic_ecg(30.0, FS, seed=2)
+    ecg = make_ecg(30.0, FS, seed=2)
     labels = np.repeat([0, 1], n // 2)
     fs = FS
     extra = {}

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from medlite.data.synthetic import write_segmentation_dataset
+from medlite.datasets.lesions import write_lesion_dataset
 from medlite.tasks import get_task
 from medlite.tasks.base import train_run
 from medlite.tasks.segmentation import SegmentationConfig, SegmentationDataConfig
@@ -32,8 +32,8 @@ def tiny_config(manifest, epochs=2):
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
-    return write_segmentation_dataset(root / "data", n_subjects=8, images_per_subject=2,
-                                      size=(48, 40), seed=3)
+    return write_lesion_dataset(root / "data", n_subjects=8, images_per_subject=2,
+                                size=(48, 40), seed=3)
 
 
 def test_run_directory_holds_everything_a_paper_needs(tmp_path, manifest):

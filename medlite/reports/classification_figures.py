@@ -1,9 +1,11 @@
 """Figures of a classification evaluation: confusion matrix, reliability, ROC, worst mistakes.
 
-Each figure has a builder that returns the matplotlib ``Figure`` (for composing or inspecting)
-and a ``plot_*`` / ``save_*`` function that writes it as a PNG at
-:data:`medlite.reports.longitudinal.DPI` dpi in the paper style of
-:mod:`medlite.reports.longitudinal` (atomically, so no half-written file) and returns the path.
+Each figure has a builder that returns a :class:`matplotlib.figure.Figure` (for composing or
+inspecting; built on an explicit Agg canvas) and a ``plot_*`` / ``save_*`` function
+that writes it as a PNG at :data:`medlite.reports.style.DPI` dpi in the paper style
+:data:`medlite.reports.style.PAPER_STYLE` (atomically, so no half-written file, by
+:func:`medlite.reports.style.save_figure`) and returns the path. Nothing here changes
+``matplotlib.rcParams`` or the backend.
 
 - :func:`plot_confusion_matrix`: counts and row percentages (true class = row) in every cell.
 - :func:`plot_reliability_diagram`: accuracy against top-class confidence per bin, with the
@@ -19,22 +21,26 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from sklearn.metrics import roc_auc_score, roc_curve
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
+from medlite.metrics.classification import check_probabilities
+from medlite.reports.style import (
+    BLUE,
+    CLASS_COLOURS,  # public here too: medlite.tasks imports it from this module
+    PAPER_STYLE,
+    VERMILLION,
+    new_figure,
+    save_figure,
+)
 
-from medlite.metrics.classification import check_probabilities  # noqa: E402
-from medlite.reports.longitudinal import PAPER_STYLE, _save  # noqa: E402
-
-# Okabe-Ito colours (distinguishable with colour-vision deficiencies), for up to 7 ROC curves;
-# more classes cycle through them with another line style.
-CLASS_COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
+# CLASS_COLOURS (Okabe-Ito) colour up to 7 ROC curves; more classes cycle through them with
+# another line style.
 _LINE_STYLES = ("-", "--", ":", "-.")
-ACCURACY_COLOUR = "#0072B2"
-GAP_COLOUR = "#D55E00"
+ACCURACY_COLOUR = BLUE
+GAP_COLOUR = VERMILLION
 #: Columns a reliability curve table must have (as :func:`reliability_curve` returns).
 RELIABILITY_COLUMNS = ("bin_low", "bin_high", "count", "confidence", "accuracy")
 #: Tiles per row of the misclassified-image grid.
@@ -78,7 +84,7 @@ def _checked_matrix(matrix: np.ndarray) -> np.ndarray:
 
 def confusion_matrix_figure(
     matrix: np.ndarray, class_names: Sequence[str], normalize: bool = False, title: str = ""
-) -> plt.Figure:
+) -> Figure:
     """Confusion matrix heat map; see :func:`plot_confusion_matrix`."""
     counts = _checked_matrix(matrix)
     names = [str(name) for name in class_names]
@@ -89,8 +95,9 @@ def confusion_matrix_figure(
     shading = fractions if normalize else counts
     vmax = 1.0 if normalize else max(int(counts.max()), 1)
     side = min(8.0, max(3.4, 1.4 + 0.85 * len(names)))
-    with plt.rc_context(PAPER_STYLE):
-        fig, ax = plt.subplots(figsize=(side + 0.9, side))
+    with matplotlib.rc_context(PAPER_STYLE):
+        fig = new_figure((side + 0.9, side))
+        ax = fig.subplots()
         image = ax.imshow(shading, cmap="Blues", vmin=0, vmax=vmax)
         colorbar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
         colorbar.set_label("fraction of true class" if normalize else "images")
@@ -133,13 +140,13 @@ def plot_confusion_matrix(
     Returns:
         ``path``.
     """
-    return _save(confusion_matrix_figure(matrix, class_names, normalize, title), path)
+    return save_figure(confusion_matrix_figure(matrix, class_names, normalize, title), path)
 
 
 # --------------------------------------------------------------------------- reliability
 
 
-def reliability_figure(curve_df: pd.DataFrame, ece: float) -> plt.Figure:
+def reliability_figure(curve_df: pd.DataFrame, ece: float) -> Figure:
     """Reliability diagram; see :func:`plot_reliability_diagram`."""
     missing = [c for c in RELIABILITY_COLUMNS if c not in curve_df]
     if missing:
@@ -150,10 +157,9 @@ def reliability_figure(curve_df: pd.DataFrame, ece: float) -> plt.Figure:
     filled = curve["count"].to_numpy() > 0
     accuracy = curve["accuracy"].to_numpy(dtype=float)
     confidence = curve["confidence"].to_numpy(dtype=float)
-    with plt.rc_context(PAPER_STYLE):
-        fig, (ax, ax_count) = plt.subplots(
-            2, 1, figsize=(4.4, 5.2), sharex=True, gridspec_kw={"height_ratios": (3, 1)}
-        )
+    with matplotlib.rc_context(PAPER_STYLE):
+        fig = new_figure((4.4, 5.2))
+        ax, ax_count = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": (3, 1)})
         ax.bar(low[filled], accuracy[filled], width=width[filled], align="edge",
                color=ACCURACY_COLOUR, edgecolor="white", linewidth=0.6, label="accuracy")
         # The gap runs from the bin's accuracy to its mean confidence (over- or under-confident).
@@ -190,7 +196,7 @@ def plot_reliability_diagram(curve_df: pd.DataFrame, ece: float, path: str | Pat
     Returns:
         ``path``.
     """
-    return _save(reliability_figure(curve_df, ece), path)
+    return save_figure(reliability_figure(curve_df, ece), path)
 
 
 # --------------------------------------------------------------------------- ROC
@@ -198,7 +204,7 @@ def plot_reliability_diagram(curve_df: pd.DataFrame, ece: float, path: str | Pat
 
 def roc_figure(
     y_true: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str]
-) -> plt.Figure:
+) -> Figure:
     """One-vs-rest ROC curves; see :func:`plot_roc_curves`."""
     labels, probs = check_probabilities(y_true, probabilities)
     names = [str(name) for name in class_names]
@@ -206,8 +212,9 @@ def roc_figure(
         raise ValueError(f"{len(names)} class names for {probs.shape[1]} probability columns")
     # Binary: the curves of the two classes mirror each other; draw the positive class only.
     classes = [1] if len(names) == 2 else range(len(names))
-    with plt.rc_context(PAPER_STYLE):
-        fig, ax = plt.subplots(figsize=(4.6, 4.6))
+    with matplotlib.rc_context(PAPER_STYLE):
+        fig = new_figure((4.6, 4.6))
+        ax = fig.subplots()
         for order, k in enumerate(classes):
             positive = labels == k
             style = {"color": CLASS_COLOURS[order % len(CLASS_COLOURS)],
@@ -249,7 +256,7 @@ def plot_roc_curves(
     Returns:
         ``path``.
     """
-    return _save(roc_figure(y_true, probabilities, class_names), path)
+    return save_figure(roc_figure(y_true, probabilities, class_names), path)
 
 
 # --------------------------------------------------------------------------- mistakes
@@ -261,7 +268,7 @@ def misclassified_figure(
     pred_names: Sequence[str],
     confidences: Sequence[float],
     max_items: int = 16,
-) -> plt.Figure:
+) -> Figure:
     """Grid of image tiles; see :func:`save_misclassified_grid`."""
     lengths = {len(images), len(true_names), len(pred_names), len(confidences)}
     if len(lengths) != 1:
@@ -277,16 +284,17 @@ def misclassified_figure(
                 f"image {index} must be (H, W, 3) uint8, got {image.shape} {image.dtype}"
             )
     count = min(len(images), max_items)
-    with plt.rc_context(PAPER_STYLE):
+    with matplotlib.rc_context(PAPER_STYLE):
         if count == 0:
-            fig, ax = plt.subplots(figsize=(3.0, 1.2))
+            fig = new_figure((3.0, 1.2))
+            ax = fig.subplots()
             ax.text(0.5, 0.5, "no misclassified images", ha="center", va="center")
             ax.set_axis_off()
             return fig
         columns = min(GRID_COLUMNS, count)
         rows = math.ceil(count / columns)
-        fig, axes = plt.subplots(rows, columns, figsize=(2.1 * columns, 2.45 * rows),
-                                 squeeze=False)
+        fig = new_figure((2.1 * columns, 2.45 * rows))
+        axes = fig.subplots(rows, columns, squeeze=False)
         for index, ax in enumerate(axes.flat):
             ax.set_axis_off()
             if index >= count:
@@ -323,5 +331,6 @@ def save_misclassified_grid(
     Returns:
         ``path``.
     """
-    return _save(misclassified_figure(images, true_names, pred_names, confidences, max_items),
-                 path)
+    return save_figure(
+        misclassified_figure(images, true_names, pred_names, confidences, max_items), path
+    )

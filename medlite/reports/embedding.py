@@ -6,11 +6,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+from sklearn.manifold import TSNE
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.manifold import TSNE  # noqa: E402
+from medlite.reports.style import new_figure
 
 DEFAULT_PERPLEXITY = 30.0
 
@@ -55,8 +54,9 @@ def plot_tsne(embedding: np.ndarray, labels: Sequence[int], class_names: Sequenc
         raise ValueError(f"labels {unknown} have no entry in class_names ({len(class_names)})")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    colours = plt.get_cmap("tab10")
+    fig = new_figure((5.5, 5))
+    ax = fig.subplots()
+    colours = matplotlib.colormaps["tab10"]
     for index, name in enumerate(class_names):
         chosen = labels == index
         if chosen.any():
@@ -70,5 +70,4 @@ def plot_tsne(embedding: np.ndarray, labels: Sequence[int], class_names: Sequenc
     ax.legend(fontsize=8, markerscale=2, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=150)
-    plt.close(fig)
     return path

@@ -1,16 +1,14 @@
-"""Figures for reports and papers (matplotlib, Agg backend, PNG at 150 dpi)."""
+"""Figures for reports and papers (matplotlib object-oriented API, Agg canvas, PNG at 150 dpi)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from scipy import ndimage
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from scipy import ndimage  # noqa: E402
+from medlite.reports.style import new_figure
 
 TRUTH_COLOUR = (0, 200, 0)
 PREDICTION_COLOUR = (255, 40, 40)
@@ -42,7 +40,8 @@ def save_case_grid(cases: list[tuple], per_image: pd.DataFrame, score_key: str, 
     """Rows of image / truth / prediction overlay for ``cases`` = [(sample, image, truth,
     prediction), ...], each row titled with its ``score_key`` value."""
     scores = per_image.set_index("sample")[score_key]
-    fig, axes = plt.subplots(len(cases), 3, figsize=(7.5, 2.5 * len(cases)), squeeze=False)
+    fig = new_figure((7.5, 2.5 * len(cases)))
+    axes = fig.subplots(len(cases), 3, squeeze=False)
     for row, (sample, image, truth, pred) in enumerate(cases):
         panels = [(image, "image"), (truth * (255 // max(1, truth.max())), "truth"),
                   (overlay_image(image, pred, truth), "prediction (red) vs truth (green)")]
@@ -57,7 +56,6 @@ def save_case_grid(cases: list[tuple], per_image: pd.DataFrame, score_key: str, 
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
-    plt.close(fig)
     return Path(path)
 
 
@@ -69,7 +67,8 @@ def plot_learning_curves(history: pd.DataFrame, path: Path, monitor: str | None 
         return None
     loss_cols = [c for c in history if c.endswith("loss")]
     metric_cols = [c for c in history if c.startswith("val_") and not c.endswith("loss")]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig = new_figure((10, 3.5))
+    axes = fig.subplots(1, 2)
     for col in loss_cols:
         axes[0].plot(history["epoch"] + 1, history[col], marker=".", label=col)
     axes[0].set_xlabel("epoch")
@@ -91,5 +90,4 @@ def plot_learning_curves(history: pd.DataFrame, path: Path, monitor: str | None 
         axes[1].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=150)
-    plt.close(fig)
     return Path(path)

@@ -28,7 +28,10 @@ Conventions shared by the longitudinal functions:
   as given). A negative physician PASI is a data error.
 
 Figures are PNG at :data:`DPI` dpi with axis labels in PASI units and fonts sized for a
-printed column; each function returns the path it wrote (atomically: no half-written file).
+printed column (:data:`PAPER_STYLE`; both from :mod:`medlite.reports.style`); each function
+returns the path it wrote (atomically: no half-written file). They are built with matplotlib's
+object-oriented API on an explicit Agg canvas (no state-machine interface, no backend
+selection), and ``rcParams`` are left as they were.
 """
 
 from __future__ import annotations
@@ -37,35 +40,25 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from scipy import stats
+from sklearn.metrics import cohen_kappa_score
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from scipy import stats  # noqa: E402
-from sklearn.metrics import cohen_kappa_score  # noqa: E402
+from medlite.data.manifest import raise_if_problems
+from medlite.metrics import regression_metrics
+from medlite.pasi import percent_change, response
+from medlite.reports.style import BLACK, BLUE, VERMILLION, new_figure, save_figure
+from medlite.reports.style import DPI as DPI  # re-exported: importable from here as before
+from medlite.reports.style import PAPER_STYLE as PAPER_STYLE  # idem
 
-from medlite.data.manifest import raise_if_problems  # noqa: E402
-from medlite.metrics import regression_metrics  # noqa: E402
-from medlite.pasi import percent_change, response  # noqa: E402
-from medlite.runs import atomic_target  # noqa: E402
-
-#: Resolution of every figure written here (dots per inch).
-DPI = 200
-#: Font sizes for a figure printed at its saved size in a paper column.
-PAPER_STYLE = {
-    "font.size": 10,
-    "axes.titlesize": 10,
-    "axes.labelsize": 10,
-    "xtick.labelsize": 9,
-    "ytick.labelsize": 9,
-    "legend.fontsize": 8.5,
-}
 # Okabe-Ito colours: distinguishable with the common colour-vision deficiencies and in grey.
-PHYSICIAN_COLOUR = "#0072B2"
-MODEL_COLOUR = "#D55E00"
-DISAGREEMENT_COLOUR = "#000000"
+PHYSICIAN_COLOUR = BLUE
+MODEL_COLOUR = VERMILLION
+DISAGREEMENT_COLOUR = BLACK
 #: Columns a visits table must have.
 VISIT_COLUMNS: tuple[str, ...] = ("subject", "visit", "true", "pred")
 _THRESHOLD_STYLES = ("--", ":", "-.")
@@ -75,15 +68,10 @@ _MODEL_STYLE = {"color": MODEL_COLOUR, "marker": "s", "markersize": 6.5,
                 "markerfacecolor": "white", "markeredgewidth": 1.3, "linewidth": 1.6}
 
 
-def _save(fig: plt.Figure, path: str | Path) -> Path:
-    """Write ``fig`` as PNG to ``path`` (atomically) and close it."""
-    path = Path(path)
-    try:
-        with atomic_target(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.05)
-    finally:
-        plt.close(fig)
-    return path
+def _save(fig: Figure, path: str | Path) -> Path:
+    """Transitional alias of :func:`medlite.reports.style.save_figure`, kept only until
+    :mod:`medlite.tasks.stress` uses :mod:`medlite.reports.timeline`; do not use."""
+    return save_figure(fig, path)
 
 
 def _paired_vectors(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -186,8 +174,9 @@ def plot_agreement(
     truth, predicted = _paired_vectors(y_true, y_pred)
     scores = regression_metrics(truth, predicted)
     limits = _square_limits(truth, predicted)
-    with plt.rc_context(PAPER_STYLE):
-        fig, ax = plt.subplots(figsize=(4.6, 4.6))
+    with matplotlib.rc_context(PAPER_STYLE):
+        fig = new_figure((4.6, 4.6))
+        ax = fig.subplots()
         ax.scatter(truth, predicted, s=14, alpha=0.6, color=PHYSICIAN_COLOUR, linewidths=0,
                    label=point_label, zorder=2)
         ax.plot(limits, limits, linestyle="--", color="grey", linewidth=1, label="identity")
@@ -217,7 +206,7 @@ def plot_agreement(
         ax.legend(loc="lower right", framealpha=0.9)
         ax.grid(alpha=0.3, linewidth=0.5)
         fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def bland_altman_stats(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
@@ -260,8 +249,9 @@ def plot_bland_altman(
     summary = bland_altman_stats(truth, predicted)
     mean = (truth + predicted) / 2
     difference = predicted - truth
-    with plt.rc_context(PAPER_STYLE):
-        fig, ax = plt.subplots(figsize=(5.6, 4.0))
+    with matplotlib.rc_context(PAPER_STYLE):
+        fig = new_figure((5.6, 4.0))
+        ax = fig.subplots()
         ax.scatter(mean, difference, s=14, alpha=0.6, color=PHYSICIAN_COLOUR, linewidths=0)
         ax.axhline(0.0, color="grey", linestyle=":", linewidth=1)
         lines = [
@@ -286,7 +276,7 @@ def plot_bland_altman(
         ax.set_title(f"Bland-Altman (n = {truth.size})")
         ax.grid(alpha=0.3, linewidth=0.5)
         fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- longitudinal
@@ -400,7 +390,7 @@ def _change_text(value: float) -> str:
     return "n/a" if np.isnan(value) else f"{value:.0f}%"
 
 
-def _plot_subject(ax: plt.Axes, rows: pd.DataFrame, levels: Sequence[int],
+def _plot_subject(ax: Axes, rows: pd.DataFrame, levels: Sequence[int],
                   numeric_visits: bool) -> None:
     """One panel: physician and model PASI over the visits of one subject."""
     x = rows["visit"].to_numpy(dtype=np.float64) if numeric_visits else np.arange(len(rows))
@@ -479,9 +469,9 @@ def plot_trajectories(
     numeric_visits = pd.api.types.is_numeric_dtype(trajectories["visit"])
     n_cols = min(4, len(subjects))
     n_rows = int(np.ceil(len(subjects) / n_cols))
-    with plt.rc_context(PAPER_STYLE):
-        fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.9 * n_cols, 2.4 * n_rows + 0.3),
-                                 squeeze=False)
+    with matplotlib.rc_context(PAPER_STYLE):
+        fig = new_figure((2.9 * n_cols, 2.4 * n_rows + 0.3))
+        axes = fig.subplots(n_rows, n_cols, squeeze=False)
         for ax, subject in zip(axes.flat, subjects, strict=False):
             _plot_subject(ax, trajectories[trajectories["subject"] == subject], levels,
                           numeric_visits)
@@ -506,7 +496,7 @@ def plot_trajectories(
         fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
         fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 5),
                    bbox_to_anchor=(0.5, 1.0), frameon=False)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _responder_flags(trajectories: pd.DataFrame, level: int, at: str) -> pd.DataFrame:

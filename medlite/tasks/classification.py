@@ -346,10 +346,10 @@ class ClassificationTask(Task):
         CNN trained from scratch: one stage training everything, then a short stage at a
         tenth of the rate with the first two blocks frozen. Without pretrained weights a
         head-only stage would train a classifier on random features, so there is none."""
-        from medlite.data.synthetic_skin import SSC_CLASSES, write_synthetic_skin_dataset
+        from medlite.datasets.skin import SSC_CLASSES, write_skin_dataset
 
-        manifest = write_synthetic_skin_dataset(Path(out_dir) / "data", n_subjects=90,
-                                                images_per_subject=2, size=64, seed=0)
+        manifest = write_skin_dataset(Path(out_dir) / "data", n_subjects=90,
+                                      images_per_subject=2, size=64, seed=0)
         # Crease density tells the classes apart, so zoom stays mild; hue and saturation
         # jitter would double the CPU time of the augmentation for little gain here.
         augment = ClassificationAugmentConfig(scale=(0.9, 1.0), hue=0.0, saturation=0.0)

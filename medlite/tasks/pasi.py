@@ -418,11 +418,11 @@ class PasiTask(Task):
         return config
 
     def demo_config(self, out_dir: Path) -> PasiConfig:
-        from medlite.data.pasi_synthetic import write_synthetic_trial
+        from medlite.datasets.pasi_trial import write_pasi_trial
 
-        photos, scores = write_synthetic_trial(Path(out_dir) / "data", n_subjects=30,
-                                               visits_per_subject=(5, 6), photo_size=48,
-                                               seed=0)
+        photos, scores = write_pasi_trial(Path(out_dir) / "data", n_subjects=30,
+                                          visits_per_subject=(5, 6), photo_size=48,
+                                          seed=0)
         config = PasiConfig(
             name="demo-pasi",
             data=PasiDataConfig(photos=photos, scores=scores, tile_size=32),

@@ -116,10 +116,10 @@ class SegmentationTask(Task):
         return config
 
     def demo_config(self, out_dir: Path) -> SegmentationConfig:
-        from medlite.data.synthetic import write_segmentation_dataset
+        from medlite.datasets.lesions import write_lesion_dataset
 
-        manifest = write_segmentation_dataset(Path(out_dir) / "data", n_subjects=30,
-                                              images_per_subject=2, size=(96, 96), seed=0)
+        manifest = write_lesion_dataset(Path(out_dir) / "data", n_subjects=30,
+                                        images_per_subject=2, size=(96, 96), seed=0)
         config = SegmentationConfig(
             name="demo-segmentation",
             data=SegmentationDataConfig(manifest=manifest, image_size=(64, 64)),

@@ -1053,10 +1053,10 @@ class StressTask(Task):
         return config
 
     def demo_config(self, out_dir: Path) -> StressConfig:
-        from medlite.data.synthetic_ecg import synthetic_stress_study
+        from medlite.datasets.ecg import make_ecg_study
 
-        recordings = synthetic_stress_study(n_subjects=6, minutes_per_condition=(1.5, 1.5, 1.5),
-                                            fs=128.0, seed=0)
+        recordings = make_ecg_study(n_subjects=6, minutes_per_condition=(1.5, 1.5, 1.5),
+                                    fs=128.0, seed=0)
         manifest = write_recordings(recordings, Path(out_dir) / "data")
         config = StressConfig(
             name="demo-stress",

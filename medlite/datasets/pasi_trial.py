@@ -42,20 +42,19 @@ import pandas as pd
 from PIL import Image
 from scipy import ndimage, special
 
-from medlite.data.manifest import raise_if_problems, read_manifest, write_csv_atomic
 from medlite.errors import DataError
-from medlite.pasi import area_score, pasi_score
+from medlite.pasi import area_score, pasi_from_regional, pasi_score
 
 __all__ = [
     "PHOTOS_PER_REGION",
     "SCORE_COLUMNS",
     "TRIAL_REGIONS",
     "VISIT_WEEKS",
+    "make_pasi_trial",
     "pasi_by_visit",
     "render_region_photos",
-    "simulate_trial_scores",
     "trial_visit_table",
-    "write_synthetic_trial",
+    "write_pasi_trial",
 ]
 
 #: Regions photographed, in the order of the scores; no head (the paper's Equation 2).
@@ -171,21 +170,13 @@ def _scores_at(
     return signs, areas
 
 
-def _equation2(signs: np.ndarray, areas: np.ndarray) -> np.ndarray:
-    """PASI (n_weeks,) of scores as returned by :func:`_scores_at`, via medlite.pasi."""
-    return np.array(
-        [
-            pasi_score(
-                {
-                    region: {
-                        **dict(zip(_SIGNS, (int(v) for v in signs[week, r]), strict=True)),
-                        "area": area_score(float(areas[week, r])),
-                    }
-                    for r, region in enumerate(TRIAL_REGIONS)
-                }
-            )
-            for week in range(len(areas))
-        ]
+def _trial_pasi(signs: np.ndarray, areas: np.ndarray) -> np.ndarray:
+    """PASI (n_weeks,) float64 of scores as returned by :func:`_scores_at`: area percentages
+    to area scores and the weighted sum both come from :mod:`medlite.pasi`."""
+    area_scores = np.array([[area_score(float(a)) for a in week] for week in areas])
+    regional = signs.sum(axis=-1) * area_scores  # (E + I + S) x A, (n_weeks, n_regions)
+    return np.asarray(
+        pasi_from_regional({region: regional[:, r] for r, region in enumerate(TRIAL_REGIONS)})
     )
 
 
@@ -203,7 +194,7 @@ def _simulate_subject(
         severity = rng.uniform(2.0, 4.0)
         signs0 = np.clip(np.rint(severity + rng.normal(0, 0.6, (n_regions, 3))), 1, 4)
         areas0 = np.array([rng.uniform(*_BASELINE_AREA[region]) for region in TRIAL_REGIONS])
-        baseline = _equation2(signs0[None].astype(np.int64), areas0[None])[0]
+        baseline = _trial_pasi(signs0[None].astype(np.int64), areas0[None])[0]
         if _BASELINE_PASI[0] <= baseline <= _BASELINE_PASI[1]:
             break
     tau = rng.uniform(2.5, 6.0) if responder else rng.uniform(3.0, 8.0)
@@ -214,7 +205,7 @@ def _simulate_subject(
     # outcome is the one drawn (rounding of the scores can otherwise change it).
     while True:
         signs, areas = _scores_at(_trajectory(weeks, plateau, taus), signs0, areas0, sign_noise)
-        reached = _reaches_pasi90(_equation2(signs, areas))
+        reached = _reaches_pasi90(_trial_pasi(signs, areas))
         if reached == responder:
             return weeks, signs, areas
         if responder:
@@ -223,7 +214,7 @@ def _simulate_subject(
             plateau += 0.1
 
 
-def simulate_trial_scores(
+def make_pasi_trial(
     n_subjects: int = 60,
     visits_per_subject: tuple[int, int] = (5, 6),
     seed: int = 0,
@@ -241,7 +232,7 @@ def simulate_trial_scores(
         responder_fraction: share of subjects (rounded to whole subjects, drawn at random)
             who reach PASI90 at their last visit; the others do not.
         photo_size: when given, ``area_percent`` is rounded to whole pixels of the region's
-            photos at this size, exactly as :func:`write_synthetic_trial` renders it (the
+            photos at this size, exactly as :func:`write_pasi_trial` renders it (the
             area score, hence PASI, is the same either way).
 
     Returns:
@@ -286,7 +277,7 @@ def pasi_by_visit(scores: pd.DataFrame) -> pd.DataFrame:
     """PASI (the paper's Equation 2) of each subject and visit of a scores table.
 
     Args:
-        scores: columns as :func:`simulate_trial_scores` returns, one row per region.
+        scores: columns as :func:`make_pasi_trial` returns, one row per region.
 
     Returns:
         Columns ``subject``, ``visit``, ``pasi`` (float), one row per subject and visit,
@@ -325,13 +316,17 @@ def pasi_by_visit(scores: pd.DataFrame) -> pd.DataFrame:
 
 
 def trial_visit_table(scores_csv: Path) -> pd.DataFrame:
-    """Read a scores CSV (as :func:`write_synthetic_trial` writes it) and give the PASI of each
+    """Read a scores CSV (as :func:`write_pasi_trial` writes it) and give the PASI of each
     subject and visit: columns ``subject`` (str), ``visit`` (int), ``pasi`` (float).
 
     Raises:
         DataError: the file is missing or unreadable, lacks a column, holds a non-numeric
             score, or a visit's scores do not make a PASI; every problem names the file.
     """
+    # Imported here: medlite.data.manifest imports torch (via medlite.runs), which importing
+    # medlite.datasets should not.
+    from medlite.data.manifest import raise_if_problems, read_manifest
+
     scores_csv = Path(scores_csv)
     table = read_manifest(
         scores_csv, required_columns=SCORE_COLUMNS, path_columns=(), unique_column=None
@@ -541,7 +536,7 @@ def render_region_photos(
     photo_size: int = 128,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Draw one region's photos at one visit, as :func:`write_synthetic_trial` does.
+    """Draw one region's photos at one visit, as :func:`write_pasi_trial` does.
 
     The subject's skin tone and plaque layout come from ``(seed, subject_index, region)``;
     lighting and noise also from ``visit``. Any scores may be given, so the same subject can
@@ -589,7 +584,7 @@ def _photo_rows(
                 yield subject, int(record.visit), region, p, image
 
 
-def write_synthetic_trial(
+def write_pasi_trial(
     out_dir: Path,
     n_subjects: int = 60,
     visits_per_subject: tuple[int, int] = (5, 6),
@@ -601,7 +596,7 @@ def write_synthetic_trial(
     Layout under ``out_dir``: ``photos/<subject>_w<week>_<region>_<n>.png`` (RGB PNG,
     ``photo_size`` square; 4 upper, 2 trunk, 2 lower per visit), ``photos.csv`` with columns
     ``subject, visit, region, image`` (paths relative to ``out_dir``) and ``scores.csv``
-    with the columns of :func:`simulate_trial_scores` (called with the same arguments and
+    with the columns of :func:`make_pasi_trial` (called with the same arguments and
     ``photo_size``, so its ``area_percent`` is exactly the plaque share of the photos).
 
     Returns:
@@ -610,6 +605,8 @@ def write_synthetic_trial(
     Raises:
         DataError: ``out_dir`` exists and is not an empty directory.
     """
+    from medlite.data.manifest import write_csv_atomic  # not at the top: it imports torch
+
     out_dir = Path(out_dir)
     photo_size = _check_photo_size(photo_size)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
@@ -617,7 +614,7 @@ def write_synthetic_trial(
             f"{out_dir}: output directory for the synthetic trial exists and is not empty; "
             "give a new or empty directory"
         )
-    scores = simulate_trial_scores(n_subjects, visits_per_subject, seed, photo_size=photo_size)
+    scores = make_pasi_trial(n_subjects, visits_per_subject, seed, photo_size=photo_size)
     photo_dir = out_dir / "photos"
     photo_dir.mkdir(parents=True, exist_ok=True)
     rows = []

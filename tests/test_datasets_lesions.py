@@ -10,11 +10,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from medlite.data.synthetic import (
-    SyntheticSegmentationDataset,
-    make_lesion_image,
-    write_segmentation_dataset,
-)
+from medlite.datasets.lesions import make_lesion_image, make_lesions, write_lesion_dataset
 from medlite.errors import DataError
 
 
@@ -134,34 +130,52 @@ def test_hairs_default_to_a_random_count_including_none() -> None:
     assert 0 < sum(counts) < len(counts)
 
 
-def test_dataset_items_are_deterministic_and_match_make_lesion_image() -> None:
-    dataset = SyntheticSegmentationDataset(5, size=(40, 48), seed=7)
-    assert len(dataset) == 5
-    assert dataset.subjects == ["SYN0001", "SYN0002", "SYN0003", "SYN0004", "SYN0005"]
-    late_first = dataset[3]
-    image, mask = dataset[0]
-    assert image.shape == (40, 48, 3) and image.dtype == np.uint8
-    assert mask.shape == (40, 48) and mask.dtype == np.uint8
-    np.testing.assert_array_equal(late_first[0], dataset[3][0])
-    np.testing.assert_array_equal(dataset[-1][1], dataset[4][1])
+def test_make_lesions_shapes_determinism_and_first_views() -> None:
+    images, masks, subjects = make_lesions(
+        n_subjects=5, images_per_subject=1, size=(40, 48), seed=7
+    )
+    assert images.shape == (5, 40, 48, 3) and images.dtype == np.uint8
+    assert masks.shape == (5, 40, 48) and masks.dtype == np.uint8
+    assert set(np.unique(masks)) <= {0, 1}
+    assert subjects.shape == (5,) and subjects.dtype.kind == "U"
+    assert subjects.tolist() == ["SYN0001", "SYN0002", "SYN0003", "SYN0004", "SYN0005"]
+    again = make_lesions(n_subjects=5, images_per_subject=1, size=(40, 48), seed=7)
+    np.testing.assert_array_equal(images, again[0])
+    np.testing.assert_array_equal(masks, again[1])
+    # Subject k's first view is make_lesion_image with the generator (seed, k).
     expected = make_lesion_image(np.random.default_rng([7, 3]), (40, 48))
-    np.testing.assert_array_equal(late_first[0], expected[0])
-    np.testing.assert_array_equal(late_first[1], expected[1])
+    np.testing.assert_array_equal(images[3], expected[0])
+    np.testing.assert_array_equal(masks[3], expected[1])
+    # Fewer subjects or more views leave the other subjects' images unchanged.
+    fewer, _, _ = make_lesions(n_subjects=2, images_per_subject=1, size=(40, 48), seed=7)
+    np.testing.assert_array_equal(fewer, images[:2])
+    more_views, _, _ = make_lesions(n_subjects=5, images_per_subject=2, size=(40, 48), seed=7)
+    np.testing.assert_array_equal(more_views[::2], images)
 
-    other_seed = SyntheticSegmentationDataset(5, size=(40, 48), seed=8)
-    assert not np.array_equal(other_seed[0][0], image)
-    # Seeds 7 and 8 share no lesion (item 0 of seed 8 is not item 1 of seed 7).
-    assert not np.array_equal(other_seed[0][0], dataset[1][0])
-    with pytest.raises(IndexError):
-        dataset[5]
+    other_seed, _, _ = make_lesions(n_subjects=5, images_per_subject=1, size=(40, 48), seed=8)
+    assert not np.array_equal(other_seed[0], images[0])
+    # Seeds 7 and 8 share no lesion (subject 0 of seed 8 is not subject 1 of seed 7).
+    assert not np.array_equal(other_seed[0], images[1])
+
+
+def test_make_lesions_rejects_bad_counts_and_size() -> None:
+    with pytest.raises(ValueError, match="n_subjects"):
+        make_lesions(n_subjects=0, size=(32, 32))
+    with pytest.raises(ValueError, match="images_per_subject"):
+        make_lesions(n_subjects=1, images_per_subject=0, size=(32, 32))
+    with pytest.raises(ValueError, match="size"):
+        make_lesions(n_subjects=1, size=(32, 4))
 
 
 def test_views_of_one_subject_are_moved_copies_of_the_same_lesion() -> None:
-    dataset = SyntheticSegmentationDataset(16, size=(96, 96), seed=4, images_per_subject=2)
-    assert dataset.subjects[:4] == ["SYN0001", "SYN0001", "SYN0002", "SYN0002"]
+    images, masks, subjects = make_lesions(
+        n_subjects=8, images_per_subject=2, size=(96, 96), seed=4
+    )
+    assert subjects[:4].tolist() == ["SYN0001", "SYN0001", "SYN0002", "SYN0002"]
     area_ratios, same_colour, other_colour = [], [], []
     for subject in range(8):
-        (image_1, mask_1), (image_2, mask_2) = dataset[2 * subject], dataset[2 * subject + 1]
+        image_1, mask_1 = images[2 * subject], masks[2 * subject]
+        image_2, mask_2 = images[2 * subject + 1], masks[2 * subject + 1]
         assert not np.array_equal(image_1, image_2)
         assert not np.array_equal(mask_1, mask_2)
         # The mask moved with the image: it still sits exactly on the pigment border.
@@ -172,7 +186,7 @@ def test_views_of_one_subject_are_moved_copies_of_the_same_lesion() -> None:
         area_ratios.append(mask_2.sum() / mask_1.sum())
         colour_1 = image_1[mask_1.astype(bool)].mean(0)
         colour_2 = image_2[mask_2.astype(bool)].mean(0)
-        other, other_mask = dataset[(2 * subject + 2) % 16]
+        other, other_mask = images[(2 * subject + 2) % 16], masks[(2 * subject + 2) % 16]
         same_colour.append(np.abs(colour_1 - colour_2).mean())
         other_colour.append(np.abs(colour_1 - other[other_mask.astype(bool)].mean(0)).mean())
     # Zoom 0.93-1.07 and small shifts change the visible area a little, not a lot.
@@ -180,9 +194,9 @@ def test_views_of_one_subject_are_moved_copies_of_the_same_lesion() -> None:
     assert np.median(same_colour) < np.median(other_colour)
 
 
-def test_write_segmentation_dataset_layout(tmp_path: Path) -> None:
-    out_dir = tmp_path / "synthetic"
-    manifest = write_segmentation_dataset(
+def test_write_lesion_dataset_layout(tmp_path: Path) -> None:
+    out_dir = tmp_path / "lesions"
+    manifest = write_lesion_dataset(
         out_dir, n_subjects=3, images_per_subject=2, size=(48, 64), seed=5
     )
     assert manifest == out_dir / "manifest.csv"
@@ -193,27 +207,38 @@ def test_write_segmentation_dataset_layout(tmp_path: Path) -> None:
     assert [row["image"] for row in rows[:2]] == ["images/SYN0001_1.jpg", "images/SYN0001_2.jpg"]
     assert rows[0]["mask"] == "masks/SYN0001_1_lesion.png"
     assert [row["subject"] for row in rows] == ["SYN0001"] * 2 + ["SYN0002"] * 2 + ["SYN0003"] * 2
-
-    in_memory = SyntheticSegmentationDataset(6, size=(48, 64), seed=5, images_per_subject=2)
-    for index, row in enumerate(rows):
+    for row in rows:
         with Image.open(out_dir / row["image"]) as image_file:
             assert image_file.format == "JPEG" and image_file.mode == "RGB"
-            image = np.asarray(image_file)
+            assert image_file.size == (64, 48)
         with Image.open(out_dir / row["mask"]) as mask_file:
             assert mask_file.format == "PNG"
             mask = np.asarray(mask_file)
-        assert image.shape == (48, 64, 3)
         assert mask.shape == (48, 64) and mask.dtype == np.uint8
         assert set(np.unique(mask)) <= {0, 255}
-        expected_image, expected_mask = in_memory[index]
-        np.testing.assert_array_equal(mask, expected_mask * 255)
-        # JPEG quality 95 stays close to the rendered pixels.
-        assert np.abs(image.astype(int) - expected_image.astype(int)).mean() < 4
     assert len(list((out_dir / "images").iterdir())) == 6
 
 
+def test_make_lesions_matches_write_lesion_dataset(tmp_path: Path) -> None:
+    """Same arguments, same data: masks exactly, images up to JPEG compression."""
+    kwargs = dict(n_subjects=3, images_per_subject=2, size=(48, 64), seed=5)
+    manifest = write_lesion_dataset(tmp_path / "lesions", **kwargs)
+    images, masks, subjects = make_lesions(**kwargs)
+    with manifest.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["subject"] for row in rows] == subjects.tolist()
+    for index, row in enumerate(rows):
+        with Image.open(manifest.parent / row["image"]) as image_file:
+            image = np.asarray(image_file)
+        with Image.open(manifest.parent / row["mask"]) as mask_file:
+            mask = np.asarray(mask_file)
+        np.testing.assert_array_equal(mask, masks[index] * 255)
+        # JPEG quality 95 stays close to the rendered pixels.
+        assert np.abs(image.astype(int) - images[index].astype(int)).mean() < 4
+
+
 def test_write_accepts_an_existing_empty_directory(tmp_path: Path) -> None:
-    manifest = write_segmentation_dataset(
+    manifest = write_lesion_dataset(
         tmp_path, n_subjects=1, images_per_subject=1, size=(32, 32)
     )
     assert manifest.is_file()
@@ -224,10 +249,10 @@ def test_write_refuses_a_non_empty_directory(tmp_path: Path) -> None:
     out_dir.mkdir()
     (out_dir / "notes.txt").write_text("keep me")
     with pytest.raises(DataError, match=str(out_dir)):
-        write_segmentation_dataset(out_dir, n_subjects=1, size=(32, 32))
+        write_lesion_dataset(out_dir, n_subjects=1, size=(32, 32))
     assert sorted(path.name for path in out_dir.iterdir()) == ["notes.txt"]
 
     a_file = tmp_path / "file.csv"
     a_file.write_text("x")
     with pytest.raises(DataError, match="file.csv"):
-        write_segmentation_dataset(a_file, n_subjects=1, size=(32, 32))
+        write_lesion_dataset(a_file, n_subjects=1, size=(32, 32))

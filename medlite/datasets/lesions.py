@@ -9,35 +9,37 @@ hairs crossing the image and the dark ring of a dermatoscope's field of view.
 Every layer is a function of continuous skin coordinates, so the lesion mask is exact (it
 is the same inequality that decides where pigment is painted) and a scene can be rendered
 again under a small rotation, shift, zoom and brightness change: these are the "views" of
-one subject (one lesion) in :func:`write_segmentation_dataset`. Hairs are drawn on the
-image only, never in the mask, as annotators of PH2 do.
+one subject (one lesion) in :func:`make_lesions` and :func:`write_lesion_dataset`. Hairs
+are drawn on the image only, never in the mask, as annotators of PH2 do.
 
 Coordinates: a pixel centre ``(row, col)`` of an ``(H, W)`` image maps to normalised
 coordinates ``q = ((row + 0.5 - H / 2) / s, (col + 0.5 - W / 2) / s)`` with
 ``s = min(H, W) / 2``, so the shorter side spans ``[-1, 1]``. A view maps these to skin
 coordinates ``R(angle) @ q / zoom + shift``.
 
-Only numpy and scipy.ndimage are used; all randomness comes from the caller's
-``np.random.Generator``, so a seed fixes every pixel.
+Only numpy and scipy.ndimage draw the images (Pillow only writes the files); all randomness
+comes from the caller's ``np.random.Generator`` (:func:`make_lesion_image`) or from
+``np.random.default_rng([seed, subject_index])`` (:func:`make_lesions`,
+:func:`write_lesion_dataset`), so a seed fixes every pixel.
 """
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 from scipy import ndimage
 
 from medlite.errors import DataError
 
 __all__ = [
-    "SyntheticSegmentationDataset",
     "make_lesion_image",
-    "write_segmentation_dataset",
+    "make_lesions",
+    "write_lesion_dataset",
 ]
 
 # RGB in [0, 1]. Skin tones from pale pink through yellowish to tan and brown, as seen
@@ -619,7 +621,72 @@ def _subject_rng(seed: int, subject_index: int) -> np.random.Generator:
     return np.random.default_rng([seed, subject_index])
 
 
-def write_segmentation_dataset(
+def _check_counts(n_subjects: int, images_per_subject: int) -> None:
+    if n_subjects < 1 or images_per_subject < 1:
+        raise ValueError(
+            f"n_subjects and images_per_subject must be >= 1, "
+            f"got {n_subjects} and {images_per_subject}"
+        )
+
+
+def _subject_images(
+    seed: int, subject_index: int, size: tuple[int, int], images_per_subject: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The ``(image, mask)`` views of one subject, as :func:`make_lesions` returns them and
+    :func:`write_lesion_dataset` writes them: the one generator both use."""
+    scene, views = _subject_views(_subject_rng(seed, subject_index), size, images_per_subject)
+    for view_index, view in enumerate(views):
+        yield _render(scene, size, view, view_index)
+
+
+def make_lesions(
+    n_subjects: int = 40,
+    images_per_subject: int = 2,
+    size: tuple[int, int] = (256, 256),
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Generate dermoscopy-like lesion images with exact masks, in memory.
+
+    Subject ``k`` (id ``SYN0001`` for k = 0, ``SYN0002``, ...) is one lesion drawn from
+    ``np.random.default_rng([seed, k])``; its images are views of it: the first unmoved
+    (equal to ``make_lesion_image(np.random.default_rng([seed, k]), size)``), the others
+    under a small rotation (SD 10 degrees), shift, zoom (0.93-1.07) and brightness change,
+    with the mask moved identically. Images are ordered by subject, then view. These are
+    the pixels :func:`write_lesion_dataset` writes for the same arguments (before JPEG
+    compression of the images; masks are written losslessly).
+
+    Args:
+        n_subjects: number of subjects (lesions), >= 1.
+        images_per_subject: views per subject, >= 1.
+        size: (height, width) of every image in pixels, each >= 8.
+        seed: fixes every pixel; sets with different seeds share no lesion.
+
+    Returns:
+        ``(images, masks, subjects)`` with N = ``n_subjects * images_per_subject``:
+        images uint8 (N, H, W, 3) RGB; masks uint8 (N, H, W), 1 on lesion pixels and 0
+        elsewhere (hairs are never lesion); subjects (N,) str, the subject id of each image,
+        for grouped splits.
+
+    Raises:
+        ValueError: a count below 1 or a side below 8 pixels.
+    """
+    size = _check_size(size)
+    _check_counts(n_subjects, images_per_subject)
+    n = n_subjects * images_per_subject
+    images = np.empty((n, *size, 3), dtype=np.uint8)
+    masks = np.empty((n, *size), dtype=np.uint8)
+    for subject_index in range(n_subjects):
+        views = _subject_images(seed, subject_index, size, images_per_subject)
+        for view_index, (image, mask) in enumerate(views):
+            images[subject_index * images_per_subject + view_index] = image
+            masks[subject_index * images_per_subject + view_index] = mask
+    subjects = np.repeat(
+        np.array([_subject_id(i) for i in range(n_subjects)], dtype=str), images_per_subject
+    )
+    return images, masks, subjects
+
+
+def write_lesion_dataset(
     out_dir: Path,
     n_subjects: int = 40,
     images_per_subject: int = 2,
@@ -633,18 +700,17 @@ def write_segmentation_dataset(
     columns ``image, mask, subject`` (paths relative to ``out_dir``). Ids are
     ``SYN0001_1``, ``SYN0001_2``, ...: one subject is one lesion and its images are views
     of it (small rotation, shift, zoom and brightness change, mask moved identically), so
-    splits must keep subjects together.
+    splits must keep subjects together. Rows are in the order of :func:`make_lesions` with
+    the same arguments, whose arrays are exactly what is written (masks x 255; images
+    before JPEG compression).
 
     Raises:
         DataError: ``out_dir`` exists and is not an empty directory.
+        ValueError: a count below 1 or a side below 8 pixels.
     """
     out_dir = Path(out_dir)
     size = _check_size(size)
-    if n_subjects < 1 or images_per_subject < 1:
-        raise ValueError(
-            f"n_subjects and images_per_subject must be >= 1, "
-            f"got {n_subjects} and {images_per_subject}"
-        )
+    _check_counts(n_subjects, images_per_subject)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise DataError(
             f"{out_dir}: output directory for the synthetic dataset exists and is not empty; "
@@ -656,9 +722,8 @@ def write_segmentation_dataset(
     rows = []
     for subject_index in range(n_subjects):
         subject = _subject_id(subject_index)
-        scene, views = _subject_views(_subject_rng(seed, subject_index), size, images_per_subject)
-        for view_index, view in enumerate(views):
-            image, mask = _render(scene, size, view, view_index)
+        views = _subject_images(seed, subject_index, size, images_per_subject)
+        for view_index, (image, mask) in enumerate(views):
             image_id = f"{subject}_{view_index + 1}"
             image_path = Path("images") / f"{image_id}.jpg"
             mask_path = Path("masks") / f"{image_id}_lesion.png"
@@ -672,47 +737,3 @@ def write_segmentation_dataset(
         writer.writerow(["image", "mask", "subject"])
         writer.writerows(rows)
     return manifest
-
-
-class SyntheticSegmentationDataset(torch.utils.data.Dataset):
-    """In-memory synthetic lesions: item ``i`` is ``(image uint8 (H, W, 3), mask uint8 (H, W))``.
-
-    Item ``i`` is view ``i % images_per_subject`` of subject ``i // images_per_subject``,
-    drawn from ``np.random.default_rng([seed, subject])``, so it is the same whatever order
-    items are read in and matches :func:`write_segmentation_dataset` with the same seed
-    (before JPEG compression). With ``images_per_subject=1`` item ``i`` equals
-    ``make_lesion_image(np.random.default_rng([seed, i]), size)``.
-
-    Attributes:
-        subjects: subject id (``SYN0001`` ...) of every item, for grouped splits.
-    """
-
-    def __init__(
-        self,
-        n: int,
-        size: tuple[int, int] = (64, 64),
-        seed: int = 0,
-        images_per_subject: int = 1,
-    ):
-        if n < 0 or images_per_subject < 1:
-            raise ValueError(
-                f"n must be >= 0 and images_per_subject >= 1, got {n} and {images_per_subject}"
-            )
-        self.n = int(n)
-        self.size = _check_size(size)
-        self.seed = int(seed)
-        self.images_per_subject = int(images_per_subject)
-        self.subjects = [_subject_id(i // self.images_per_subject) for i in range(self.n)]
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        if not -self.n <= index < self.n:
-            raise IndexError(f"index {index} out of range for {self.n} synthetic images")
-        index %= self.n
-        subject_index, view_index = divmod(index, self.images_per_subject)
-        scene, views = _subject_views(
-            _subject_rng(self.seed, subject_index), self.size, view_index + 1
-        )
-        return _render(scene, self.size, views[view_index], view_index)

@@ -19,14 +19,16 @@ strength, redness and the orientation of the skin lines are drawn per subject (o
 range of tones), and each image of a subject is a new patch of the same skin under a
 slightly different light, so splits must keep subjects together.
 
-Only numpy and scipy.ndimage are used; all randomness comes from
-``np.random.default_rng([seed, subject_index])``, so a seed fixes every pixel.
+Only numpy and scipy.ndimage draw the images (Pillow only writes the files); all randomness
+of :func:`make_skin` and :func:`write_skin_dataset` comes from
+``np.random.default_rng([seed, subject_index])`` and, for the assignment of classes to
+subjects, ``np.random.default_rng([seed, 2**32 - 1])``, so a seed fixes every pixel.
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,8 +42,9 @@ __all__ = [
     "SSC_CLASSES",
     "SkinSubject",
     "make_skin_image",
+    "make_skin",
     "sample_skin_subject",
-    "write_synthetic_skin_dataset",
+    "write_skin_dataset",
 ]
 
 #: The SSc paper's three-class labels, from healthy to late disease.
@@ -256,7 +259,86 @@ def _appearance_of(classes: Sequence[str]) -> list[str]:
     )
 
 
-def write_synthetic_skin_dataset(
+def _checked_classes(
+    classes: Sequence[str], n_subjects: int, images_per_subject: int, size: int
+) -> tuple[list[str], list[str]]:
+    """Class names as str and the built-in appearance of each; raises on bad arguments."""
+    classes = [str(c) for c in classes]
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise ValueError(f"classes must be at least two distinct names, got {classes}")
+    appearance = _appearance_of(classes)
+    if n_subjects < len(classes) or images_per_subject < 1:
+        raise ValueError(
+            f"n_subjects must be >= the number of classes ({len(classes)}) and "
+            f"images_per_subject >= 1, got {n_subjects} and {images_per_subject}"
+        )
+    if size < 16:
+        raise ValueError(f"size must be at least 16 pixels, got {size}")
+    return classes, appearance
+
+
+def _skin_images(
+    appearance: Sequence[str], n_subjects: int, images_per_subject: int, size: int, seed: int
+) -> Iterator[tuple[str, int, np.ndarray]]:
+    """``(subject id, class index, image)`` of every image, subject by subject: the one
+    generator that :func:`make_skin` and :func:`write_skin_dataset` share."""
+    class_of_subject = np.random.default_rng([seed, 2**32 - 1]).permutation(
+        np.arange(n_subjects) % len(appearance)
+    )
+    for subject_index in range(n_subjects):
+        rng = np.random.default_rng([seed, subject_index])
+        class_index = int(class_of_subject[subject_index])
+        subject = sample_skin_subject(rng, appearance[class_index])
+        subject_id = f"SKIN{subject_index + 1:04d}"
+        for _ in range(images_per_subject):
+            yield subject_id, class_index, make_skin_image(rng, subject, size)
+
+
+def make_skin(
+    n_subjects: int = 30,
+    images_per_subject: int = 2,
+    size: int = 64,
+    classes: Sequence[str] = SSC_CLASSES,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Generate synthetic SSc-like skin close-ups with class labels, in memory.
+
+    Subjects ``SKIN0001`` ... are dealt to the classes in turn (balanced within one), in a
+    shuffled order; all images of a subject share its class, skin tone, lighting and
+    skin-line orientation, and each is a new patch of that skin. Images are ordered by
+    subject, then image. These are exactly the pixels :func:`write_skin_dataset` writes
+    (as lossless PNG) for the same arguments.
+
+    Args:
+        n_subjects: number of subjects, at least the number of classes.
+        images_per_subject: images per subject, >= 1.
+        size: image side in pixels (square images), >= 16.
+        classes: class names; the built-in ``normal``, ``early``, ``late`` (any subset of at
+            least two), or two or three custom names mapped to them by position.
+        seed: fixes every pixel and the class of every subject.
+
+    Returns:
+        ``(images, labels, subjects)`` with N = ``n_subjects * images_per_subject``: images
+        uint8 (N, size, size, 3) RGB; labels int64 (N,), indices into ``classes``;
+        subjects (N,) str, the subject id of each image, for grouped splits.
+
+    Raises:
+        ValueError: bad counts, size or classes.
+    """
+    _, appearance = _checked_classes(classes, n_subjects, images_per_subject, size)
+    n = n_subjects * images_per_subject
+    images = np.empty((n, size, size, 3), dtype=np.uint8)
+    labels = np.empty(n, dtype=np.int64)
+    subjects = []
+    drawn = _skin_images(appearance, n_subjects, images_per_subject, size, seed)
+    for index, (subject_id, class_index, image) in enumerate(drawn):
+        images[index] = image
+        labels[index] = class_index
+        subjects.append(subject_id)
+    return images, labels, np.array(subjects, dtype=str)
+
+
+def write_skin_dataset(
     out_dir: str | Path,
     classes: Sequence[str] = SSC_CLASSES,
     n_subjects: int = 30,
@@ -268,9 +350,11 @@ def write_synthetic_skin_dataset(
 
     Layout under ``out_dir``: ``images/<subject>_<k>.png`` (RGB PNG) and ``manifest.csv``
     with columns ``image, label, subject`` (paths relative to ``out_dir``), readable by
-    :func:`medlite.data.classification.read_classification_manifest`. Subjects
-    ``SKIN0001`` ... are dealt to the classes in turn (balanced within one), in a shuffled
-    order; all images of a subject share its class, tone, lighting and line orientation.
+    :func:`medlite.data.classification.read_classification_manifest`. Rows and pixels are
+    those of :func:`make_skin` with the same arguments (``label`` is the class name):
+    subjects ``SKIN0001`` ... are dealt to the classes in turn (balanced within one), in a
+    shuffled order; all images of a subject share its class, tone, lighting and line
+    orientation.
 
     Args:
         out_dir: a new or empty folder.
@@ -286,17 +370,7 @@ def write_synthetic_skin_dataset(
         ValueError: bad counts, size or classes.
     """
     out_dir = Path(out_dir)
-    classes = [str(c) for c in classes]
-    if len(classes) < 2 or len(set(classes)) != len(classes):
-        raise ValueError(f"classes must be at least two distinct names, got {classes}")
-    appearance = _appearance_of(classes)
-    if n_subjects < len(classes) or images_per_subject < 1:
-        raise ValueError(
-            f"n_subjects must be >= the number of classes ({len(classes)}) and "
-            f"images_per_subject >= 1, got {n_subjects} and {images_per_subject}"
-        )
-    if size < 16:
-        raise ValueError(f"size must be at least 16 pixels, got {size}")
+    classes, appearance = _checked_classes(classes, n_subjects, images_per_subject, size)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise DataError(
             f"{out_dir}: output directory for the synthetic dataset exists and is not empty; "
@@ -304,19 +378,14 @@ def write_synthetic_skin_dataset(
         )
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
 
-    class_of_subject = np.random.default_rng([seed, 2**32 - 1]).permutation(
-        np.arange(n_subjects) % len(classes)
-    )
     rows = []
-    for subject_index in range(n_subjects):
-        rng = np.random.default_rng([seed, subject_index])
-        class_index = int(class_of_subject[subject_index])
-        subject = sample_skin_subject(rng, appearance[class_index])
-        subject_id = f"SKIN{subject_index + 1:04d}"
-        for k in range(images_per_subject):
-            image_path = Path("images") / f"{subject_id}_{k + 1}.png"
-            Image.fromarray(make_skin_image(rng, subject, size)).save(out_dir / image_path)
-            rows.append((image_path.as_posix(), classes[class_index], subject_id))
+    counts: dict[str, int] = {}
+    drawn = _skin_images(appearance, n_subjects, images_per_subject, size, seed)
+    for subject_id, class_index, image in drawn:
+        counts[subject_id] = counts.get(subject_id, 0) + 1
+        image_path = Path("images") / f"{subject_id}_{counts[subject_id]}.png"
+        Image.fromarray(image).save(out_dir / image_path)
+        rows.append((image_path.as_posix(), classes[class_index], subject_id))
 
     manifest = out_dir / "manifest.csv"
     with manifest.open("w", newline="", encoding="utf-8") as handle:

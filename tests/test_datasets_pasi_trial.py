@@ -11,14 +11,14 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from medlite.data.pasi_synthetic import (
+from medlite.datasets.pasi_trial import (
     PHOTOS_PER_REGION,
     VISIT_WEEKS,
+    make_pasi_trial,
     pasi_by_visit,
     render_region_photos,
-    simulate_trial_scores,
     trial_visit_table,
-    write_synthetic_trial,
+    write_pasi_trial,
 )
 from medlite.errors import DataError
 from medlite.pasi import area_score, pasi_score, response
@@ -29,7 +29,7 @@ SIGNS = ("erythema", "induration", "desquamation")
 @pytest.fixture(scope="module")
 def small_trial(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     out = tmp_path_factory.mktemp("trial") / "trial"
-    return write_synthetic_trial(out, n_subjects=3, visits_per_subject=(2, 3), photo_size=32)
+    return write_pasi_trial(out, n_subjects=3, visits_per_subject=(2, 3), photo_size=32)
 
 
 def _read_scores(path: Path) -> pd.DataFrame:
@@ -77,7 +77,7 @@ def test_written_scores_match_simulation_and_area_is_rendered_exactly(
 ) -> None:
     photos_csv, scores_csv = small_trial
     scores = _read_scores(scores_csv)
-    simulated = simulate_trial_scores(3, (2, 3), seed=0, photo_size=32)
+    simulated = make_pasi_trial(3, (2, 3), seed=0, photo_size=32)
     pd.testing.assert_frame_equal(scores, simulated, check_dtype=False)
 
     photos = pd.read_csv(photos_csv, dtype={"subject": str})
@@ -106,8 +106,8 @@ def test_written_scores_match_simulation_and_area_is_rendered_exactly(
 
 
 def test_rounding_to_pixels_keeps_area_scores_and_pasi() -> None:
-    exact = simulate_trial_scores(8, seed=3)
-    rounded = simulate_trial_scores(8, seed=3, photo_size=16)
+    exact = make_pasi_trial(8, seed=3)
+    rounded = make_pasi_trial(8, seed=3, photo_size=16)
     assert not np.array_equal(exact["area_percent"], rounded["area_percent"])
     np.testing.assert_allclose(exact["area_percent"], rounded["area_percent"], atol=0.5)
     assert [area_score(a) for a in exact["area_percent"]] == [
@@ -140,9 +140,9 @@ def test_plaques_shrink_in_place() -> None:
 
 def test_determinism_with_seed(tmp_path: Path) -> None:
     kwargs = {"n_subjects": 2, "visits_per_subject": (2, 2), "photo_size": 24}
-    first = write_synthetic_trial(tmp_path / "a", seed=5, **kwargs)
-    second = write_synthetic_trial(tmp_path / "b", seed=5, **kwargs)
-    other = write_synthetic_trial(tmp_path / "c", seed=6, **kwargs)
+    first = write_pasi_trial(tmp_path / "a", seed=5, **kwargs)
+    second = write_pasi_trial(tmp_path / "b", seed=5, **kwargs)
+    other = write_pasi_trial(tmp_path / "c", seed=6, **kwargs)
     for a, b in zip(first, second, strict=True):
         assert a.read_bytes() == b.read_bytes()
     photos = pd.read_csv(first[0])
@@ -211,7 +211,7 @@ def test_skin_tones_span_light_to_dark() -> None:
 
 
 def test_trial_outcome_over_60_subjects() -> None:
-    scores = simulate_trial_scores(60, (5, 6), seed=0)
+    scores = make_pasi_trial(60, (5, 6), seed=0)
     assert scores["subject"].nunique() == 60
     visits = scores.groupby("subject")["visit"].nunique()
     assert visits.between(5, 6).all() and visits.nunique() == 2
@@ -232,11 +232,11 @@ def test_trial_outcome_over_60_subjects() -> None:
 
 
 def test_responder_fraction_and_seed_change_the_trial() -> None:
-    table = pasi_by_visit(simulate_trial_scores(20, (5, 5), seed=1, responder_fraction=0.5))
+    table = pasi_by_visit(make_pasi_trial(20, (5, 5), seed=1, responder_fraction=0.5))
     baseline = table.groupby("subject")["pasi"].first().to_numpy()
     last = table.groupby("subject")["pasi"].last().to_numpy()
     assert response(baseline, last, 90, clear_below=0.0).sum() == 10
-    assert not simulate_trial_scores(5, seed=1).equals(simulate_trial_scores(5, seed=2))
+    assert not make_pasi_trial(5, seed=1).equals(make_pasi_trial(5, seed=2))
 
 
 def test_trial_visit_table(small_trial: tuple[Path, Path]) -> None:
@@ -262,7 +262,7 @@ def test_trial_visit_table(small_trial: tuple[Path, Path]) -> None:
 
 
 def test_trial_visit_table_errors_name_the_file(tmp_path: Path) -> None:
-    scores = simulate_trial_scores(2, (2, 2), seed=0)
+    scores = make_pasi_trial(2, (2, 2), seed=0)
     no_column = tmp_path / "no_column.csv"
     scores.drop(columns="induration").to_csv(no_column, index=False)
     with pytest.raises(DataError, match="no_column.csv.*induration"):
@@ -289,13 +289,13 @@ def test_argument_errors(tmp_path: Path) -> None:
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x.txt").write_text("x")
     with pytest.raises(DataError, match="not empty"):
-        write_synthetic_trial(tmp_path / "full", n_subjects=1, photo_size=16)
+        write_pasi_trial(tmp_path / "full", n_subjects=1, photo_size=16)
     with pytest.raises(ValueError, match="visits_per_subject"):
-        simulate_trial_scores(2, (1, 3))
+        make_pasi_trial(2, (1, 3))
     with pytest.raises(ValueError, match="visits_per_subject"):
-        simulate_trial_scores(2, (5, 9))
+        make_pasi_trial(2, (5, 9))
     with pytest.raises(ValueError, match="photo_size"):
-        write_synthetic_trial(tmp_path / "new", n_subjects=1, photo_size=8)
+        write_pasi_trial(tmp_path / "new", n_subjects=1, photo_size=8)
     with pytest.raises(ValueError, match="region"):
         render_region_photos(0, 0, "head", 1, 1, 1, 10.0)
     with pytest.raises(ValueError, match="area_percent: 101"):
@@ -308,7 +308,7 @@ def test_generation_is_fast(tmp_path: Path) -> None:
     seconds_per_photo = []
     for attempt in range(2):
         start = time.perf_counter()
-        photos_csv, _ = write_synthetic_trial(
+        photos_csv, _ = write_pasi_trial(
             tmp_path / str(attempt), n_subjects=2, visits_per_subject=(5, 6), photo_size=128
         )
         elapsed = time.perf_counter() - start

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from scipy.signal import butter, find_peaks, sosfiltfilt
 
-from medlite.data.synthetic_ecg import (
+from medlite.datasets.ecg import (
     EcgCondition,
-    synthetic_ecg,
-    synthetic_ecg_profile,
-    synthetic_stress_study,
+    ecg_profile,
+    make_ecg,
+    make_ecg_study,
 )
 
 
@@ -27,7 +27,7 @@ def r_peaks(ecg: np.ndarray, fs: float) -> np.ndarray:
     ("heart_rate", "hrv_ms", "fs"), [(50, 60, 250), (72, 45, 256), (95, 25, 360), (130, 12, 500)]
 )
 def test_heart_rate_and_rr_variability_as_requested(heart_rate, hrv_ms, fs) -> None:
-    ecg = synthetic_ecg(180, fs, heart_rate, hrv_ms, noise_std=0.03, seed=3)
+    ecg = make_ecg(180, fs, heart_rate, hrv_ms, noise_std=0.03, seed=3)
     assert ecg.shape == (180 * fs,) and ecg.dtype == np.float64
     rr = np.diff(r_peaks(ecg, fs)) / fs
     assert 60 / rr.mean() == pytest.approx(heart_rate, abs=2.0)
@@ -38,7 +38,7 @@ def test_heart_rate_and_rr_variability_as_requested(heart_rate, hrv_ms, fs) -> N
 
 def test_beat_morphology_in_mv() -> None:
     fs = 500
-    ecg = synthetic_ecg(60, fs, 60, 0.0, noise_std=0.0, seed=0, baseline_wander_mv=0.0)
+    ecg = make_ecg(60, fs, 60, 0.0, noise_std=0.0, seed=0, baseline_wander_mv=0.0)
     peaks = r_peaks(ecg, fs)[1:-1]
     beats = np.stack([ecg[p - fs // 2 : p + fs // 2] for p in peaks])
     mean_beat = beats.mean(axis=0)
@@ -53,9 +53,9 @@ def test_beat_morphology_in_mv() -> None:
 
 def test_t_wave_and_qrs_scales_change_only_their_waves() -> None:
     kwargs = dict(duration_s=30, fs=256, heart_rate_bpm=70, hrv_std_ms=30, noise_std=0.0, seed=5)
-    plain = synthetic_ecg(**kwargs, baseline_wander_mv=0.0)
-    flat_t = synthetic_ecg(**kwargs, baseline_wander_mv=0.0, t_scale=0.5)
-    small_qrs = synthetic_ecg(**kwargs, baseline_wander_mv=0.0, qrs_scale=0.8)
+    plain = make_ecg(**kwargs, baseline_wander_mv=0.0)
+    flat_t = make_ecg(**kwargs, baseline_wander_mv=0.0, t_scale=0.5)
+    small_qrs = make_ecg(**kwargs, baseline_wander_mv=0.0, qrs_scale=0.8)
     peaks = r_peaks(plain, 256)
     np.testing.assert_array_equal(r_peaks(flat_t, 256), peaks)  # same beats
     # At the R peaks only QRS counts; 0.26 s later (QT at 70 bpm) only the T wave.
@@ -67,9 +67,9 @@ def test_t_wave_and_qrs_scales_change_only_their_waves() -> None:
 
 
 def test_same_seed_same_signal() -> None:
-    a = synthetic_ecg(20, 256, 75, 40, 0.02, seed=11)
-    np.testing.assert_array_equal(a, synthetic_ecg(20, 256, 75, 40, 0.02, seed=11))
-    assert not np.allclose(a, synthetic_ecg(20, 256, 75, 40, 0.02, seed=12))
+    a = make_ecg(20, 256, 75, 40, 0.02, seed=11)
+    np.testing.assert_array_equal(a, make_ecg(20, 256, 75, 40, 0.02, seed=11))
+    assert not np.allclose(a, make_ecg(20, 256, 75, 40, 0.02, seed=12))
 
 
 def test_invalid_conditions_are_refused() -> None:
@@ -78,13 +78,13 @@ def test_invalid_conditions_are_refused() -> None:
     with pytest.raises(ValueError, match="heart_rate_bpm"):
         EcgCondition(heart_rate_bpm=300)
     with pytest.raises(ValueError, match="start at 0 s"):
-        synthetic_ecg_profile(10, 100, [(1.0, EcgCondition())])
+        ecg_profile(10, 100, [(1.0, EcgCondition())])
 
 
 @pytest.fixture(scope="module")
 def study():
     start = time.perf_counter()
-    recordings = synthetic_stress_study(n_subjects=6, minutes_per_condition=(2.0, 1.0, 1.0))
+    recordings = make_ecg_study(n_subjects=6, minutes_per_condition=(2.0, 1.0, 1.0))
     return recordings, time.perf_counter() - start
 
 
@@ -132,8 +132,8 @@ def test_stress_raises_heart_rate_and_lowers_variability(study) -> None:
 
 def test_study_is_deterministic(study) -> None:
     recordings, _ = study
-    again = synthetic_stress_study(n_subjects=2, minutes_per_condition=(2.0, 1.0, 1.0))
+    again = make_ecg_study(n_subjects=2, minutes_per_condition=(2.0, 1.0, 1.0))
     np.testing.assert_array_equal(again[1].signal, recordings[1].signal)
-    other = synthetic_stress_study(n_subjects=1, minutes_per_condition=(0.5, 0.5, 0.5), seed=1)
+    other = make_ecg_study(n_subjects=1, minutes_per_condition=(0.5, 0.5, 0.5), seed=1)
     assert other[0].signal.size == int(1.5 * 60 * 256)
     assert not np.allclose(other[0].signal[:1000], recordings[0].signal[:1000])

@@ -14,7 +14,7 @@ integrated as an ODE, so that a whole recording is a few vectorised numpy operat
   cent, and each beat's amplitudes jitter a little.
 - Baseline wander (breathing plus slow drift) and white noise.
 
-:func:`synthetic_stress_study` strings baseline, stress and amusement blocks together
+:func:`make_ecg_study` strings baseline, stress and amusement blocks together
 per subject. Stress raises heart rate, lowers variability and shifts sympatho-vagal
 balance (more LF, faster breathing), flattens the T wave a little and adds noise from
 muscle activity; amusement differs mildly from baseline. All randomness comes from the
@@ -30,7 +30,7 @@ import numpy as np
 
 from medlite.data.ecg import WESAD_LABEL_NAMES, Recording
 
-__all__ = ["EcgCondition", "synthetic_ecg", "synthetic_ecg_profile", "synthetic_stress_study"]
+__all__ = ["EcgCondition", "ecg_profile", "make_ecg", "make_ecg_study"]
 
 # Wave order P, Q, R, S, T: amplitude (mV), centre relative to the R peak at RR = 1 s (s),
 # width (standard deviation, s). Amplitudes and timing of a lead II ECG at 60 bpm.
@@ -100,7 +100,7 @@ def _band_noise(n: int, rate_hz: float, centre_hz: float, width_hz: float, rng) 
     return _unit(np.fft.irfft(spectrum, n))
 
 
-def synthetic_ecg_profile(
+def ecg_profile(
     duration_s: float,
     fs: float,
     segments: Sequence[tuple[float, EcgCondition]],
@@ -199,7 +199,7 @@ def synthetic_ecg_profile(
     return ecg
 
 
-def synthetic_ecg(
+def make_ecg(
     duration_s: float,
     fs: float,
     heart_rate_bpm: float = 70.0,
@@ -224,7 +224,7 @@ def synthetic_ecg(
         (round(duration_s * fs),) float64 ECG in mV, R peaks about 1.2 mV.
     """
     state = EcgCondition(heart_rate_bpm, hrv_std_ms, noise_std, **condition)
-    return synthetic_ecg_profile(duration_s, fs, [(0.0, state)], seed)
+    return ecg_profile(duration_s, fs, [(0.0, state)], seed)
 
 
 # Per-condition changes from a subject's baseline (ranges drawn per subject): stress is
@@ -266,7 +266,7 @@ def _subject_conditions(rng: np.random.Generator) -> dict[str, EcgCondition]:
     return {"baseline": baseline, "stress": stress, "amusement": amusement}
 
 
-def synthetic_stress_study(
+def make_ecg_study(
     n_subjects: int = 6,
     minutes_per_condition: Sequence[float] = (2.0, 1.0, 1.0),
     fs: float = 256.0,
@@ -306,7 +306,7 @@ def synthetic_stress_study(
         for name, start, end in zip(order, block_starts[:-1], block_starts[1:], strict=True):
             labels[int(round(start * fs)) : int(round(end * fs))] = _CONDITION_CODES[name]
         morphology = rng.uniform(0.7, 1.3, 5)
-        ecg = synthetic_ecg_profile(
+        ecg = ecg_profile(
             block_starts[-1],
             fs,
             [(float(s), conditions[c]) for s, c in zip(block_starts[:-1], order, strict=True)],
@@ -320,7 +320,7 @@ def synthetic_stress_study(
                 fs=fs,
                 labels=labels,
                 subject=subject,
-                source=f"synthetic_stress_study(seed={seed})/{subject}",
+                source=f"make_ecg_study(seed={seed})/{subject}",
                 label_names=dict(WESAD_LABEL_NAMES),
             )
         )

@@ -15,11 +15,12 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from medlite.data.classification import read_classification_manifest
-from medlite.data.synthetic_skin import (
+from medlite.datasets.skin import (
     SSC_CLASSES,
+    make_skin,
     make_skin_image,
     sample_skin_subject,
-    write_synthetic_skin_dataset,
+    write_skin_dataset,
 )
 from medlite.errors import DataError
 
@@ -29,7 +30,7 @@ def skin_set(tmp_path_factory) -> tuple[np.ndarray, pd.DataFrame]:
     """60 subjects x 2 images at 48 px: (images float64 (N, 48, 48, 3), manifest table)."""
     out = tmp_path_factory.mktemp("skin") / "set"
     table = read_classification_manifest(
-        write_synthetic_skin_dataset(out, n_subjects=60, images_per_subject=2, size=48, seed=0),
+        write_skin_dataset(out, n_subjects=60, images_per_subject=2, size=48, seed=0),
         class_names=SSC_CLASSES,
     )
     images = np.stack([np.asarray(Image.open(p), dtype=np.float64) for p in table["image"]])
@@ -67,9 +68,9 @@ def test_layout_and_manifest(skin_set) -> None:
 
 
 def test_same_seed_same_pixels_other_seed_differs(tmp_path: Path) -> None:
-    first = write_synthetic_skin_dataset(tmp_path / "a", n_subjects=3, size=32, seed=4)
-    second = write_synthetic_skin_dataset(tmp_path / "b", n_subjects=3, size=32, seed=4)
-    write_synthetic_skin_dataset(tmp_path / "c", n_subjects=3, size=32, seed=5)
+    first = write_skin_dataset(tmp_path / "a", n_subjects=3, size=32, seed=4)
+    second = write_skin_dataset(tmp_path / "b", n_subjects=3, size=32, seed=4)
+    write_skin_dataset(tmp_path / "c", n_subjects=3, size=32, seed=5)
     assert first.read_text() == second.read_text()
     for name in ("SKIN0001_1.png", "SKIN0003_2.png"):
         a = np.asarray(Image.open(tmp_path / "a" / "images" / name))
@@ -77,16 +78,49 @@ def test_same_seed_same_pixels_other_seed_differs(tmp_path: Path) -> None:
         assert not np.array_equal(a, np.asarray(Image.open(tmp_path / "c" / "images" / name)))
 
 
+def test_make_skin_shapes_and_dtypes() -> None:
+    images, labels, subjects = make_skin(n_subjects=6, images_per_subject=2, size=24, seed=1)
+    assert images.shape == (12, 24, 24, 3) and images.dtype == np.uint8
+    assert labels.shape == (12,) and labels.dtype == np.int64
+    assert subjects.shape == (12,) and subjects.dtype.kind == "U"
+    assert subjects[:4].tolist() == ["SKIN0001", "SKIN0001", "SKIN0002", "SKIN0002"]
+    # Balanced classes, one class per subject.
+    assert np.bincount(labels[::2], minlength=3).tolist() == [2, 2, 2]
+    assert (labels[::2] == labels[1::2]).all()
+    again = make_skin(n_subjects=6, images_per_subject=2, size=24, seed=1)
+    np.testing.assert_array_equal(images, again[0])
+    np.testing.assert_array_equal(labels, again[1])
+    other, _, _ = make_skin(n_subjects=6, images_per_subject=2, size=24, seed=2)
+    assert not np.array_equal(images, other)
+    with pytest.raises(ValueError, match="n_subjects"):
+        make_skin(n_subjects=2)
+    with pytest.raises(ValueError, match="at least 16"):
+        make_skin(n_subjects=3, size=8)
+
+
+@pytest.mark.parametrize("classes", [SSC_CLASSES, ("healthy", "ssc")])
+def test_make_skin_matches_write_skin_dataset(tmp_path: Path, classes) -> None:
+    """Same arguments, same data: every pixel, label and subject of the written set."""
+    kwargs = dict(n_subjects=5, images_per_subject=2, size=20, classes=classes, seed=3)
+    manifest = write_skin_dataset(tmp_path / "set", **kwargs)
+    images, labels, subjects = make_skin(**kwargs)
+    table = pd.read_csv(manifest)
+    assert table["subject"].tolist() == subjects.tolist()
+    assert table["label"].tolist() == [classes[i] for i in labels]
+    written = np.stack([np.asarray(Image.open(manifest.parent / p)) for p in table["image"]])
+    np.testing.assert_array_equal(written, images)
+
+
 def test_custom_class_names_and_bad_arguments(tmp_path: Path) -> None:
-    manifest = write_synthetic_skin_dataset(tmp_path / "two", classes=("healthy", "ssc"),
-                                            n_subjects=4, images_per_subject=1, size=16)
+    manifest = write_skin_dataset(tmp_path / "two", classes=("healthy", "ssc"),
+                                  n_subjects=4, images_per_subject=1, size=16)
     assert sorted(pd.read_csv(manifest)["label"]) == ["healthy", "healthy", "ssc", "ssc"]
     with pytest.raises(DataError, match="not empty"):
-        write_synthetic_skin_dataset(tmp_path / "two", n_subjects=3)
+        write_skin_dataset(tmp_path / "two", n_subjects=3)
     with pytest.raises(ValueError, match="n_subjects"):
-        write_synthetic_skin_dataset(tmp_path / "few", n_subjects=2)
+        write_skin_dataset(tmp_path / "few", n_subjects=2)
     with pytest.raises(ValueError, match="custom names need 2 or 3"):
-        write_synthetic_skin_dataset(tmp_path / "four", classes=("a", "b", "c", "d"))
+        write_skin_dataset(tmp_path / "four", classes=("a", "b", "c", "d"))
     with pytest.raises(ValueError, match="at least 16"):
         make_skin_image(np.random.default_rng(0), sample_skin_subject(np.random.default_rng(0),
                                                                       "late"), size=8)
