@@ -12,12 +12,13 @@ import sys
 from pathlib import Path
 
 from medlite import __version__
-from medlite.errors import ConfigError, MedliteError
+from medlite.errors import MedliteError
 
 EPILOG = """examples:
   medlite demo segmentation --out runs/demo
   medlite data index IMAGES_DIR MASKS_DIR --out manifest.csv
-  medlite train configs/segmentation_ph2.yaml
+  medlite train segmentation_ph2                 # a shipped config (medlite configs)
+  medlite train my_config.yaml --set trainer.max_epochs=5
   medlite evaluate runs/segmentation_ph2 --data other_manifest.csv
   medlite predict runs/segmentation_ph2 photo.jpg photos/ --out masks/
   medlite export runs/segmentation_ph2 --format onnx
@@ -25,12 +26,17 @@ EPILOG = """examples:
 """
 
 
-def _add_run_dir_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--resume", action="store_true",
-                       help="continue an interrupted run from its last checkpoint")
-    group.add_argument("--overwrite", action="store_true",
-                       help="replace an existing run directory")
+def headline(metrics: dict) -> dict:
+    from medlite.evaluation.evaluator import headline as flat
+
+    return flat(metrics)
+
+
+def _add_inference_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="change how the trained model is applied: "
+                        "keys under inference. or evaluation., e.g. --set "
+                        "inference.flip_tta=true (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("task", nargs="?", help="task to demo (default: all)")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"),
                       help="folder for the data and runs (default: runs/demo)")
-    demo.add_argument("--overwrite", action="store_true", help="replace an existing demo folder")
+    demo.add_argument("--overwrite", action="store_true",
+                      help="replace an existing demo folder (only one medlite made)")
 
     data = sub.add_parser("data", help="index and check data sets")
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
@@ -77,31 +84,54 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model from a YAML config",
                            description="Train from a YAML config whose top-level `task:` key "
                            "picks the recipe; evaluate on the test split; write a report.")
-    train.add_argument("config", type=Path)
+    train.add_argument("config", type=Path, nargs="?",
+                       help="a YAML config, or the name of a shipped config")
+    train.add_argument("--list-configs", action="store_true",
+                       help="list the configs shipped with medlite and exit")
     train.add_argument("--out", type=Path, help="run directory (default: output_dir/name)")
     train.add_argument("--set", dest="overrides", action="append", default=[],
                        metavar="KEY=VALUE", help="override a config key, e.g. "
                        "--set trainer.max_epochs=5 (repeatable)")
     train.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    _add_run_dir_flags(train)
+    group = train.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true",
+                       help="continue an interrupted run from its last checkpoints (the "
+                       "config must be the run's; only inference.*, evaluation.* and "
+                       "executor.* may differ)")
+    group.add_argument("--overwrite", action="store_true",
+                       help="replace an existing run directory (only one medlite made)")
+
+    configs = sub.add_parser("configs", help="list or print the configs shipped with medlite",
+                             description="Without arguments, list the shipped configs; "
+                             "`medlite configs show NAME > my.yaml` copies one to edit.")
+    configs.add_argument("action", nargs="?", choices=["show"], help="show: print NAME")
+    configs.add_argument("name", nargs="?", help="a shipped config's name")
 
     evaluate = sub.add_parser("evaluate", help="evaluate a trained run on other data",
-                              description="Evaluate a trained run on every row of another "
-                              "manifest (results in RUN/evaluations/<manifest name>/), or "
-                              "again on one split of its own data (RUN/evaluations/<split>/).")
+                              description="Evaluate a trained run on other data (results in "
+                              "RUN/evaluations/<data name>/), refusing data that overlaps its "
+                              "training or validation data, or again on one split of its own "
+                              "data (RUN/evaluations/<split>/).")
     evaluate.add_argument("run", type=Path)
-    evaluate.add_argument("--data", type=Path, help="manifest CSV (default: the run's own data)")
+    evaluate.add_argument("--data", type=Path, help="manifest CSV, image folder or "
+                          "recordings (default: the run's own data)")
     evaluate.add_argument("--scores", type=Path,
                           help="pasi: the scores CSV that goes with the --data photos CSV")
     evaluate.add_argument("--split", choices=["train", "val", "test"], default="test",
                           help="without --data: which split of the run's data (default test)")
-    evaluate.add_argument("--out", type=Path, help="output folder")
-    evaluate.add_argument("--overwrite", action="store_true")
+    evaluate.add_argument("--out", type=Path, help="output folder (default "
+                          "RUN/evaluations/<name>)")
+    evaluate.add_argument("--overwrite", action="store_true",
+                          help="replace an earlier evaluation folder (only one medlite made)")
+    evaluate.add_argument("--allow-overlap", action="store_true",
+                          help="evaluate even when --data shares subjects or images with the "
+                          "run's training or validation data (the report says so)")
     _add_inference_overrides(evaluate)
 
     predict = sub.add_parser("predict", help="predict on new files with a trained run",
-                             description="Predict with a trained run. Segmentation writes "
-                             "<stem>_mask.png at the original resolution and <stem>_overlay.png.")
+                             description="Predict with a trained run into a new folder: one "
+                             "set of files per input (named so that inputs with the same stem "
+                             "never overwrite each other) and predictions.csv indexing them.")
     predict.add_argument("run", type=Path)
     predict.add_argument("inputs", type=Path, nargs="*", help="files or folders")
     predict.add_argument("--visit", type=Path, action="append", default=[],
@@ -109,15 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
                          "optionally head/) photo folders; repeat for several visits, in "
                          "time order")
     predict.add_argument("--out", type=Path, required=True, help="output folder")
-    predict.add_argument("--overwrite", action="store_true")
-    predict.add_argument("--fast", action="store_true",
-                         help="run through optimize_for_inference (BatchNorm folding, "
-                         "channels-last...; outputs within 1e-4 of the trained model)")
+    predict.add_argument("--overwrite", action="store_true",
+                         help="replace an earlier predictions folder (only one medlite made)")
+    predict.add_argument("--fast", nargs="?", const="torch", default="none",
+                         choices=["none", "torch", "onnxruntime"],
+                         help="CPU fast path: torch (optimize_for_inference: BatchNorm "
+                         "folding, channels-last) or onnxruntime; outputs within 1e-4")
     _add_inference_overrides(predict)
 
     export = sub.add_parser("export", help="export a trained model (ONNX)",
                             description="Export a trained run's model and check ONNX Runtime "
-                            "parity against PyTorch.")
+                            "against PyTorch on a batch of three inputs.")
     export.add_argument("run", type=Path)
     export.add_argument("--format", choices=["onnx"], default="onnx")
     export.add_argument("--out", type=Path, help="file to write (default: RUN/export/model.onnx)")
@@ -139,32 +171,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_demo(args) -> int:
-    from medlite.runs import RUN_MARKER, prepare_run_dir, write_json
+    from medlite.runs import make_output_dir
     from medlite.tasks import get_task, list_tasks
-    from medlite.tasks.base import train_run
+    from medlite.training.runner import train_run
 
     names = [args.task] if args.task else list_tasks()
     for name in names:
-        task = get_task(name, source="demo")
+        get_task(name, source="demo")
+    if not args.task:
+        make_output_dir(args.out, "demo", overwrite=args.overwrite)
+    for name in names:
         out = args.out if args.task else args.out / name
-        prepare_run_dir(out, overwrite=args.overwrite)
-        write_json(out / RUN_MARKER, {"demo": name})  # ours, so --overwrite may replace it
-        config = task.demo_config(out)
-        metrics = train_run(config, out, run_dir_ready=True)
+        make_output_dir(out, "run", overwrite=args.overwrite)
+        config = get_task(name).demo_config(out)
+        result = train_run(config, out, run_dir_ready=True)
         print(f"{name}: run in {out}; report {out / 'report.html'}")
-        print(json.dumps(_headline(metrics), indent=2))
+        print(json.dumps(headline(result.metrics), indent=2))
     return 0
-
-
-def _headline(metrics: dict) -> dict:
-    flat = {}
-    for group, values in metrics.items():
-        if isinstance(values, dict) and "value" in values:
-            flat[group] = round(values["value"], 4)
-        elif isinstance(values, dict):
-            for name, entry in values.items():
-                flat[f"{group}.{name}"] = round(entry["value"], 4)
-    return flat
 
 
 def cmd_data(args) -> int:
@@ -189,106 +212,85 @@ def cmd_data(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from medlite.config import load_config
-    from medlite.tasks.base import train_run
+    from medlite.tasks import config_description, load_config, shipped_configs
+    from medlite.training.runner import train_run
 
+    if args.list_configs:
+        for name, path in shipped_configs().items():
+            print(f"{name:28s} {config_description(path)}")
+        return 0
+    if args.config is None:
+        raise MedliteError("train: give a config file or the name of a shipped config "
+                           "(medlite train --list-configs)")
     config = load_config(args.config, args.overrides)
     run_dir = args.out or (config.output_dir / config.name)
-    metrics = train_run(config, run_dir, resume=args.resume, overwrite=args.overwrite,
-                        progress=not args.no_progress)
+    result = train_run(config, run_dir, resume=args.resume, overwrite=args.overwrite,
+                       progress=not args.no_progress)
     print(f"run: {run_dir}")
-    print(json.dumps(_headline(metrics), indent=2))
+    print(json.dumps(headline(result.metrics), indent=2))
     return 0
 
 
-def _add_inference_overrides(parser) -> None:
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="change how the trained model is applied: "
-                        "keys under inference. or evaluation., e.g. --set "
-                        "inference.flip_tta=true (repeatable)")
+def cmd_configs(args) -> int:
+    from medlite.tasks import config_description, shipped_configs
 
-
-def _load_run_with_overrides(run: Path, overrides: list[str]):
-    """The trained run, its config changed by ``--set`` keys that do not touch training."""
-    from medlite.config import apply_overrides, validate_config
-    from medlite.tasks.base import load_trained_model
-
-    task, config, model = load_trained_model(run)
-    for item in overrides:
-        if item.partition("=")[0].split(".")[0] not in ("inference", "evaluation"):
-            raise ConfigError(f"--set {item}: only inference.* and evaluation.* keys can "
-                              "change after training")
-    if overrides:
-        raw = apply_overrides(config.model_dump(mode="json"), overrides)
-        config = validate_config(raw, type(config), "--set")
-    return task, config, model
-
-
-def _data_source(samples) -> str:
-    return str(samples.attrs.get("source", "the run's data"))
+    shipped = shipped_configs()
+    if args.action is None:
+        for name, path in shipped.items():
+            print(f"{name:28s} {config_description(path)}")
+        return 0
+    if args.name not in shipped:
+        raise MedliteError(f"configs show: no shipped config {args.name!r} (one of "
+                           f"{', '.join(shipped)})")
+    sys.stdout.write(shipped[args.name].read_text())
+    return 0
 
 
 def cmd_evaluate(args) -> int:
-    from medlite.runs import find_run, unique_child, write_json
-    from medlite.tasks.base import METRICS_FILE, with_saved_splits
+    from medlite.evaluation.evaluator import METRICS_FILE, REPORT_FILE
+    from medlite.evaluation.external import evaluate_run
 
-    task, config, model = _load_run_with_overrides(args.run, args.overrides)
-    if args.scores is not None:
-        if not hasattr(config.data, "scores"):
-            raise MedliteError(f"--scores: only for pasi runs, not {config.task}")
-        config.data.scores = args.scores.resolve()
-    if args.data is not None:
-        samples = task.load_samples(config, data_path=args.data)
-        source, default_name = str(args.data), args.data.stem
-    else:
-        samples = with_saved_splits(task.load_samples(config), find_run(args.run))
-        samples = samples[samples["split"] == args.split].reset_index(drop=True)
-        if samples.empty:
-            raise MedliteError(f"{args.run}: the run has no {args.split} samples")
-        source = f"{_data_source(samples)} ({args.split} split)"
-        default_name = args.split
-    parent, name = ((args.out.parent, args.out.name) if args.out
-                    else (args.run / "evaluations", default_name))
-    out_dir = unique_child(parent, name, args.overwrite)
-    evaluation = task.evaluate(model, config, samples, out_dir)
-    write_json(out_dir / METRICS_FILE, {"data": source, "n_samples": len(samples),
-                                        "n_subjects": int(samples["subject"].nunique()),
-                                        "metrics": evaluation.metrics, **evaluation.extra})
-    task.write_report(args.run, config, evaluation, out_dir / "report.html",
-                      title=f"medlite {config.task}: {config.name} on {Path(name).name}")
-    print(f"wrote {out_dir / METRICS_FILE} and {out_dir / 'report.html'}")
-    print(json.dumps(_headline(evaluation.metrics), indent=2))
+    result, out_dir = evaluate_run(args.run, data=args.data, scores=args.scores,
+                                   split=args.split, out=args.out, overwrite=args.overwrite,
+                                   allow_overlap=args.allow_overlap, overrides=args.overrides)
+    print(f"wrote {out_dir / METRICS_FILE} and {out_dir / REPORT_FILE}")
+    print(json.dumps(headline(result.metrics), indent=2))
     return 0
 
 
 def cmd_predict(args) -> int:
-    task, config, model = _load_run_with_overrides(args.run, args.overrides)
-    inputs = [*args.inputs, *args.visit]
-    if not inputs:
-        raise MedliteError("predict: give files or folders (or --visit folders for pasi)")
-    if args.fast:
-        from medlite.models import optimize_for_inference
+    from medlite.inference.predictor import load_run
+    from medlite.inference.writer import OutputWriter, unique_names
 
-        model = optimize_for_inference(model, task.example_input(config))
-    written = task.predict(model, config, inputs, args.out, overwrite=args.overwrite)
-    print(f"wrote {len(written)} files to {args.out}")
+    if not args.inputs and not args.visit:
+        raise MedliteError("predict: give files or folders (or --visit folders for pasi)")
+    predictor = load_run(args.run, overrides=args.overrides, fast=args.fast)
+    task, config = predictor.task, predictor.config
+    inputs = task.parse_inputs(list(args.inputs), list(args.visit), config)
+    writer = OutputWriter(args.out, overwrite=args.overwrite)
+    names = unique_names([item.source for item in inputs])
+    count = 0
+    for item, name, output in zip(inputs, names, predictor.predict(inputs), strict=True):
+        files, summary = task.write_prediction(output, name, writer)
+        writer.record(item.source, name, files, **summary)
+        count += len(files)
+    index = writer.write_index(task.prediction_table(writer.rows))
+    print(f"wrote {count} files for {len(inputs)} inputs to {args.out} (index: {index.name})")
     return 0
 
 
 def cmd_export(args) -> int:
-    from medlite.export import export_onnx, onnx_parity
-    from medlite.tasks.base import load_trained_model
+    from medlite.inference.predictor import load_run
 
-    task, config, model = load_trained_model(args.run)
-    path = args.out or args.run / "export" / "model.onnx"
+    predictor = load_run(args.run)
+    path = args.out or Path(args.run) / "export" / "model.onnx"
     if path.exists() and not args.overwrite:
         raise MedliteError(f"{path}: exists; pass --overwrite to replace it")
-    example = task.example_input(config)
-    export_onnx(model, example, path)
-    diff = onnx_parity(model, path, example)
-    print(f"wrote {path}; ONNX Runtime vs PyTorch max abs difference {diff:.2e}")
-    if diff > 1e-3:
-        raise MedliteError(f"{path}: ONNX output differs from PyTorch by {diff:.2e}")
+    path, difference = predictor.export_onnx(path)
+    print(f"wrote {path}; ONNX Runtime vs PyTorch on a batch of 3: max abs difference "
+          f"{difference:.2e}")
+    if difference > 1e-3:
+        raise MedliteError(f"{path}: ONNX output differs from PyTorch by {difference:.2e}")
     return 0
 
 
@@ -311,9 +313,9 @@ def cmd_models(args) -> int:
     return 0
 
 
-COMMANDS = {"demo": cmd_demo, "data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate,
-            "predict": cmd_predict, "export": cmd_export, "profile": cmd_profile,
-            "models": cmd_models}
+COMMANDS = {"demo": cmd_demo, "data": cmd_data, "train": cmd_train, "configs": cmd_configs,
+            "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export,
+            "profile": cmd_profile, "models": cmd_models}
 
 
 def main(argv: list[str] | None = None) -> int:

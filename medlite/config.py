@@ -1,9 +1,10 @@
 """YAML configs validated by pydantic.
 
 Every task has a config class whose defaults reproduce that task's paper recipe. A YAML
-file names its task with a top-level ``task:`` key; :func:`load_config` picks the class,
-validates, and turns the first problem into a one-line :class:`~medlite.errors.ConfigError`
-naming the file and the dotted key (``trainer.max_epochs: ...``).
+file names its task with a top-level ``task:`` key; :func:`medlite.tasks.load_config` picks
+the class, and :func:`validate_config` turns the first problem into a one-line
+:class:`~medlite.errors.ConfigError` naming the file and the dotted key
+(``trainer.max_epochs: ...``). This module knows no task.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from medlite.errors import ConfigError
 
@@ -61,7 +62,10 @@ class TrainerConfig(StrictModel):
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all cores.")
     limit_train_batches: float | int = Field(1.0, description="Fraction or number per epoch.")
-    deterministic: bool = False
+    deterministic: bool = Field(False, description="torch.use_deterministic_algorithms; "
+                                "CPU training is reproducible without it.")
+    keep_checkpoints: bool = Field(False, description="Keep each fit's Lightning checkpoints "
+                                   "after it finished (its model.pt always stays).")
 
 
 class SplitConfig(StrictModel):
@@ -70,7 +74,29 @@ class SplitConfig(StrictModel):
     val_fraction: float = Field(0.15, ge=0, lt=1, description="Share of subjects for validation.")
     test_fraction: float = Field(0.15, ge=0, lt=1, description="Share of subjects for testing.")
     folds: int | None = Field(None, ge=2, description="k-fold: the test set is fold `fold`.")
-    fold: int = Field(0, ge=0, description="Which fold is the test set when `folds` is set.")
+    fold: int | Literal["all"] = Field(
+        0, description="Which fold is the test set when `folds` is set; all: cross-validation "
+        "(one fit per fold, out-of-fold metrics, then a final fit on every sample).")
+
+    @field_validator("fold")
+    @classmethod
+    def _non_negative(cls, value):
+        if isinstance(value, int) and value < 0:
+            raise ValueError("must be 0 or more, or all")
+        return value
+
+
+class ExecutorConfig(StrictModel):
+    """Where the fits of a run's plan are trained. Results do not depend on it: every fit is
+    seeded from the config's seed and its key (give ``trainer.threads`` to fix the number of
+    CPU threads per fit, since float sums split differently over other thread counts)."""
+
+    name: Literal["sequential", "processes"] = Field(
+        "sequential", description="sequential: one fit after the other in this process; "
+        "processes: `workers` local processes.")
+    workers: int = Field(1, ge=1, description="Fits trained at the same time.")
+    threads_per_worker: int | None = Field(
+        None, ge=1, description="torch CPU threads of each worker; default cores / workers.")
 
 
 class EvaluationConfig(StrictModel):
@@ -91,6 +117,7 @@ class BaseTaskConfig(StrictModel):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
 
 
 def _format_error(source: str, error: dict) -> str:
@@ -160,27 +187,6 @@ def apply_overrides(raw: dict, overrides: list[str], source: str = "--set") -> d
                 raise ConfigError(f"{source} {key}: {part} is not a section")
         node[parts[-1]] = yaml.safe_load(value)
     return raw
-
-
-def load_config(path: Path | str, overrides: list[str] | None = None) -> BaseTaskConfig:
-    """Read a YAML config, pick the task's config class from its ``task:`` key, validate it.
-
-    Relative data paths in the config are resolved against the config file's folder by the
-    task (see each task's ``resolve_paths``), so a config can travel with its data.
-    """
-    from medlite.tasks import get_task, list_tasks
-
-    path = Path(path)
-    raw = apply_overrides(read_yaml(path), overrides or [])
-    task_name = raw.get("task")
-    if task_name is None:
-        names = ", ".join(list_tasks())
-        raise ConfigError(f"{path}: task: required key is missing (one of {names})")
-    task = get_task(str(task_name), source=f"{path}: task")
-    config = validate_config(raw, task.config_class, str(path))
-    if config.name is None:
-        config.name = path.stem
-    return task.resolve_paths(config, base_dir=path.parent)
 
 
 def dump_config(config: BaseTaskConfig) -> str:

@@ -8,9 +8,7 @@ Subjects (patient or lesion) never straddle splits or folds, as in the rest of m
 
 from __future__ import annotations
 
-import math
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -20,26 +18,24 @@ import pandas as pd
 import torch
 import torchvision.transforms.v2 as T
 from pydantic import Field
-from sklearn.model_selection import StratifiedGroupKFold
 from torch.utils.data import Dataset, WeightedRandomSampler
 
 from medlite.config import StrictModel
 from medlite.data.io import IMAGE_EXTENSIONS, decoded_image_size, read_image
 from medlite.data.manifest import (
-    _files_with_image_extensions,
-    _line,
-    _read_csv_text,
-    _relative_to_folder,
-    _resolve,
+    csv_line,
+    image_files_in,
     raise_if_problems,
+    read_csv_text,
     read_manifest,
+    relative_to_folder,
+    resolve_path,
     write_csv_atomic,
 )
 from medlite.data.splits import (
-    _as_subject_strings,
-    _split_counts,
-    assign_folds,
     check_subject_disjoint,
+    stratified_group_folds,
+    stratified_group_split,
 )
 from medlite.data.transforms import normalize, to_tensor_image
 from medlite.errors import DataError
@@ -103,7 +99,7 @@ def index_image_folder(root: str | os.PathLike) -> pd.DataFrame:
     problems: list[str] = []
     rows: list[tuple[str, str, str]] = []
     for class_dir in class_dirs:
-        images = _files_with_image_extensions(class_dir)
+        images = image_files_in(class_dir)
         if not images:
             problems.append(
                 f"{class_dir}: class folder has no images (extensions: "
@@ -143,7 +139,7 @@ def write_classification_manifest(
         raise ValueError(f"table lacks column(s) {missing}")
     columns = [c for c in (*MANIFEST_COLUMNS, "split") if c in table.columns]
     written = table[columns].astype(str).copy()
-    written["image"] = [_relative_to_folder(Path(p), out_path.parent) for p in written["image"]]
+    written["image"] = [relative_to_folder(Path(p), out_path.parent) for p in written["image"]]
     return write_csv_atomic(written, out_path)
 
 
@@ -155,6 +151,7 @@ def read_classification_manifest(
     path: str | os.PathLike,
     class_names: Sequence[str] | None = None,
     check_images: bool = True,
+    require_every_class: bool = True,
 ) -> pd.DataFrame:
     """Read and check a classification manifest CSV.
 
@@ -172,6 +169,8 @@ def read_classification_manifest(
         class_names: the classes in label-index order; ``None`` takes the sorted labels found.
         check_images: decode every image fully (catches truncated files; costs one decode
             per image). Existence is always checked.
+        require_every_class: a class of ``class_names`` without images is a problem (for
+            training); False accepts data holding only some classes (for evaluation).
 
     Returns:
         One row per image, index ``0..n-1``: ``image`` (absolute path, ``str``), ``label``
@@ -206,7 +205,7 @@ def read_classification_manifest(
         first_error = error
     try:
         # Same parse as read_manifest, but with the original index: it gives line numbers.
-        raw = _read_csv_text(path, MANIFEST_COLUMNS)
+        raw = read_csv_text(path, MANIFEST_COLUMNS)
     except DataError:
         if first_error is None:
             raise
@@ -215,13 +214,13 @@ def read_classification_manifest(
     base = path.resolve().parent
     if check_images and "image" in raw.columns:
         for row, value in raw["image"].items():
-            image = _resolve(value, base) if value else None
+            image = resolve_path(value, base) if value else None
             if image is None or not image.is_file():
                 continue  # empty cell or missing file: already reported
             try:
                 decoded_image_size(image)
             except DataError as exc:
-                problems.append(f"{path} line {_line(row)}: image not readable: {exc}")
+                problems.append(f"{path} line {csv_line(row)}: image not readable: {exc}")
 
     labels = raw["label"] if "label" in raw.columns else pd.Series(dtype=str)
     present = sorted(set(labels) - {""})
@@ -237,10 +236,10 @@ def read_classification_manifest(
         for row, label in labels.items():
             if label and label not in class_names:
                 problems.append(
-                    f"{path} line {_line(row)}: label {label!r} is not a known class "
+                    f"{path} line {csv_line(row)}: label {label!r} is not a known class "
                     f"({_listed(class_names)})"
                 )
-        if "label" in raw.columns:
+        if "label" in raw.columns and require_every_class:
             problems.extend(
                 f"{path}: label: class {name!r} has no images"
                 for name in class_names
@@ -269,110 +268,6 @@ def read_classification_manifest(
 
 
 # --- splits ---------------------------------------------------------------------------------
-
-
-def _stratified_groups(
-    labels: np.ndarray, subject_ids: np.ndarray, n_folds: int, seed: int
-) -> list[np.ndarray]:
-    """Sample indices of each StratifiedGroupKFold fold (shuffled with ``seed``)."""
-    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    with warnings.catch_warnings():
-        # Classes rarer than the fold count are expected on small sets; they are kept
-        # whole in as few folds as possible, which is the best any split can do.
-        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
-        return [held for _, held in splitter.split(np.zeros(len(labels)), labels, subject_ids)]
-
-
-def _take_subjects(
-    labels: np.ndarray, subject_ids: np.ndarray, candidates: np.ndarray, n_target: int, seed: int
-) -> np.ndarray:
-    """Bool mask of samples whose subjects form a label-stratified set of about ``n_target``
-    subjects, drawn among the samples where ``candidates`` is true."""
-    chosen = np.zeros(len(labels), dtype=bool)
-    n_subjects = len(np.unique(subject_ids[candidates]))
-    if n_target <= 0 or n_subjects < 2:
-        return chosen
-    # k folds of ~n_subjects / k subjects each: one fold is the held-out set.
-    n_folds = min(max(2, int(math.floor(n_subjects / n_target + 0.5))), n_subjects)
-    positions = np.flatnonzero(candidates)
-    folds = _stratified_groups(labels[positions], subject_ids[positions], n_folds, seed)
-    sizes = [len(np.unique(subject_ids[positions[f]])) for f in folds]
-    # The fold nearest the wanted size (the first on ties); StratifiedGroupKFold may leave a
-    # fold empty, and an empty set is never wanted here.
-    best = min((abs(s - n_target), i) for i, s in enumerate(sizes) if s > 0)[1]
-    chosen[positions[folds[best]]] = True
-    return chosen
-
-
-def stratified_group_split(
-    labels: Sequence,
-    subjects: Sequence,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-    seed: int = 0,
-) -> np.ndarray:
-    """Subject-disjoint train/val/test split that keeps label proportions close.
-
-    The numbers of val and test subjects follow :func:`medlite.data.splits.assign_splits`
-    (fractions of subjects, rounded half up, at least one each when the fraction is positive
-    and subjects allow, at least one training subject). Test is one fold of a
-    scikit-learn ``StratifiedGroupKFold`` with ``round(n_subjects / n_test)`` folds (the
-    fold nearest ``n_test`` subjects), then val one fold of the remaining subjects likewise;
-    so sizes are close to, not exactly, the targets, and label proportions in each split
-    are as close to the whole set's as whole subjects allow.
-
-    Args:
-        labels: class label per sample (any hashable; compared as given).
-        subjects: subject id per sample (converted to ``str``).
-        val_fraction: fraction of subjects for validation, in [0, 1).
-        test_fraction: fraction of subjects for test, in [0, 1); the sum must stay below 1.
-        seed: random state of the fold shuffles; same inputs and seed give the same split,
-            whatever the order of the samples.
-
-    Returns:
-        ``str`` array of ``"train"``, ``"val"``, ``"test"``, shape ``(n_samples,)``.
-
-    Raises:
-        ValueError: bad fractions or lengths that differ.
-    """
-    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ValueError(
-            f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in [0, 1) "
-            "with a sum below 1"
-        )
-    if len(labels) != len(subjects):
-        raise ValueError(f"{len(labels)} labels but {len(subjects)} subjects")
-    subject_ids = _as_subject_strings(subjects)
-    label_values = np.asarray([str(v) for v in labels])
-    n_subjects = len(np.unique(subject_ids))
-    n_val, n_test = _split_counts(n_subjects, val_fraction, test_fraction)
-    split = np.full(len(subject_ids), "train", dtype=object)
-    everyone = np.ones(len(subject_ids), dtype=bool)
-    is_test = _take_subjects(label_values, subject_ids, everyone, n_test, seed)
-    split[is_test] = "test"
-    remaining = len(np.unique(subject_ids[~is_test]))
-    n_val = min(n_val, remaining - 1)  # keep a training subject
-    is_val = _take_subjects(label_values, subject_ids, ~is_test, n_val, seed)
-    split[is_val] = "val"
-    return split.astype(str)
-
-
-def stratified_group_folds(
-    labels: Sequence, subjects: Sequence, n_folds: int = 5, seed: int = 0
-) -> np.ndarray:
-    """Label-stratified grouped k-fold: :func:`medlite.data.splits.assign_folds` with
-    ``stratify=labels`` (scikit-learn ``StratifiedGroupKFold``).
-
-    Returns:
-        ``int64`` fold index per sample in ``0..n_folds-1``, shape ``(n_samples,)``; all
-        samples of a subject share a fold.
-
-    Raises:
-        DataError: fewer subjects than folds.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
-        return assign_folds(subjects, n_folds=n_folds, seed=seed, stratify=labels)
 
 
 # --- class balance --------------------------------------------------------------------------
@@ -418,6 +313,16 @@ def class_weights(
         )
     inverse = 1.0 / counts
     return torch.tensor(inverse / inverse.mean(), dtype=torch.float32)
+
+
+def balanced_weights(label_indices: Sequence[int]) -> np.ndarray:
+    """Per-sample weights ``1 / n_c`` of its class: drawn with replacement by these weights,
+    every class comes up equally often in expectation. float64 ``(N,)``."""
+    labels = np.asarray(label_indices)
+    if labels.size == 0:
+        raise ValueError("balanced_weights needs at least one sample")
+    counts = _class_counts(labels, int(labels.max()) + 1)
+    return 1.0 / counts[labels]
 
 
 def balanced_sampler(
@@ -535,6 +440,7 @@ class ClassificationDataset(Dataset):
         augment: training augmentation; ``None`` or ``enabled=False`` disables it.
         interpolation: resize filter, ``"bilinear"`` or ``"bicubic"`` (sharper when
             upsampling small images such as 28 px DermaMNIST).
+        cache: keep decoded, resized images in memory (False for sets larger than memory).
 
     Attributes:
         labels: ``int64`` (N,) class indices, for :func:`class_weights` and
@@ -550,7 +456,9 @@ class ClassificationDataset(Dataset):
         scaling: Scaling = "imagenet",
         augment: ClassificationAugmentConfig | None = None,
         interpolation: Interpolation = "bilinear",
+        cache: bool = True,
     ):
+        self.cache = cache
         if isinstance(images, np.ndarray):
             if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
                 raise ValueError(
@@ -591,6 +499,8 @@ class ClassificationDataset(Dataset):
                 image = T.functional.resize(
                     image, list(self.size), interpolation=self._mode, antialias=True
                 )
+            if not self.cache:
+                return image
             self._cache[index] = image
         return self._cache[index]
 
@@ -700,3 +610,71 @@ def load_dermamnist(
         result[split] = (images, labels, rows["lesion_id"].to_numpy(dtype=str))
     raise_if_problems(problems, str(root))
     return result
+
+
+# --- samples of a classification run ------------------------------------------------------
+
+
+def classification_sample_ids(images: Sequence[str]) -> list[str]:
+    """Image stems when unique, else the paths below their common folder, separators
+    replaced by ``_``."""
+    paths = [str(p) for p in images]
+    stems = [Path(p).stem for p in paths]
+    if len(set(stems)) == len(stems):
+        return stems
+    common = os.path.commonpath(paths)
+    return [Path(os.path.relpath(p, common)).with_suffix("").as_posix().replace("/", "_")
+            for p in paths]
+
+
+def read_image_folder(root: Path, class_names: Sequence[str] | None, check_images: bool,
+                      require_every_class: bool = True) -> pd.DataFrame:
+    """An image folder with one subfolder per class as samples, checked like a manifest:
+    class folders against ``class_names`` and (``check_images``) every image decoded.
+
+    Returns the columns of :func:`read_classification_manifest` plus ``sample``; subjects
+    are the images' paths below ``root`` (each image its own subject)."""
+    root = Path(root)
+    table = index_image_folder(root)
+    found = list(table.attrs["class_names"])
+    names = list(class_names) if class_names is not None else found
+    problems = [f"{root / label}: class folder {label!r} is not in data.class_names "
+                f"({', '.join(names)})" for label in found if label not in names]
+    if require_every_class:
+        problems += [f"{root}: class {name!r} of data.class_names has no folder with images"
+                     for name in names if name not in found]
+    if check_images:
+        for path in table["image"]:
+            try:
+                decoded_image_size(path)
+            except DataError as exc:
+                problems.append(f"image not readable: {exc}")
+    raise_if_problems(problems, str(root))
+    # Stems alone could join two classes' "1.jpg" into one subject.
+    relative = [Path(p).relative_to(root.resolve()).with_suffix("").as_posix()
+                for p in table["image"]]
+    table["subject"] = relative
+    table["sample"] = [r.replace("/", "_") for r in relative]
+    table["label_index"] = table["label"].map({n: i for i, n in enumerate(names)}).astype(
+        np.int64)
+    table.attrs["class_names"] = names
+    return table
+
+
+def dermamnist_samples(root: Path, class_names: Sequence[str] | None = None) -> pd.DataFrame:
+    """DermaMNIST with its official split as samples; subjects are lesions; ``pixels`` holds
+    each uint8 ``(28, 28, 3)`` image."""
+    if class_names is not None and list(class_names) != list(DERMAMNIST_CLASSES):
+        raise DataError(f"data.class_names: DermaMNIST's classes are fixed "
+                        f"({', '.join(DERMAMNIST_CLASSES)}); leave class_names out")
+    frames = []
+    for split, (images, labels, lesions) in load_dermamnist(root).items():
+        ids = [f"DermaMNIST_{split}_{i:05d}" for i in range(len(images))]
+        frames.append(pd.DataFrame({
+            "sample": ids, "image": ids, "label": np.asarray(DERMAMNIST_CLASSES)[labels],
+            "label_index": labels, "subject": lesions, "split": split,
+            "pixels": list(images)}))
+    table = pd.concat(frames, ignore_index=True)
+    table.attrs["source"] = str(root)
+    table.attrs["class_names"] = list(DERMAMNIST_CLASSES)
+    return table

@@ -12,6 +12,7 @@ Truncated files must fail loudly, so this module never sets Pillow's
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -249,3 +250,18 @@ def read_mask(path: str | os.PathLike, num_classes: int = 2) -> np.ndarray:
     if foreground is not None:
         return (mask == foreground).astype(np.int64)
     return mask.astype(np.int64)
+
+
+def image_files(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """Files and folders (their images, sorted) -> image files; a missing path is an error."""
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise DataError(f"{item}: no such file or folder")
+    if not files:
+        raise DataError(f"{', '.join(map(str, inputs))}: no images found")
+    return files

@@ -23,7 +23,7 @@ import pandas as pd
 
 from medlite.data.io import IMAGE_EXTENSIONS, decoded_image_size, read_mask
 from medlite.errors import DataError
-from medlite.runs import atomic_target
+from medlite.runs import write_csv_atomic
 
 #: Values allowed in a manifest's ``split`` column; empty means "assign automatically".
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
@@ -50,28 +50,13 @@ def raise_if_problems(problems: Sequence[str], where: str, note: str = "") -> No
     raise DataError(message, problems=list(problems))
 
 
-def write_csv_atomic(df: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write ``df`` as CSV (no index) so that readers never see a half-written file.
-
-    The data goes to a temporary file in the destination folder, which then replaces
-    ``path`` in one rename (atomic on POSIX and Windows when on the same file system).
-
-    Returns:
-        The destination path.
-    """
-    path = Path(path)
-    with atomic_target(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
-        df.to_csv(handle, index=False, lineterminator="\n")
-    return path
-
-
-def _line(row_label: int) -> int:
+def csv_line(row_label: int) -> int:
     """File line of a data row: the header is line 1, blank lines are kept in the index."""
     return int(row_label) + 2
 
 
 def _lines(labels: Sequence[int]) -> str:
-    numbers = [str(_line(label)) for label in labels]
+    numbers = [str(csv_line(label)) for label in labels]
     return ", ".join(numbers[:-1]) + " and " + numbers[-1] if len(numbers) > 1 else numbers[0]
 
 
@@ -91,7 +76,7 @@ def _check_field_counts(path: Path) -> list[str]:
     return header
 
 
-def _read_csv_text(path: Path, required_columns: Sequence[str]) -> pd.DataFrame:
+def read_csv_text(path: Path, required_columns: Sequence[str]) -> pd.DataFrame:
     """Parse the CSV: identifier/path columns as stripped text, other columns inferred."""
     try:
         columns = _check_field_counts(path)
@@ -118,7 +103,7 @@ def _read_csv_text(path: Path, required_columns: Sequence[str]) -> pd.DataFrame:
     return df.loc[~blank]
 
 
-def _resolve(value: str, base: Path) -> Path:
+def resolve_path(value: str, base: Path) -> Path:
     candidate = Path(value).expanduser()
     return candidate if candidate.is_absolute() else base / candidate
 
@@ -156,7 +141,7 @@ def read_manifest(
     if not path.is_file():
         reason = "is a folder, not a CSV file" if path.is_dir() else "manifest not found"
         raise DataError(f"{path}: {reason}")
-    df = _read_csv_text(path, required_columns)
+    df = read_csv_text(path, required_columns)
     base = path.resolve().parent
     problems: list[str] = []
 
@@ -171,7 +156,7 @@ def read_manifest(
     for column in (c for c in required_columns if c in df.columns):
         empty = df[column].astype(str) == ""
         for label in df.index[empty]:
-            problems.append(f"{path} line {_line(label)}: empty '{column}'")
+            problems.append(f"{path} line {csv_line(label)}: empty '{column}'")
 
     duplicated = df.duplicated(keep=False)
     if duplicated.any():
@@ -182,11 +167,11 @@ def read_manifest(
     resolved: dict[str, pd.Series] = {}
     for column in (c for c in path_columns if c in df.columns):
         values = df[column].astype(str)
-        resolved[column] = values.map(lambda v: str(_resolve(v, base)) if v else "")
+        resolved[column] = values.map(lambda v: str(resolve_path(v, base)) if v else "")
         for label, value in resolved[column].items():
             if value and not Path(value).is_file():
                 what = "is not a file" if Path(value).exists() else "file not found"
-                problems.append(f"{path} line {_line(label)}: {column} {what}: {value}")
+                problems.append(f"{path} line {csv_line(label)}: {column} {what}: {value}")
 
     if unique_column is not None and unique_column in df.columns:
         keys = resolved.get(unique_column, df[unique_column].astype(str))
@@ -202,7 +187,7 @@ def read_manifest(
         invalid = ~df["split"].str.lower().isin((*SPLIT_NAMES, ""))
         for label in df.index[invalid]:
             problems.append(
-                f"{path} line {_line(label)}: invalid split '{df.at[label, 'split']}' "
+                f"{path} line {csv_line(label)}: invalid split '{df.at[label, 'split']}' "
                 f"(allowed: {', '.join(SPLIT_NAMES)} or empty)"
             )
 
@@ -216,7 +201,7 @@ def read_manifest(
     return df
 
 
-def _files_with_image_extensions(folder: Path) -> list[Path]:
+def image_files_in(folder: Path) -> list[Path]:
     """Image files directly in ``folder``, sorted; hidden files and other types are ignored."""
     return sorted(
         p
@@ -274,7 +259,7 @@ def pair_images_and_masks(
 
     problems: list[str] = []
     images_by_stem: dict[str, list[Path]] = defaultdict(list)
-    for image in _files_with_image_extensions(images_dir):
+    for image in image_files_in(images_dir):
         images_by_stem[image.stem].append(image)
     for stem, images in images_by_stem.items():
         if len(images) > 1:
@@ -283,7 +268,7 @@ def pair_images_and_masks(
 
     masks_by_stem: dict[str, list[Path]] = defaultdict(list)
     image_stems = set(images_by_stem)
-    for mask in _files_with_image_extensions(masks_dir):
+    for mask in image_files_in(masks_dir):
         stem = _matching_image_stem(mask.stem, image_stems)
         if stem is None:
             problems.append(
@@ -354,7 +339,7 @@ def validate_pair(
     return problems
 
 
-def _relative_to_folder(path: Path, folder: Path) -> str:
+def relative_to_folder(path: Path, folder: Path) -> str:
     """``path`` relative to ``folder`` (POSIX form) when they share a folder below the root.
 
     Relative paths let a data folder move together with its manifest; a path that would have
@@ -416,8 +401,8 @@ def index_segmentation(
     folder = out_path.parent
     written = pd.DataFrame(
         {
-            "image": [_relative_to_folder(image, folder) for image, _ in pairs],
-            "mask": [_relative_to_folder(mask, folder) for _, mask in pairs],
+            "image": [relative_to_folder(image, folder) for image, _ in pairs],
+            "mask": [relative_to_folder(mask, folder) for _, mask in pairs],
             "subject": [image.stem for image, _ in pairs],
         }
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,11 +17,12 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
-from medlite.data.manifest import SPLIT_NAMES, raise_if_problems, read_manifest, write_csv_atomic
+from medlite.data.manifest import SPLIT_NAMES, raise_if_problems, read_manifest
 from medlite.errors import DataError
+from medlite.runs import write_csv_atomic
 
 
-def _as_subject_strings(subjects: Sequence) -> np.ndarray:
+def as_subject_strings(subjects: Sequence) -> np.ndarray:
     return np.asarray([str(s) for s in subjects], dtype=object)
 
 
@@ -52,7 +54,7 @@ def check_subject_disjoint(subjects: Sequence, splits: Sequence, source: str) ->
     if len(subjects) != len(splits):
         raise ValueError(f"{len(subjects)} subjects but {len(splits)} split values")
     seen: dict[str, set[str]] = {}
-    for subject, split in zip(_as_subject_strings(subjects), splits, strict=True):
+    for subject, split in zip(as_subject_strings(subjects), splits, strict=True):
         if not _is_unassigned(split):
             seen.setdefault(subject, set()).add(str(split))
     order = {name: i for i, name in enumerate(SPLIT_NAMES)}
@@ -65,7 +67,7 @@ def check_subject_disjoint(subjects: Sequence, splits: Sequence, source: str) ->
     raise_if_problems(problems, source, note="a subject must stay within one split")
 
 
-def _split_counts(n_subjects: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
+def split_counts(n_subjects: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
     """Target (val, test) subject counts; at least one each when fractions and subjects allow."""
     n_val = _round_half_up(val_fraction * n_subjects)
     n_test = _round_half_up(test_fraction * n_subjects)
@@ -118,7 +120,7 @@ def assign_splits(
             f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in [0, 1) "
             "with a sum below 1"
         )
-    subject_ids = _as_subject_strings(subjects)
+    subject_ids = as_subject_strings(subjects)
     if fixed is None:
         fixed = [None] * len(subject_ids)
     if len(fixed) != len(subject_ids):
@@ -139,7 +141,7 @@ def assign_splits(
     }
     all_subjects = np.unique(subject_ids)
     free = np.array([s for s in all_subjects if s not in split_of_subject], dtype=object)
-    n_val, n_test = _split_counts(len(all_subjects), val_fraction, test_fraction)
+    n_val, n_test = split_counts(len(all_subjects), val_fraction, test_fraction)
     fixed_counts = {name: list(split_of_subject.values()).count(name) for name in SPLIT_NAMES}
     n_test_free = min(max(n_test - fixed_counts["test"], 0), len(free))
     n_val_free = min(max(n_val - fixed_counts["val"], 0), len(free) - n_test_free)
@@ -185,7 +187,7 @@ def assign_folds(
     Raises:
         DataError: fewer subjects than folds.
     """
-    subject_ids = _as_subject_strings(subjects)
+    subject_ids = as_subject_strings(subjects)
     if n_folds < 2:
         raise ValueError(f"n_folds must be >= 2, got {n_folds}")
     n_subjects = len(np.unique(subject_ids))
@@ -208,14 +210,189 @@ def assign_folds(
     return folds
 
 
+def _stratified_groups(
+    labels: np.ndarray, subject_ids: np.ndarray, n_folds: int, seed: int
+) -> list[np.ndarray]:
+    """Sample indices of each StratifiedGroupKFold fold (shuffled with ``seed``)."""
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        # Classes rarer than the fold count are expected on small sets; they are kept
+        # whole in as few folds as possible, which is the best any split can do.
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        return [held for _, held in splitter.split(np.zeros(len(labels)), labels, subject_ids)]
+
+
+def _take_subjects(
+    labels: np.ndarray, subject_ids: np.ndarray, candidates: np.ndarray, n_target: int, seed: int
+) -> np.ndarray:
+    """Bool mask of samples whose subjects form a label-stratified set of about ``n_target``
+    subjects, drawn among the samples where ``candidates`` is true."""
+    chosen = np.zeros(len(labels), dtype=bool)
+    n_subjects = len(np.unique(subject_ids[candidates]))
+    if n_target <= 0 or n_subjects < 2:
+        return chosen
+    # k folds of ~n_subjects / k subjects each: one fold is the held-out set.
+    n_folds = min(max(2, int(math.floor(n_subjects / n_target + 0.5))), n_subjects)
+    positions = np.flatnonzero(candidates)
+    folds = _stratified_groups(labels[positions], subject_ids[positions], n_folds, seed)
+    sizes = [len(np.unique(subject_ids[positions[f]])) for f in folds]
+    # The fold nearest the wanted size (the first on ties); StratifiedGroupKFold may leave a
+    # fold empty, and an empty set is never wanted here.
+    best = min((abs(s - n_target), i) for i, s in enumerate(sizes) if s > 0)[1]
+    chosen[positions[folds[best]]] = True
+    return chosen
+
+
+def stratified_group_split(
+    labels: Sequence,
+    subjects: Sequence,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+) -> np.ndarray:
+    """Subject-disjoint train/val/test split that keeps label proportions close.
+
+    The numbers of val and test subjects follow :func:`medlite.data.splits.assign_splits`
+    (fractions of subjects, rounded half up, at least one each when the fraction is positive
+    and subjects allow, at least one training subject). Test is one fold of a
+    scikit-learn ``StratifiedGroupKFold`` with ``round(n_subjects / n_test)`` folds (the
+    fold nearest ``n_test`` subjects), then val one fold of the remaining subjects likewise;
+    so sizes are close to, not exactly, the targets, and label proportions in each split
+    are as close to the whole set's as whole subjects allow.
+
+    Args:
+        labels: class label per sample (any hashable; compared as given).
+        subjects: subject id per sample (converted to ``str``).
+        val_fraction: fraction of subjects for validation, in [0, 1).
+        test_fraction: fraction of subjects for test, in [0, 1); the sum must stay below 1.
+        seed: random state of the fold shuffles; same inputs and seed give the same split,
+            whatever the order of the samples.
+
+    Returns:
+        ``str`` array of ``"train"``, ``"val"``, ``"test"``, shape ``(n_samples,)``.
+
+    Raises:
+        ValueError: bad fractions or lengths that differ.
+    """
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError(
+            f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in [0, 1) "
+            "with a sum below 1"
+        )
+    if len(labels) != len(subjects):
+        raise ValueError(f"{len(labels)} labels but {len(subjects)} subjects")
+    subject_ids = as_subject_strings(subjects)
+    label_values = np.asarray([str(v) for v in labels])
+    n_subjects = len(np.unique(subject_ids))
+    n_val, n_test = split_counts(n_subjects, val_fraction, test_fraction)
+    split = np.full(len(subject_ids), "train", dtype=object)
+    everyone = np.ones(len(subject_ids), dtype=bool)
+    is_test = _take_subjects(label_values, subject_ids, everyone, n_test, seed)
+    split[is_test] = "test"
+    remaining = len(np.unique(subject_ids[~is_test]))
+    n_val = min(n_val, remaining - 1)  # keep a training subject
+    is_val = _take_subjects(label_values, subject_ids, ~is_test, n_val, seed)
+    split[is_val] = "val"
+    return split.astype(str)
+
+
+def stratified_group_folds(
+    labels: Sequence, subjects: Sequence, n_folds: int = 5, seed: int = 0
+) -> np.ndarray:
+    """Label-stratified grouped k-fold: :func:`medlite.data.splits.assign_folds` with
+    ``stratify=labels`` (scikit-learn ``StratifiedGroupKFold``).
+
+    Returns:
+        ``int64`` fold index per sample in ``0..n_folds-1``, shape ``(n_samples,)``; all
+        samples of a subject share a fold.
+
+    Raises:
+        DataError: fewer subjects than folds.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        return assign_folds(subjects, n_folds=n_folds, seed=seed, stratify=labels)
+
+
+def split_samples(samples: pd.DataFrame, split, seed: int,
+                  stratify: Sequence | None = None) -> pd.DataFrame:
+    """``samples`` with ``split`` (train/val/test) and, with ``split.folds``, ``fold``.
+
+    Subjects never straddle two splits; a ``split`` column in the data is kept for the
+    subjects that have one, the other subjects are split among themselves by
+    ``split.val_fraction`` / ``test_fraction``. With ``split.folds`` the test set is fold
+    ``split.fold`` of a grouped k-fold and validation subjects come from the other folds;
+    ``split.fold: all`` (cross-validation) keeps every sample in ``train`` with its fold, and
+    each fold's fit carves its own validation subjects. ``stratify`` (a label per sample)
+    keeps label proportions close in every split and fold.
+
+    Args:
+        samples: rows with ``sample`` and ``subject`` (and maybe ``split``); ``attrs
+            ["source"]`` names the data in errors.
+        split: a :class:`~medlite.config.SplitConfig`.
+        seed: the config's seed.
+        stratify: labels per sample, or None.
+
+    Raises:
+        DataError: a subject in two splits, fixed splits with k-fold, a split left empty.
+    """
+    source = samples.attrs.get("source", "data")
+    samples = samples.copy()
+    subjects = as_subject_strings(samples["subject"])
+    labels = None if stratify is None else np.asarray([str(v) for v in stratify])
+    given = (samples["split"].fillna("").astype(str).str.strip().str.lower().to_numpy()
+             if "split" in samples else np.full(len(samples), "", dtype=object))
+    check_subject_disjoint(subjects, given, source)
+
+    def assign(rows: np.ndarray, val_fraction: float, test_fraction: float) -> np.ndarray:
+        if labels is None:
+            return assign_splits(subjects[rows], val_fraction=val_fraction,
+                                 test_fraction=test_fraction, seed=seed)
+        return stratified_group_split(labels[rows], subjects[rows], val_fraction=val_fraction,
+                                      test_fraction=test_fraction, seed=seed)
+
+    if split.folds:
+        if (given != "").any():
+            raise DataError(f"split.folds: {source} fixes splits in its split column; remove "
+                            "the column or split.folds")
+        if split.fold != "all" and split.fold >= split.folds:
+            raise DataError(f"split.fold: {split.fold} is not below split.folds ({split.folds})")
+        folds = (assign_folds(subjects, split.folds, seed=seed) if labels is None
+                 else stratified_group_folds(labels, subjects, split.folds, seed=seed))
+        samples["fold"] = folds
+        splits = np.full(len(samples), "train", dtype=object)
+        if split.fold != "all":
+            is_test = folds == split.fold
+            splits[is_test] = "test"
+            rest = np.flatnonzero(~is_test)
+            splits[rest] = assign(rest, min(0.9, split.val_fraction / (1 - 1 / split.folds)),
+                                  0.0)
+    else:
+        of_subject = {s: g for s, g in zip(subjects, given, strict=True) if g}
+        splits = np.array([of_subject.get(s, "") for s in subjects], dtype=object)
+        free = np.flatnonzero(splits == "")
+        if free.size:
+            splits[free] = assign(free, split.val_fraction, split.test_fraction)
+    samples["split"] = splits.astype(str)
+    check_subject_disjoint(subjects, samples["split"].to_numpy(), source)
+    needed = ("train",) if split.folds and split.fold == "all" else ("train", "val")
+    for name in needed:
+        if not (samples["split"] == name).any():
+            raise DataError(f"{source}: no subject in the {name} split; add subjects or change "
+                            "split.val_fraction / split.test_fraction")
+    return samples
+
+
 def write_splits(
     path: str | os.PathLike,
     sample_ids: Sequence,
     subjects: Sequence,
     splits: Sequence,
     folds: Sequence[int] | None = None,
+    extra: dict[str, Sequence] | None = None,
 ) -> Path:
-    """Write ``splits.csv`` (columns sample, subject, split, and fold when given), atomically.
+    """Write ``splits.csv`` (columns sample, subject, split, and fold when given, then the
+    ``extra`` columns, e.g. content hashes), atomically.
 
     Subject disjointness is checked first, so an invalid file is never written.
 
@@ -242,6 +419,8 @@ def write_splits(
     if folds is not None:
         # Empty cells: samples outside every fold (e.g. a held-out test set).
         table["fold"] = pd.array(pd.Series(list(folds), dtype="Float64").round(), dtype="Int64")
+    for name, values in (extra or {}).items():
+        table[name] = list(values)
     return write_csv_atomic(table, path)
 
 
@@ -416,7 +595,7 @@ def greedy_stratified_split(
         raise ValueError(f"n_trials must be >= 1, got {n_trials}")
     if len(subjects) != len(labels):
         raise ValueError(f"{len(subjects)} subjects but {len(labels)} labels")
-    subject_ids = _as_subject_strings(subjects)
+    subject_ids = as_subject_strings(subjects)
     unique_subjects, subject_index = np.unique(subject_ids, return_inverse=True)
     if len(unique_subjects) < 2:
         raise ValueError(f"a train/test split needs at least 2 subjects, got "

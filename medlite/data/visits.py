@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 
 from medlite.data.io import decoded_image_size, read_image
-from medlite.data.manifest import _read_csv_text, raise_if_problems
+from medlite.data.manifest import raise_if_problems, read_csv_text
 from medlite.data.transforms import normalize, to_tensor_image
 from medlite.errors import DataError
 from medlite.pasi import REGIONS, REQUIRED_REGIONS, area_score, regional_score
@@ -128,7 +128,7 @@ def _lines(lines: Sequence[int]) -> str:
 
 
 def _read_table(path: Path, role: str, problems: list[str]) -> pd.DataFrame | None:
-    """The CSV as stripped text with a ``_line`` column (file line, header = 1), or None
+    """The CSV as stripped text with a ``csv_line`` column (file line, header = 1), or None
     after recording why it cannot be read."""
     path = Path(path).expanduser()
     if not path.is_file():
@@ -136,12 +136,12 @@ def _read_table(path: Path, role: str, problems: list[str]) -> pd.DataFrame | No
         problems.append(f"{path}: {role} CSV {reason}")
         return None
     try:
-        df = _read_csv_text(path, _KNOWN_COLUMNS)
+        df = read_csv_text(path, _KNOWN_COLUMNS)
     except DataError as exc:
         problems.extend(exc.problems or [str(exc)])
         return None
     df = df.copy()
-    df["_line"] = df.index.to_numpy() + 2
+    df["csv_line"] = df.index.to_numpy() + 2
     if df.empty:
         problems.append(f"{path}: {role} CSV has no data rows")
     return df.reset_index(drop=True)
@@ -152,7 +152,7 @@ def _missing_columns(path: Path, df: pd.DataFrame, required: Sequence[str]) -> l
     if not missing:
         return []
     names = ", ".join(repr(c) for c in missing)
-    found = ", ".join(repr(c) for c in df.columns if c != "_line") or "none"
+    found = ", ".join(repr(c) for c in df.columns if c != "csv_line") or "none"
     return [f"{path}: missing column(s) {names} (found: {found})"]
 
 
@@ -167,7 +167,7 @@ def _check_keys(path: Path, df: pd.DataFrame, columns: Sequence[str],
     for column in columns:
         values = df[column].astype(str).str.strip()
         for i in df.index[values == ""]:
-            problems.append(f"{path} line {df.at[i, '_line']}: empty '{column}'")
+            problems.append(f"{path} line {df.at[i, 'csv_line']}: empty '{column}'")
         ok &= values != ""
         df[column] = values
     df["visit"] = df["visit"].map(_canonical_visit)
@@ -176,7 +176,7 @@ def _check_keys(path: Path, df: pd.DataFrame, columns: Sequence[str],
         unknown = (df["region"] != "") & ~df["region"].isin(REGIONS)
         for i in df.index[unknown]:
             problems.append(
-                f"{path} line {df.at[i, '_line']}: region '{df.at[i, 'region']}' is not one "
+                f"{path} line {df.at[i, 'csv_line']}: region '{df.at[i, 'region']}' is not one "
                 f"of {', '.join(REGIONS)}"
             )
         ok &= ~unknown
@@ -190,7 +190,7 @@ def _check_photos(path: Path, df: pd.DataFrame, check_images: bool,
     base = path.resolve().parent
     images = []
     for i in df.index:
-        line, value = df.at[i, "_line"], str(df.at[i, "image"]).strip()
+        line, value = df.at[i, "csv_line"], str(df.at[i, "image"]).strip()
         if not value:
             problems.append(f"{path} line {line}: empty 'image'")
             images.append("")
@@ -212,14 +212,14 @@ def _check_photos(path: Path, df: pd.DataFrame, check_images: bool,
     for image, group in listed.groupby("image", sort=False):
         if len(group) > 1:
             problems.append(
-                f"{path} {_lines(group['_line'].tolist())}: image listed more than once: {image}"
+                f"{path} {_lines(group['csv_line'].tolist())}: image listed more than once: {image}"
             )
 
     usable = df[ok]
     for (subject, visit, region), group in usable.groupby(list(KEY_COLUMNS), sort=False):
         if len(group) > MAX_PHOTOS_PER_REGION:
             problems.append(
-                f"{path} {_lines(group['_line'].tolist())}: region has {len(group)} photos "
+                f"{path} {_lines(group['csv_line'].tolist())}: region has {len(group)} photos "
                 f"for subject '{subject}' visit '{visit}' region '{region}' "
                 f"(at most {MAX_PHOTOS_PER_REGION} fit in a composite)"
             )
@@ -232,7 +232,7 @@ def _check_number(path: Path, df: pd.DataFrame, column: str, high: float, intege
     parsed = pd.Series(np.nan, index=df.index, dtype=float)
     kind = "an integer" if integer else "a number"
     for i in df.index:
-        line, text = df.at[i, "_line"], str(df.at[i, column]).strip()
+        line, text = df.at[i, "csv_line"], str(df.at[i, column]).strip()
         if not text:
             problems.append(f"{path} line {line}: empty '{column}'")
             continue
@@ -266,7 +266,7 @@ def _score_level(path: Path, df: pd.DataFrame, problems: list[str]) -> ScoreLeve
         missing = _missing_columns(path, df, ("subject", "visit", "pasi"))
         problems.extend(missing)
         return None if missing else "visit"
-    found = ", ".join(repr(c) for c in df.columns if c != "_line") or "none"
+    found = ", ".join(repr(c) for c in df.columns if c != "csv_line") or "none"
     problems.append(
         f"{path}: missing columns: expected per-region scores (subject, visit, region, "
         f"erythema, induration, desquamation, area_percent or area) or per-visit scores "
@@ -297,7 +297,7 @@ def _check_scores(path: Path, df: pd.DataFrame, level: ScoreLevel,
     for key, group in usable.groupby(keys, sort=False):
         if len(group) > 1:
             named = " ".join(f"{c} '{v}'" for c, v in zip(keys, key, strict=True))
-            problems.append(f"{path} {_lines(group['_line'].tolist())}: {named} is repeated")
+            problems.append(f"{path} {_lines(group['csv_line'].tolist())}: {named} is repeated")
     return usable
 
 
@@ -305,8 +305,8 @@ def _cross_check(photos_csv: Path, photos: pd.DataFrame, scores_csv: Path,
                  scores: pd.DataFrame, level: ScoreLevel, problems: list[str]) -> None:
     """Every photographed visit (region) is scored, and every score has its photos."""
     if level == "region":
-        photo_keys = photos.groupby(list(KEY_COLUMNS), sort=False)["_line"].apply(list)
-        score_keys = scores.groupby(list(KEY_COLUMNS), sort=False)["_line"].apply(list)
+        photo_keys = photos.groupby(list(KEY_COLUMNS), sort=False)["csv_line"].apply(list)
+        score_keys = scores.groupby(list(KEY_COLUMNS), sort=False)["csv_line"].apply(list)
         for (subject, visit, region), lines in photo_keys.items():
             if (subject, visit, region) not in score_keys.index:
                 problems.append(
@@ -321,8 +321,8 @@ def _cross_check(photos_csv: Path, photos: pd.DataFrame, scores_csv: Path,
                 )
         return
     regions_of_visit = photos.groupby(["subject", "visit"], sort=False)["region"].apply(set)
-    photo_lines = photos.groupby(["subject", "visit"], sort=False)["_line"].apply(list)
-    score_keys = scores.groupby(["subject", "visit"], sort=False)["_line"].apply(list)
+    photo_lines = photos.groupby(["subject", "visit"], sort=False)["csv_line"].apply(list)
+    score_keys = scores.groupby(["subject", "visit"], sort=False)["csv_line"].apply(list)
     for (subject, visit), lines in photo_lines.items():
         if (subject, visit) not in score_keys.index:
             problems.append(
@@ -350,8 +350,8 @@ def _sorted(df: pd.DataFrame, subject_order: list[str], visit_order: list[str],
     }
     if with_region:
         keys["_r"] = df["region"].map({r: i for i, r in enumerate(REGIONS)})
-    ordered = df.assign(**keys).sort_values([*keys, "_line"], kind="stable")
-    return ordered.drop(columns=[*keys, "_line"]).reset_index(drop=True)
+    ordered = df.assign(**keys).sort_values([*keys, "csv_line"], kind="stable")
+    return ordered.drop(columns=[*keys, "csv_line"]).reset_index(drop=True)
 
 
 def read_visit_tables(photos_csv: Path, scores_csv: Path,
@@ -410,10 +410,10 @@ def read_visit_tables(photos_csv: Path, scores_csv: Path,
         ]
         columns = [*KEY_COLUMNS, *SIGN_COLUMNS, "area"]
         columns += ["area_percent"] if "area_percent" in scores.columns else []
-        scores = _sorted(scores[[*columns, "regional", "_line"]], subject_order, visit_order,
+        scores = _sorted(scores[[*columns, "regional", "csv_line"]], subject_order, visit_order,
                          with_region=True)
     else:
-        scores = _sorted(scores[["subject", "visit", "pasi", "_line"]], subject_order,
+        scores = _sorted(scores[["subject", "visit", "pasi", "csv_line"]], subject_order,
                          visit_order, with_region=False)
     return VisitTables(photos=photos, scores=scores, score_level=level,
                        visit_order=tuple(visit_order))

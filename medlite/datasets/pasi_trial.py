@@ -605,7 +605,7 @@ def write_pasi_trial(
     Raises:
         DataError: ``out_dir`` exists and is not an empty directory.
     """
-    from medlite.data.manifest import write_csv_atomic  # not at the top: it imports torch
+    from medlite.runs import write_csv_atomic
 
     out_dir = Path(out_dir)
     photo_size = _check_photo_size(photo_size)

@@ -217,6 +217,7 @@ def classification_metrics(
     probabilities: ArrayLike,
     class_names: Sequence[str],
     n_bins: int = DEFAULT_CALIBRATION_BINS,
+    classes: Sequence[int] | None = None,
 ) -> dict[str, float]:
     """Accuracy, balanced accuracy, macro F1, ROC AUC, ECE and per-class one-vs-rest rates.
 
@@ -226,6 +227,9 @@ def classification_metrics(
             (within :data:`PROBABILITY_SUM_TOLERANCE`); softmax outputs, not logits.
         class_names: ``C`` unique names, used in the per-class keys.
         n_bins: number of equal-width confidence bins for ``ece``.
+        classes: indices of the classes that balanced accuracy, macro F1 and ROC AUC average
+            over (default all C): evaluation data holding only some of a model's classes
+            is scored on the classes it has.
 
     Returns:
         Floats under these keys, always in this order: ``accuracy``, ``balanced_accuracy``
@@ -251,17 +255,21 @@ def classification_metrics(
     sensitivity = [_ratio(true_positive[k], support[k]) for k in range(num_classes)]
     specificity = [_ratio(negatives[k] - false_positive[k], negatives[k])
                    for k in range(num_classes)]
-    all_present = bool(np.all(support > 0))
+    averaged = np.arange(num_classes) if classes is None else np.asarray(classes, np.int64)
+    all_present = bool(np.all(support[averaged] > 0))
 
     nan = float("nan")
+    if classes is None:
+        balanced = float(balanced_accuracy_score(labels, predicted)) if all_present else nan
+    else:
+        balanced = float(np.mean([sensitivity[k] for k in averaged])) if all_present else nan
     results = {
         "accuracy": float(accuracy_score(labels, predicted)),
-        "balanced_accuracy": float(balanced_accuracy_score(labels, predicted))
-        if all_present else nan,
-        "macro_f1": float(f1_score(labels, predicted, labels=np.arange(num_classes),
+        "balanced_accuracy": balanced,
+        "macro_f1": float(f1_score(labels, predicted, labels=averaged,
                                    average="macro", zero_division=0.0))
         if all_present else nan,
-        "roc_auc": _roc_auc(labels, probs) if all_present else nan,
+        "roc_auc": _roc_auc(labels, probs, averaged) if all_present else nan,
         "ece": _ece_from_curve(reliability_curve(labels, probs, n_bins)),
     }
     for k, name in enumerate(names):
@@ -273,11 +281,15 @@ def classification_metrics(
     return results
 
 
-def _roc_auc(labels: np.ndarray, probs: np.ndarray) -> float:
-    """Binary: AUC of column 1; multi-class: mean of the one-vs-rest AUCs of every class."""
+def _roc_auc(labels: np.ndarray, probs: np.ndarray, classes: np.ndarray | None = None) -> float:
+    """Binary: AUC of column 1; multi-class: mean of the one-vs-rest AUCs of ``classes``
+    (default every class); NaN when a class is the only one present."""
+    classes = np.arange(probs.shape[1]) if classes is None else classes
     if probs.shape[1] == 2:
-        return float(roc_auc_score(labels, probs[:, 1]))
+        return float(roc_auc_score(labels, probs[:, 1])) if np.unique(labels).size == 2 \
+            else float("nan")
+    if np.unique(labels).size < 2:
+        return float("nan")
     # The per-class mean is sklearn's multi_class="ovr", average="macro", computed class by
     # class so that rows summing to 1 only within our tolerance are accepted.
-    return float(np.mean([roc_auc_score(labels == k, probs[:, k])
-                          for k in range(probs.shape[1])]))
+    return float(np.mean([roc_auc_score(labels == k, probs[:, k]) for k in classes]))

@@ -2,7 +2,6 @@
 
 import medlite.models.plain_cnn  # noqa: F401  (registers plain_cnn, tinyunet_classifier)
 from medlite.models import sonic  # noqa: F401  (registers sonic and logit_backbone)
-from medlite.models.inference import optimize_for_inference
 from medlite.models.profile import profile_model
 from medlite.models.registry import create_model, list_models, register_model
 from medlite.models.tinyunet import CMRF, TinyUNet
@@ -14,7 +13,6 @@ __all__ = [
     "UNet",
     "create_model",
     "list_models",
-    "optimize_for_inference",
     "profile_model",
     "register_model",
 ]

@@ -191,3 +191,30 @@ def set_frozen_batchnorm_eval(model: nn.Module) -> list[str]:
             module.eval()
             frozen.append(name)
     return frozen
+
+
+def apply_trainable(model: nn.Module, trainable: str, freeze_first_n_layers: int | None = None
+                    ) -> list[str]:
+    """Set which parameters of ``model`` learn, in place: ``all``, ``head`` (only the
+    classification head, :func:`freeze_backbone`) or ``all_but_first_n`` (the first
+    ``freeze_first_n_layers`` layers frozen, :func:`freeze_first_layers`).
+
+    Returns:
+        The BatchNorm layers that are now frozen (keep them in eval mode while training).
+
+    Raises:
+        ValueError: an unknown ``trainable`` or an ``n`` the model does not have.
+    """
+    if trainable == "all":
+        unfreeze_all(model)
+    elif trainable == "head":
+        freeze_backbone(model)
+    elif trainable == "all_but_first_n":
+        if freeze_first_n_layers is None:
+            raise ValueError("all_but_first_n needs freeze_first_n_layers")
+        freeze_first_layers(model, freeze_first_n_layers)
+    else:
+        raise ValueError(f"trainable must be all, head or all_but_first_n, not {trainable!r}")
+    frozen = set_frozen_batchnorm_eval(model)
+    model.train()
+    return frozen

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pickle
 import re
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -213,3 +213,32 @@ def _copy_state(original: Mapping, items: Iterable[tuple[str, torch.Tensor]]) ->
     if metadata is not None:
         state._metadata = metadata  # type: ignore[attr-defined]
     return state
+
+
+def check_pretrained_available(architectures: Sequence[str], pretrained: bool,
+                               weights_path: Path | None) -> None:
+    """Fail before any training when ImageNet weights are asked for and missing, listing
+    every missing file (medlite never downloads)."""
+    if weights_path is not None:
+        if len(architectures) > 1:
+            raise ConfigError("model.weights_path: one file cannot initialise several "
+                              "architectures; use model.pretrained (torch hub cache) or a "
+                              "single architecture")
+        return
+    if not pretrained:
+        return
+    missing = []
+    for architecture in architectures:
+        try:
+            path = hub_checkpoint_path(architecture)
+        except WeightsNotFoundError as error:
+            missing.append(str(error))
+            continue
+        if not path.is_file():
+            missing.append(f"model.pretrained: ImageNet weights for {architecture!r} are not "
+                           f"in the local torch cache (expected {path})")
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise WeightsNotFoundError(
+            f"{missing[0]}{more}; medlite never downloads: copy the file(s) there, or set "
+            "model.pretrained: false", problems=missing)

@@ -334,3 +334,49 @@ def save_misclassified_grid(
     return save_figure(
         misclassified_figure(images, true_names, pred_names, confidences, max_items), path
     )
+
+
+def classification_figures(table: pd.DataFrame, class_names: Sequence[str], figure_dir: Path,
+                           mistakes_dir: Path, max_mistakes: int = 16
+                           ) -> tuple[dict[str, Path], dict]:
+    """The report figures of a classification evaluation from its per-sample table
+    (``label_index``, ``confidence`` and ``p_<class>`` columns): confusion matrices (counts
+    and row-normalised), reliability diagram, ROC curves, and the most confident mistakes
+    whose images are in ``mistakes_dir/<sample>.png``. Returns the figures and the confusion
+    matrix (for metrics.json)."""
+    from medlite.metrics import confusion, expected_calibration_error, reliability_curve
+
+    names = list(class_names)
+    figure_dir = Path(figure_dir)
+    figure_dir.mkdir(parents=True, exist_ok=True)
+    truth = table["label_index"].to_numpy(np.int64)
+    probabilities = table[[f"p_{c}" for c in names]].to_numpy(np.float64)
+    predicted = probabilities.argmax(axis=1)
+    matrix = confusion(truth, predicted, len(names))
+    figures = {
+        "confusion_matrix": plot_confusion_matrix(
+            matrix, names, figure_dir / "confusion_matrix.png", title="counts"),
+        "confusion_matrix_normalized": plot_confusion_matrix(
+            matrix, names, figure_dir / "confusion_matrix_normalized.png", normalize=True,
+            title="row-normalised (recall on the diagonal)"),
+        "reliability_diagram": plot_reliability_diagram(
+            reliability_curve(truth, probabilities),
+            expected_calibration_error(truth, probabilities), figure_dir / "reliability.png"),
+    }
+    if len(np.unique(truth)) > 1:
+        figures["roc_curves"] = plot_roc_curves(truth, probabilities, names,
+                                                figure_dir / "roc_curves.png")
+    wrong = np.flatnonzero(predicted != truth)
+    wrong = wrong[np.argsort(-probabilities[wrong].max(axis=1), kind="stable")]
+    shown = [i for i in wrong if (Path(mistakes_dir) / f"{table['sample'].iloc[i]}.png")
+             .is_file()][:max_mistakes]
+    if len(shown) or not len(wrong):
+        from PIL import Image
+
+        images = [np.asarray(Image.open(Path(mistakes_dir) / f"{table['sample'].iloc[i]}.png")
+                             .convert("RGB")) for i in shown]
+        figures["most_confident_mistakes"] = save_misclassified_grid(
+            images, [names[truth[i]] for i in shown], [names[predicted[i]] for i in shown],
+            probabilities[shown].max(axis=1) if shown else [],
+            figure_dir / "misclassified.png")
+    return figures, {"class_names": names, "confusion_matrix": matrix.tolist()}

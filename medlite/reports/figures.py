@@ -91,3 +91,16 @@ def plot_learning_curves(history: pd.DataFrame, path: Path, monitor: str | None 
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     return Path(path)
+
+
+def save_png(pixels: np.ndarray | None, path: Path) -> Path | None:
+    """Write a uint8 image array as PNG atomically (parents created); None does nothing."""
+    if pixels is None:
+        return None
+    from PIL import Image
+
+    from medlite.runs import atomic_target
+
+    with atomic_target(Path(path)) as tmp:
+        Image.fromarray(np.asarray(pixels, dtype=np.uint8)).save(tmp, format="PNG")
+    return Path(path)

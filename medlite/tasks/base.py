@@ -1,55 +1,51 @@
-"""The task recipe interface and the shared pipeline every task runs through.
+"""The task recipe interface.
 
-``train_run`` is the whole of ``medlite train``: seed and threads, run directory, splits,
-the shared Lightning loop, test evaluation with bootstrap CIs, report. A recipe only fills
-in the task-specific hooks of :class:`Task`.
+A recipe says only what is its own: how to read its data, which network, loss and
+validation metrics, how an input becomes network inputs and network outputs the clinical
+result, which metrics a set of scored samples gives, and which figures its report has. The
+spine does the rest for every task: run folders, splits, the fit plan and its runner
+(:mod:`medlite.training.plan`), the training loop, the predictor
+(:mod:`medlite.inference.predictor`), the evaluator (:mod:`medlite.evaluation.evaluator`)
+and the report. Defaults here serve single-network tasks (segmentation, classification):
+one fit per stage, or one per cross-validation fold plus a final fit.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
-import torch
 from torch import nn
 
-from medlite.config import BaseTaskConfig, dump_config, read_yaml, validate_config
-from medlite.data.splits import (
-    assign_folds,
-    assign_splits,
-    check_subject_disjoint,
-    read_splits,
-    write_splits,
-)
+from medlite.config import BaseTaskConfig
+from medlite.data.splits import read_splits, split_samples
 from medlite.errors import DataError
-from medlite.runs import (
-    environment_record,
-    find_run,
-    load_state_dict,
-    prepare_run_dir,
-    read_json,
-    write_json,
-    write_text_atomic,
-)
-from medlite.training.loop import MODEL_FILE, TrainingParts, configure_threads, fit
+from medlite.training.plan import START_FROM_CONFIG, Fit, train_network
+from medlite.training.seeding import derive_seed
 
-CONFIG_FILE = "config.yaml"
+if TYPE_CHECKING:
+    import torch
+
+    from medlite.inference.predictor import Prepared
+    from medlite.training.loop import TrainingParts
+    from medlite.training.plan import RunContext
+
 SPLITS_FILE = "splits.csv"
-METRICS_FILE = "metrics.json"
+FINAL_FIT = "final"
 
 
-@dataclass
-class Evaluation:
-    """What a recipe's ``evaluate`` returns: metrics with CIs, plus per-sample details."""
+@dataclass(frozen=True)
+class Stage:
+    """One link of a chain of fits (classification's head stage, then fine-tuning)."""
 
-    metrics: dict[str, dict[str, float]]
-    per_sample: pd.DataFrame
-    figures: dict[str, Path]
-    extra: dict[str, Any]
+    name: str
+    trainable: str = "all"
+    freeze_first_n_layers: int | None = None
+    overrides: dict = field(default_factory=dict)
 
 
 class Task:
@@ -57,141 +53,256 @@ class Task:
 
     name: str = ""
     config_class: type[BaseTaskConfig] = BaseTaskConfig
+    #: Config keys that training fills in when the user leaves them empty (class names read
+    #: from the data); ``--resume`` does not count them as changed.
+    derived_keys: tuple[str, ...] = ()
+    #: Columns of a sample row naming the files that make the sample (content hashes).
+    content_columns: tuple[str, ...] = ()
+    #: The validation metric the best epoch is chosen by (learning-curve marker).
+    monitor: str = "val_loss"
 
     # -- configuration -------------------------------------------------------------------
     def resolve_paths(self, config: BaseTaskConfig, base_dir: Path) -> BaseTaskConfig:
-        """Make relative data paths in the config relative to the config file's folder."""
-        if config.model.weights_path is not None and not config.model.weights_path.is_absolute():
-            config.model.weights_path = (base_dir / config.model.weights_path).resolve()
+        """Make relative paths in the config relative to ``base_dir`` (the config's folder)."""
+        resolve_relative(config.model, ("weights_path",), base_dir)
         return config
 
     def demo_config(self, out_dir: Path) -> BaseTaskConfig:
         """Generate built-in synthetic data under ``out_dir`` and a quick config for it."""
         raise NotImplementedError
 
-    # -- data ----------------------------------------------------------------------------
-    def load_samples(self, config: BaseTaskConfig, data_path: Path | None = None) -> pd.DataFrame:
-        """One row per sample with at least ``sample`` and ``subject`` (and ``split`` when the
-        data fixes it). ``data_path`` overrides the config's data source (for evaluate)."""
-        raise NotImplementedError
+    def complete_config(self, config: BaseTaskConfig, samples: pd.DataFrame, run_dir: Path
+                        ) -> BaseTaskConfig:
+        """Fill in what the data (or the run folder) decides (see :attr:`derived_keys`)."""
+        return config
 
-    def stratify_labels(self, samples: pd.DataFrame) -> np.ndarray | None:
-        """Per-sample labels to stratify subject folds by, or None."""
+    def class_names(self, config: BaseTaskConfig) -> list[str] | None:
         return None
 
-    # -- model and training --------------------------------------------------------------
+    # -- data ----------------------------------------------------------------------------
+    def load_samples(self, config: BaseTaskConfig, data_path: Path | None = None
+                     ) -> pd.DataFrame:
+        """One row per sample with at least ``sample`` and ``subject`` (and ``split`` when the
+        data fixes it). ``data_path`` replaces the config's data source (for evaluate)."""
+        raise NotImplementedError
+
+    def load_evaluation_samples(self, config: BaseTaskConfig, data_path: Path) -> pd.DataFrame:
+        """Samples of other data to evaluate a trained run on (``medlite evaluate --data``)."""
+        return self.load_samples(config, data_path)
+
+    def load_run_samples(self, config: BaseTaskConfig, run_dir: Path) -> pd.DataFrame:
+        """The samples of a run with the splits it saved (what its fits train on)."""
+        return with_saved_splits(self.load_samples(config), run_dir)
+
+    def stratify_labels(self, samples: pd.DataFrame) -> np.ndarray | None:
+        """Per-sample labels to stratify subject splits and folds by, or None."""
+        return None
+
+    def split(self, samples: pd.DataFrame, config: BaseTaskConfig) -> pd.DataFrame:
+        """``samples`` with ``split`` (train/val/test) and, for k-fold, ``fold``."""
+        return split_samples(samples, config.split, seed=config.seed,
+                             stratify=self.stratify_labels(samples))
+
+    def fingerprints(self, samples: pd.DataFrame) -> list[str]:
+        """A content hash per sample (sha256 of its files), so that evaluation data can be
+        checked against what the run trained on."""
+        cache: dict[str, str] = {}
+        hashes = []
+        for row in samples[list(self.content_columns)].itertuples(index=False):
+            digest = hashlib.sha256()
+            for value in row:
+                for path in value if isinstance(value, tuple | list) else (value,):
+                    if str(path) not in cache:
+                        cache[str(path)] = file_sha256(Path(path))
+                    digest.update(bytes.fromhex(cache[str(path)]))
+            hashes.append(digest.hexdigest())
+        return hashes
+
+    def prepare_training(self, config: BaseTaskConfig, samples: pd.DataFrame, run_dir: Path,
+                         progress: bool) -> pd.DataFrame:
+        """Work done once before the fits (caches); returns the samples the fits use."""
+        return samples
+
+    # -- the plan --------------------------------------------------------------------------
+    def stages(self, config: BaseTaskConfig) -> list[Stage]:
+        """The chain of fits one model is trained through (default: one fit)."""
+        return [Stage("main")]
+
+    def plan(self, config: BaseTaskConfig, samples: pd.DataFrame) -> list[Fit]:
+        """One chain of :meth:`stages` on the train/val split; with ``split.fold: all``, one
+        chain per fold (predicting its held-out fold) and a final chain on every sample."""
+        stages = self.stages(config)
+        if config.split.folds and config.split.fold == "all":
+            fits: list[Fit] = []
+            for fold in sorted(int(f) for f in samples["fold"].unique()):
+                held = samples["fold"] == fold
+                train, val = self.carve_validation(samples[~held], config, f"fold{fold}")
+                fits += chain(stages, f"fold{fold}-", train, val,
+                              samples.loc[held, "sample"].tolist())
+            train, val = self.carve_validation(samples, config, FINAL_FIT)
+            return fits + chain(stages, f"{FINAL_FIT}-", train, val)
+        train = samples.loc[samples["split"] == "train", "sample"].tolist()
+        val = samples.loc[samples["split"] == "val", "sample"].tolist()
+        return chain(stages, "", train, val)
+
+    def carve_validation(self, rows: pd.DataFrame, config: BaseTaskConfig, key: str
+                         ) -> tuple[list[str], list[str]]:
+        """Split ``rows`` by subject into training and validation samples for one fit."""
+        from medlite.data.splits import assign_splits
+
+        share = config.split.val_fraction / max(1e-9, 1 - 1 / (config.split.folds or 2))
+        splits = assign_splits(rows["subject"].astype(str).to_numpy(),
+                               val_fraction=min(0.5, share), test_fraction=0.0,
+                               seed=derive_seed("validation", config.seed, key))
+        ids = rows["sample"].to_numpy()
+        return ids[splits == "train"].tolist(), ids[splits == "val"].tolist()
+
+    def out_of_fold_fits(self, context: RunContext) -> list[str]:
+        """Fits whose held-out predictions together score every sample once (CV)."""
+        return [key for key, item in context.fits.items() if item.predict]
+
+    def evaluation_extras(self, context: RunContext, results: dict[str, dict]) -> dict:
+        """What the evaluation of a training run needs beyond the per-sample table (e.g.
+        which learners were chosen on out-of-fold data)."""
+        return {}
+
+    def deployed_fit(self, context: RunContext) -> str:
+        """The fit whose weights the run deploys (default: the plan's last)."""
+        return list(context.fits)[-1]
+
+    def deploy(self, context: RunContext, results: dict[str, dict]) -> nn.Module:
+        """The deployed network, from the fits' results."""
+        from medlite.runs import load_state_dict
+
+        model = self.build_model(context.config, for_training=False)
+        key = self.deployed_fit(context)
+        model.load_state_dict(load_state_dict(context.fit_dir(key) / "model.pt"))
+        return model.eval()
+
+    def run_fit(self, context: RunContext, fit: Fit, fit_dir: Path, *,
+                progress: bool = False) -> dict:
+        """Run one fit of the plan where the executor put it; returns its small result."""
+        if fit.kind != "network":
+            raise ValueError(f"task {self.name} has no fit kind {fit.kind!r}")
+        return train_network(context, fit, fit_dir, progress=progress)
+
+    # -- model and training ----------------------------------------------------------------
     def build_model(self, config: BaseTaskConfig, for_training: bool = True) -> nn.Module:
+        """The deployed network (``for_training``: with the config's initial weights)."""
         raise NotImplementedError
 
-    def training_parts(self, config: BaseTaskConfig, samples: pd.DataFrame) -> TrainingParts:
+    def fit_model(self, config: BaseTaskConfig, fit: Fit, for_training: bool) -> nn.Module:
+        """The network one fit trains (default: the deployed network)."""
+        return self.build_model(config, for_training=for_training)
+
+    def training_parts(self, config: BaseTaskConfig, train_rows: pd.DataFrame,
+                       val_rows: pd.DataFrame, model: nn.Module, fit: Fit) -> TrainingParts:
         raise NotImplementedError
 
-    # -- evaluation, prediction, export ---------------------------------------------------
-    def evaluate(self, model: nn.Module, config: BaseTaskConfig, samples: pd.DataFrame,
-                 out_dir: Path) -> Evaluation:
-        raise NotImplementedError
+    def finish_fit(self, model: nn.Module, config: BaseTaskConfig, train_rows: pd.DataFrame,
+                   fit: Fit) -> bool:
+        """A last step on the best weights (e.g. precise BatchNorm); True when it changed
+        them."""
+        return False
 
-    def predict(self, model: nn.Module, config: BaseTaskConfig, inputs: list[Path],
-                out_dir: Path, overwrite: bool = False) -> list[Path]:
-        raise NotImplementedError
+    def fit_predictions(self, model: nn.Module, config: BaseTaskConfig,
+                        rows: pd.DataFrame) -> pd.DataFrame:
+        """The per-sample table of a fit's held-out samples (out-of-fold predictions)."""
+        from medlite.evaluation.evaluator import predict_table
+        from medlite.inference.predictor import Predictor
 
+        return predict_table(Predictor(self, config, model), rows, None)
+
+    # -- inference ------------------------------------------------------------------------
     def example_input(self, config: BaseTaskConfig) -> torch.Tensor:
         raise NotImplementedError
 
-    def write_report(self, run_dir: Path, config: BaseTaskConfig, evaluation: Evaluation,
-                     out_path: Path, title: str) -> Path:
+    def prepare(self, item: Any, config: BaseTaskConfig) -> Prepared:
+        """A typed input (:mod:`medlite.inference.types`) as network-input tensors."""
         raise NotImplementedError
 
-    # -- the pipeline ---------------------------------------------------------------------
-    def run_training(self, config: BaseTaskConfig, run_dir: Path, *, resume: bool,
-                     progress: bool) -> dict:
-        """Splits, training, test evaluation and report inside a prepared run directory;
-        returns the test metrics. This default trains one model with the shared loop; a
-        recipe that trains many (an ensemble) overrides it."""
-        task = self
-        run_dir = Path(run_dir)
-        samples = task.load_samples(config)
-        if resume and (run_dir / SPLITS_FILE).is_file():
-            samples = with_saved_splits(samples, run_dir)
-        else:
-            samples = split_samples(samples, config, task, source=str(run_dir / SPLITS_FILE))
-            write_splits(run_dir / SPLITS_FILE, samples["sample"], samples["subject"],
-                         samples["split"], samples.get("fold"))
+    def forward(self, model: nn.Module, batch: torch.Tensor, config: BaseTaskConfig):
+        return model(batch)
 
-        parts = task.training_parts(config, samples)
-        fit(parts, config, run_dir, resume=resume, progress=progress)
+    def assemble(self, outputs: list, context: Any, config: BaseTaskConfig) -> Any:
+        """The outputs of one input's network inputs as its typed output."""
+        raise NotImplementedError
 
-        model = task.build_model(config, for_training=False)
-        model.load_state_dict(load_state_dict(run_dir / MODEL_FILE))
-        return evaluate_test_split(task, model, config, samples, run_dir)
+    def parse_inputs(self, paths: list[Path], visits: list[Path], config: BaseTaskConfig
+                     ) -> list[Any]:
+        """``medlite predict``'s file arguments as typed inputs."""
+        raise NotImplementedError
 
+    def write_prediction(self, output: Any, name: str, writer) -> tuple[list[Path], dict]:
+        """Write one output's files with ``writer``; return them and its summary columns."""
+        raise NotImplementedError
 
-# -- the shared pipeline ------------------------------------------------------------------
+    def prediction_table(self, summaries: list[dict]) -> pd.DataFrame | None:
+        """The table of ``predictions.csv`` from the inputs' summaries (None: as recorded)."""
+        return None
 
-def split_samples(samples: pd.DataFrame, config: BaseTaskConfig, task: Task,
-                  source: str) -> pd.DataFrame:
-    """Add ``split`` (train/val/test) and, for k-fold, ``fold``; subjects never straddle."""
-    source = samples.attrs.get("source", source)
-    samples = samples.copy()
-    subjects = samples["subject"].astype(str).to_numpy()
-    fixed = samples["split"].tolist() if "split" in samples else None
-    if fixed is not None:
-        given = [s for s in fixed if isinstance(s, str) and s]
-        check_subject_disjoint(subjects[[isinstance(s, str) and bool(s) for s in fixed]],
-                               np.asarray(given), source)
-    split_cfg = config.split
-    if split_cfg.folds:
-        if split_cfg.fold >= split_cfg.folds:
-            raise DataError(f"split.fold: {split_cfg.fold} is not below split.folds "
-                            f"({split_cfg.folds})")
-        folds = assign_folds(subjects, split_cfg.folds, seed=config.seed,
-                             stratify=task.stratify_labels(samples))
-        samples["fold"] = folds
-        is_test = folds == split_cfg.fold
-        rest = assign_splits(subjects[~is_test], val_fraction=split_cfg.val_fraction
-                             / max(1e-9, 1 - 1 / split_cfg.folds),
-                             test_fraction=0.0, seed=config.seed)
-        splits = np.full(len(samples), "test", dtype=object)
-        splits[~is_test] = rest
-    else:
-        splits = assign_splits(subjects, val_fraction=split_cfg.val_fraction,
-                               test_fraction=split_cfg.test_fraction, seed=config.seed,
-                               fixed=fixed)
-    samples["split"] = splits
-    check_subject_disjoint(subjects, samples["split"].to_numpy(), source)
-    for needed in ("train", "val"):
-        if not (samples["split"] == needed).any():
-            raise DataError(f"{source}: no subject in the {needed} split; add subjects or "
-                            f"change split.val_fraction / split.test_fraction")
-    return samples
+    # -- evaluation -----------------------------------------------------------------------
+    def evaluation_inputs(self, rows: pd.DataFrame, config: BaseTaskConfig
+                          ) -> list[tuple[dict, Any]]:
+        """``(truth and identity, typed input)`` per evaluated unit of ``rows``."""
+        raise NotImplementedError
+
+    def score(self, output: Any, info: dict, config: BaseTaskConfig,
+              prediction_dir: Path | None) -> list[dict]:
+        """Rows of the per-sample table for one output (with ``subject``); may save the
+        output under ``prediction_dir`` (None: keep nothing)."""
+        raise NotImplementedError
+
+    def statistic(self, table: pd.DataFrame, config: BaseTaskConfig, extras: dict):
+        """``f(row indices) -> {group: {metric: value}}`` over the per-sample table."""
+        raise NotImplementedError
+
+    def figures(self, table: pd.DataFrame, config: BaseTaskConfig, figure_dir: Path,
+                extras: dict) -> tuple[dict[str, Path], list[tuple[str, str]], dict]:
+        """Figures, report sections and extra ``metrics.json`` entries of an evaluation."""
+        return {}, [], {}
 
 
-def save_config(config: BaseTaskConfig, run_dir: Path) -> None:
-    write_text_atomic(Path(run_dir) / CONFIG_FILE, dump_config(config))
+def chain(stages: list[Stage], prefix: str, train: list[str], val: list[str],
+          predict: list[str] | None = None) -> list[Fit]:
+    """Fits training one model through ``stages``, each starting from the previous one's
+    best weights; the last predicts ``predict``."""
+    fits: list[Fit] = []
+    for index, stage in enumerate(stages):
+        key = (prefix.rstrip("-") or stage.name if len(stages) == 1
+               else f"{prefix}{index + 1}-{stage.name}")
+        last = index == len(stages) - 1
+        fits.append(Fit(key=key, train=tuple(train), val=tuple(val),
+                        predict=tuple(predict or ()) if last else (),
+                        start=f"fit:{fits[-1].key}" if fits else START_FROM_CONFIG,
+                        trainable=stage.trainable,
+                        freeze_first_n_layers=stage.freeze_first_n_layers,
+                        overrides=dict(stage.overrides), params={"stage": stage.name}))
+    return fits
 
 
-def load_run_config(run_dir: Path) -> BaseTaskConfig:
-    from medlite.tasks import get_task
+def model_profile(task: Task, config: BaseTaskConfig) -> dict:
+    """Parameters, FLOPs and CPU latency of the task's network at its input size."""
+    import torch
 
-    path = Path(run_dir) / CONFIG_FILE
-    raw = read_yaml(path)
-    task = get_task(str(raw.get("task")), source=f"{path}: task")
-    return validate_config(raw, task.config_class, str(path))
+    from medlite.models import profile_model
 
-
-def load_trained_model(run_dir: Path) -> tuple[Task, BaseTaskConfig, nn.Module]:
-    """The task, config and best weights of a finished run, ready for inference."""
-    from medlite.tasks import get_task
-
-    run_dir = find_run(run_dir)
-    config = load_run_config(run_dir)
-    task = get_task(config.task)
-    weights = run_dir / MODEL_FILE
-    if not weights.is_file():
-        raise DataError(f"{weights}: no trained weights (did training finish?)")
     model = task.build_model(config, for_training=False)
-    model.load_state_dict(load_state_dict(weights))
-    return task, config, model.eval()
+    shape = tuple(task.example_input(config).shape)
+    return {"model": config.model.name,
+            **profile_model(model, shape, threads=torch.get_num_threads(), warmup=1,
+                            repeats=5)}
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    return digest.hexdigest()
 
 
 def resolve_relative(section: Any, fields: tuple[str, ...], base_dir: Path) -> None:
@@ -202,30 +313,6 @@ def resolve_relative(section: Any, fields: tuple[str, ...], base_dir: Path) -> N
             setattr(section, name, (Path(base_dir) / value).resolve())
 
 
-def record_results(task: Task, config: BaseTaskConfig, evaluation: Evaluation, run_dir: Path,
-                   summary: dict) -> dict:
-    """Write ``metrics.json`` (``summary``, the metrics and the evaluation's extras) and
-    ``report.html`` into the run; return the metrics."""
-    write_json(Path(run_dir) / METRICS_FILE,
-               {**summary, "metrics": evaluation.metrics, **evaluation.extra})
-    task.write_report(run_dir, config, evaluation, Path(run_dir) / "report.html",
-                      title=f"medlite {config.task}: {config.name}")
-    return evaluation.metrics
-
-
-def evaluate_test_split(task: Task, model: nn.Module, config: BaseTaskConfig,
-                        samples: pd.DataFrame, run_dir: Path) -> dict:
-    """Evaluate the trained ``model`` on the test split (the validation split when there is
-    no test split), then record metrics and report."""
-    test = samples[samples["split"] == "test"]
-    if test.empty:
-        test = samples[samples["split"] == "val"]
-    evaluation = task.evaluate(model.eval(), config, test, run_dir)
-    return record_results(task, config, evaluation, run_dir, {
-        "split": str(test["split"].iloc[0]), "n_samples": len(test),
-        "n_subjects": int(test["subject"].nunique())})
-
-
 def with_saved_splits(samples: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
     """``samples`` with the ``split`` (and ``fold``) columns the run saved in splits.csv."""
     path = Path(run_dir) / SPLITS_FILE
@@ -233,37 +320,9 @@ def with_saved_splits(samples: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
     missing = sorted(set(samples["sample"]) - set(saved.index))
     if missing:
         raise DataError(f"{path}: sample {missing[0]} of the data is not in the run's split "
-                        f"file ({len(missing)} missing); was the manifest changed?")
+                        f"file ({len(missing)} missing); was the data changed?")
     samples = samples.copy()
     samples["split"] = saved.loc[samples["sample"], "split"].to_numpy()
     if "fold" in saved:
         samples["fold"] = saved.loc[samples["sample"], "fold"].to_numpy()
     return samples
-
-
-def train_run(config: BaseTaskConfig, run_dir: Path, *, resume: bool = False,
-              overwrite: bool = False, progress: bool = True,
-              run_dir_ready: bool = False) -> dict:
-    """``medlite train``: returns the test metrics (also in ``run_dir/metrics.json``).
-
-    ``run_dir_ready`` says the caller already made the run directory (the demo puts its
-    generated data inside it first)."""
-    from medlite.tasks import get_task
-
-    task = get_task(config.task)
-    if not run_dir_ready:
-        run_dir = prepare_run_dir(Path(run_dir), resume=resume, overwrite=overwrite)
-    if resume:
-        config = load_run_config(run_dir)
-    threads = configure_threads(config.trainer.threads)
-    pl.seed_everything(config.seed, workers=True, verbose=False)
-    if not resume:
-        save_config(config, run_dir)
-        write_json(run_dir / "run.json",
-                   environment_record(config.seed, {"task": config.task, "threads": threads}))
-
-    metrics = task.run_training(config, run_dir, resume=resume, progress=progress)
-    run_info = read_json(run_dir / "run.json")
-    run_info["finished"] = pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds")
-    write_json(run_dir / "run.json", run_info)
-    return metrics

@@ -4,47 +4,29 @@ MobileNetV2) as a task recipe.
 The paper: photographs resized to 128x128 and augmented (flips, crops, zoom); MobileNetV2
 pretrained on ImageNet with a new head (global pooling, dense layers, softmax) for 2 classes
 (normal vs SSc) or 3 (normal, early, late); trained in two stages, first the head alone on the
-frozen backbone (100 epochs for 2 classes, 200 for 3), then everything but the first 10 layers
-(fine-tuning); a plain CNN as the baseline; accuracy, sensitivity, specificity, confusion
-matrices and learning curves reported.
+frozen backbone, then everything but the first 10 layers (fine-tuning); a plain CNN as the
+baseline; accuracy, sensitivity, specificity, confusion matrices and learning curves.
 
-Here a run trains the config's ``stages`` in order, each one call of the shared
-:func:`~medlite.training.loop.fit` in ``run_dir/stages/<k>-<name>/`` starting from the previous
-stage's best weights, with the stage's layers frozen and their BatchNorm statistics fixed.
-Splits are subject-grouped and label-stratified. The test split is evaluated with
-subject-bootstrap CIs (accuracy, balanced accuracy, sensitivity and specificity per class,
-macro F1, ROC AUC, ECE), per-image predictions, a confusion matrix, a reliability diagram,
-ROC curves, the most confident mistakes and the learning curves with the stage boundaries.
-
-Choices where the paper is silent or framework-bound:
-
-- Pixel scaling follows the pretrained weights: ImageNet mean/std by default, because
-  torchvision's MobileNetV2 weights (and ``../shared/weights``) were trained on such inputs;
-  the paper's [-1, 1] is what Keras' MobileNetV2 weights expect (``data.scaling:
-  minus_one_one`` gives it).
-- Learning rates: Adam 1e-3 for the head, 1e-5 for fine-tuning; stage 2 runs 100 epochs.
-- The best weights of each stage are chosen by validation loss (``monitor``): on the small
-  validation sets of clinical studies macro F1 moves in steps of one image and ties for many
-  epochs, while the (class-weighted) cross-entropy is continuous and also penalises confident
-  mistakes, which the reported calibration error measures.
-- Class imbalance: inverse-frequency class weights in the cross-entropy by default.
+Here the config's ``stages`` are a chain of fits of the run's plan, each starting from the
+previous one's best weights with its layers frozen (and their BatchNorm statistics fixed).
+Splits are subject-grouped and label-stratified. Choices where the paper is silent:
+ImageNet mean/std scaling by default (what torchvision's weights expect; ``data.scaling:
+minus_one_one`` gives the paper's Keras [-1, 1]); Adam 1e-3 for the head, 1e-5 for
+fine-tuning; each stage's best epoch chosen by validation loss, which on small validation sets
+is continuous where macro F1 ties for many epochs; inverse-frequency class weights.
 """
 
 from __future__ import annotations
 
-import html
-import os
 import warnings
 from pathlib import Path
 from typing import Literal
 
-import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import torch
 from pydantic import Field, field_validator, model_validator
 from torch import nn
-from torch.utils.data import DataLoader
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
@@ -57,65 +39,28 @@ from medlite.config import (
     TrainerConfig,
 )
 from medlite.data.classification import (
-    DERMAMNIST_CLASSES,
     ClassificationAugmentConfig,
     ClassificationDataset,
-    balanced_sampler,
+    balanced_weights,
     class_weights,
-    index_image_folder,
-    load_dermamnist,
+    classification_sample_ids,
+    dermamnist_samples,
     read_classification_manifest,
-    stratified_group_folds,
-    stratified_group_split,
-    write_classification_manifest,
+    read_image_folder,
+    scale_pixels,
 )
-from medlite.data.io import decoded_image_size
-from medlite.data.manifest import raise_if_problems, write_csv_atomic
-from medlite.data.splits import check_subject_disjoint, write_splits
+from medlite.data.io import image_files
+from medlite.data.transforms import to_tensor_image
 from medlite.errors import ConfigError, DataError
-from medlite.metrics import (
-    classification_metrics,
-    confusion,
-    expected_calibration_error,
-    metrics_with_ci,
-    reliability_curve,
-)
-from medlite.models import create_model, profile_model
-from medlite.models.freezing import (
-    freeze_backbone,
-    freeze_first_layers,
-    set_frozen_batchnorm_eval,
-    trainable_summary,
-    unfreeze_all,
-)
-from medlite.reports.classification_figures import (
-    plot_confusion_matrix,
-    plot_reliability_diagram,
-    plot_roc_curves,
-    save_misclassified_grid,
-)
-from medlite.reports.html import write_standard_report
-from medlite.runs import load_state_dict, read_json, save_torch_atomic, write_json
-from medlite.tasks.base import (
-    SPLITS_FILE,
-    Evaluation,
-    Task,
-    evaluate_test_split,
-    resolve_relative,
-    save_config,
-    with_saved_splits,
-)
-from medlite.tasks.segmentation import expand_image_inputs
-from medlite.training.loop import HISTORY_FILE, MODEL_FILE, TrainingParts, fit, read_history
+from medlite.inference.predictor import Prepared
+from medlite.inference.types import ClassificationOutput, ImageInput
+from medlite.metrics import classification_metrics
+from medlite.models import create_model
+from medlite.reports.classification_figures import classification_figures
+from medlite.reports.figures import save_png
+from medlite.tasks.base import Stage, Task, model_profile, resolve_relative
+from medlite.training.loop import TrainingParts
 
-STAGES_DIR = "stages"
-STAGES_FILE = "stages.json"
-PREDICTIONS_FILE = "predictions.csv"
-DERIVED_MANIFEST_FILE = "manifest.csv"
-MISCLASSIFIED_SHOWN = 16
-
-
-# -- configuration -----------------------------------------------------------------------------
 
 class ClassificationDataConfig(StrictModel):
     manifest: Path | None = Field(None, description="CSV with image, label, subject[, split].")
@@ -169,7 +114,7 @@ class StageConfig(StrictModel):
     """One training stage. ``epochs`` and ``lr`` default to ``trainer.max_epochs`` and
     ``optimizer.lr``."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$", description="Names the stage's folder.")
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$", description="Names the stage's fit.")
     epochs: int | None = Field(None, ge=1)
     lr: float | None = Field(None, gt=0)
     trainable: Literal["head", "all", "all_but_first_n"] = Field(
@@ -218,122 +163,11 @@ class ClassificationConfig(BaseTaskConfig):
         return stages
 
 
-# -- freezing and stages -----------------------------------------------------------------------
-
-class FrozenBatchNormEval(pl.Callback):
-    """Keeps frozen BatchNorm layers in eval mode during training, so their running
-    statistics (part of the pretrained weights) do not drift with the new data."""
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        set_frozen_batchnorm_eval(pl_module)
-
-
-def apply_stage_freezing(model: nn.Module, stage: StageConfig, index: int) -> None:
-    """Set ``requires_grad`` of ``model``'s parameters for ``stage`` (``stages[index]``)."""
-    if stage.trainable == "all":
-        unfreeze_all(model)
-    elif stage.trainable == "head":
-        freeze_backbone(model)
-    else:
-        try:
-            freeze_first_layers(model, stage.freeze_first_n_layers)
-        except ValueError as exc:
-            raise ConfigError(f"stages.{index}.freeze_first_n_layers: {exc}") from None
-
-
-def stage_dir(run_dir: Path, index: int, stage: StageConfig) -> Path:
-    """``run_dir/stages/<index + 1>-<name>``."""
-    return Path(run_dir) / STAGES_DIR / f"{index + 1}-{stage.name}"
-
-
-def stage_training_config(config: ClassificationConfig,
-                          stage: StageConfig) -> ClassificationConfig:
-    """A copy of ``config`` whose trainer and optimizer run ``stage``."""
-    staged = config.model_copy(deep=True)
-    if stage.epochs is not None:
-        staged.trainer.max_epochs = stage.epochs
-    if stage.lr is not None:
-        staged.optimizer.lr = stage.lr
-    return staged
-
-
-def _runs(rows: list[dict], trainable: bool) -> list[str]:
-    """Runs of consecutive modules with (or without) trainable parameters, as
-    ``first..last`` names; parameter-free modules (pooling) are skipped."""
-    runs: list[str] = []
-    current: list[str] = []
-
-    def close() -> None:
-        if current:
-            runs.append(current[0] if len(current) == 1 else f"{current[0]}..{current[-1]}")
-            current.clear()
-
-    for row in rows:
-        if not row["parameters"]:
-            continue
-        if (row["trainable"] > 0) == trainable:
-            current.append(row["name"])
-        else:
-            close()
-    close()
-    return runs
-
-
-def stage_summary(model: nn.Module, stage: StageConfig, index: int,
-                  config: ClassificationConfig) -> dict:
-    """What trains in ``stage``: counts, per-module rows and frozen BatchNorm layers."""
-    rows = trainable_summary(model)
-    frozen_bn = set_frozen_batchnorm_eval(model)
-    model.train()
-    return {
-        "index": index + 1, "name": stage.name, "trainable": stage.trainable,
-        "freeze_first_n_layers": stage.freeze_first_n_layers,
-        "epochs": stage.epochs or config.trainer.max_epochs,
-        "lr": stage.lr or config.optimizer.lr,
-        "parameters": sum(r["parameters"] for r in rows),
-        "trainable_parameters": sum(r["trainable"] for r in rows),
-        "trainable_modules": _runs(rows, True), "frozen_modules": _runs(rows, False),
-        "frozen_batchnorm_layers": len(frozen_bn), "modules": rows, "finished": False,
-    }
-
-
-def format_stage_summary(record: dict, n_stages: int) -> str:
-    frozen = ", ".join(record["frozen_modules"]) or "none"
-    return (f"stage {record['index']}/{n_stages} {record['name']} ({record['trainable']}, "
-            f"{record['epochs']} epochs, lr {record['lr']:g}): "
-            f"{record['trainable_parameters']:,} of {record['parameters']:,} parameters "
-            f"trainable; frozen: {frozen}")
-
-
-def combine_stage_histories(run_dir: Path, stages: list[StageConfig]) -> pd.DataFrame:
-    """The stages' ``history.csv`` one after the other: ``stage`` (name), ``stage_epoch``
-    (0-based within the stage) and ``epoch`` (0-based over the whole run)."""
-    frames, offset = [], 0
-    for index, stage in enumerate(stages):
-        history = read_history(stage_dir(run_dir, index, stage))
-        if history.empty:
-            continue
-        history.insert(0, "stage", stage.name)
-        history["stage_epoch"] = history["epoch"]
-        history["epoch"] = history["epoch"] + offset
-        offset = int(history["epoch"].max()) + 1
-        frames.append(history)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-def stage_markers(history: pd.DataFrame) -> dict[str, int]:
-    """``{stage name: its first epoch}`` for every stage after the first (plot markers)."""
-    if history.empty or "stage" not in history:
-        return {}
-    firsts = history.groupby("stage", sort=False)["epoch"].min()
-    return {f"start {name}": int(epoch) for name, epoch in list(firsts.items())[1:]}
-
-
-# -- the recipe --------------------------------------------------------------------------------
-
 class ClassificationTask(Task):
     name = "classification"
     config_class = ClassificationConfig
+    derived_keys = ("data.class_names",)
+    content_columns = ("image",)
 
     def resolve_paths(self, config: ClassificationConfig,
                       base_dir: Path) -> ClassificationConfig:
@@ -371,16 +205,25 @@ class ClassificationTask(Task):
         config.evaluation.bootstrap_resamples = 500
         return config
 
+    def class_names(self, config: ClassificationConfig) -> list[str] | None:
+        return list(config.data.class_names) if config.data.class_names else None
+
+    def complete_config(self, config: ClassificationConfig, samples: pd.DataFrame,
+                        run_dir: Path):
+        if config.data.class_names is None:
+            # Recorded in the run's config so evaluate, predict and export build the same head.
+            config.data.class_names = list(samples.attrs["class_names"])
+        return config
+
     # -- data ------------------------------------------------------------------------------
-    def load_samples(self, config: ClassificationConfig,
-                     data_path: Path | None = None) -> pd.DataFrame:
+    def load_samples(self, config: ClassificationConfig, data_path: Path | None = None,
+                     require_every_class: bool = True) -> pd.DataFrame:
         """One row per image: ``sample``, ``image``, ``label``, ``label_index``, ``subject``
         (and ``split`` when the data fixes it; ``pixels``, uint8 (H, W, 3) arrays, for
-        DermaMNIST). ``attrs``: ``source`` and ``class_names``. ``data_path`` (a manifest or
-        an image folder) replaces the config's data source."""
+        DermaMNIST). ``data_path`` (a manifest or an image folder) replaces the config's."""
         data = config.data
         if data_path is None and data.dermamnist is not None:
-            return _dermamnist_samples(Path(data.dermamnist), data.class_names)
+            return dermamnist_samples(Path(data.dermamnist), data.class_names)
         path = data_path or data.manifest or data.image_folder
         if path is None:
             raise DataError("data.manifest, data.image_folder or data.dermamnist: one is "
@@ -388,71 +231,61 @@ class ClassificationTask(Task):
                             "subfolder of images per class)")
         path = Path(path)
         if path.is_dir():
-            table = _folder_samples(path, data.class_names, data.check_images)
+            table = read_image_folder(path, data.class_names, data.check_images,
+                                      require_every_class)
         else:
-            table = read_classification_manifest(path, data.class_names, data.check_images)
-            table["sample"] = _sample_ids(table["image"])
+            table = read_classification_manifest(path, data.class_names, data.check_images,
+                                                 require_every_class)
+            table["sample"] = classification_sample_ids(table["image"])
         table.attrs["source"] = str(path)
         return table
+
+    def load_evaluation_samples(self, config: ClassificationConfig, data_path: Path):
+        return self.load_samples(config, data_path, require_every_class=False)
 
     def stratify_labels(self, samples: pd.DataFrame) -> np.ndarray:
         return samples["label"].astype(str).to_numpy()
 
     def split(self, samples: pd.DataFrame, config: ClassificationConfig) -> pd.DataFrame:
-        """Subject-grouped, label-stratified ``split`` (and ``fold`` for k-fold).
-
-        A ``split`` column in the data is kept for the rows (and subjects) that have one; the
-        other subjects are split by ``split.val_fraction`` / ``test_fraction`` among
-        themselves. With ``split.folds`` the test set is fold ``split.fold`` of a stratified
-        grouped k-fold and validation subjects are drawn from the other folds."""
-        source = samples.attrs.get("source", "data")
-        samples = samples.copy()
-        subjects = samples["subject"].astype(str).to_numpy()
-        labels = self.stratify_labels(samples)
-        given = (samples["split"].fillna("").astype(str).str.lower().to_numpy()
-                 if "split" in samples else np.full(len(samples), "", dtype=object))
-        check_subject_disjoint(subjects, given, source)
-        cfg = config.split
-        if cfg.folds:
-            if (given != "").any():
-                raise ConfigError(f"split.folds: {source} fixes splits in its split column; "
-                                  "remove the column or split.folds")
-            if cfg.fold >= cfg.folds:
-                raise ConfigError(f"split.fold: {cfg.fold} is not below split.folds "
-                                  f"({cfg.folds})")
-            folds = stratified_group_folds(labels, subjects, cfg.folds, seed=config.seed)
-            is_test = folds == cfg.fold
-            splits = np.full(len(samples), "test", dtype=object)
-            val_share = min(0.9, cfg.val_fraction / (1 - 1 / cfg.folds))
-            splits[~is_test] = stratified_group_split(labels[~is_test], subjects[~is_test],
-                                                      val_fraction=val_share, test_fraction=0,
-                                                      seed=config.seed)
-            samples["fold"] = folds
-        else:
-            of_subject = {s: g for s, g in zip(subjects, given, strict=True) if g}
-            splits = np.array([of_subject.get(s, "") for s in subjects], dtype=object)
-            free = splits == ""
-            if free.any():
-                splits[free] = stratified_group_split(
-                    labels[free], subjects[free], val_fraction=cfg.val_fraction,
-                    test_fraction=cfg.test_fraction, seed=config.seed)
-        samples["split"] = splits.astype(str)
-        check_subject_disjoint(subjects, samples["split"].to_numpy(), source)
-        for needed in ("train", "val"):
-            if not (samples["split"] == needed).any():
-                raise DataError(f"{source}: no subject in the {needed} split; add subjects or "
-                                "change split.val_fraction / split.test_fraction")
+        samples = super().split(samples, config)
+        in_training = samples["split"] == "train"
+        missing = [name for k, name in enumerate(config.data.class_names)
+                   if k not in set(samples.loc[in_training, "label_index"])]
+        if missing:
+            raise DataError(f"{samples.attrs.get('source', 'data')}: class {missing[0]!r} has "
+                            "no image in the train split; add subjects of that class or "
+                            "change the split")
         return samples
 
-    def _dataset(self, config: ClassificationConfig, rows: pd.DataFrame,
-                 train: bool) -> ClassificationDataset:
+    def fingerprints(self, samples: pd.DataFrame) -> list[str]:
+        if "pixels" not in samples:
+            return super().fingerprints(samples)
+        import hashlib
+
+        return [hashlib.sha256(np.ascontiguousarray(p).tobytes()).hexdigest()
+                for p in samples["pixels"]]
+
+    def stages(self, config: ClassificationConfig) -> list[Stage]:
+        first = config.stages[0]
+        if first.trainable != "all" and not (config.model.pretrained
+                                             or config.model.weights_path):
+            warnings.warn(f"stages.0 ({first.name}) freezes layers of a model that starts from "
+                          "random weights (model.pretrained is false, no model.weights_path); "
+                          "those layers will never learn", UserWarning, stacklevel=2)
+        return [Stage(s.name, s.trainable, s.freeze_first_n_layers,
+                      {k: v for k, v in (("trainer.max_epochs", s.epochs),
+                                         ("optimizer.lr", s.lr)) if v is not None})
+                for s in config.stages]
+
+    def dataset(self, config: ClassificationConfig, rows: pd.DataFrame,
+                train: bool) -> ClassificationDataset:
         images = (np.stack(rows["pixels"].to_list()) if "pixels" in rows
                   else rows["image"].tolist())
-        dataset_class = ClassificationDataset if config.data.cache else _UncachedDataset
-        return dataset_class(images, rows["label_index"].to_numpy(np.int64),
-                             size=config.data.image_size, train=train,
-                             scaling=config.data.scaling, augment=config.data.augment,
-                             interpolation=config.data.interpolation)
+        data = config.data
+        return ClassificationDataset(images, rows["label_index"].to_numpy(np.int64),
+                                     size=data.image_size, train=train, scaling=data.scaling,
+                                     augment=data.augment, interpolation=data.interpolation,
+                                     cache=data.cache)
 
     # -- model and training ----------------------------------------------------------------
     def build_model(self, config: ClassificationConfig, for_training: bool = True) -> nn.Module:
@@ -465,316 +298,106 @@ class ClassificationTask(Task):
             weights_path=config.model.weights_path if for_training else None,
             **config.model.kwargs)
 
-    def training_parts(self, config: ClassificationConfig,
-                       samples: pd.DataFrame) -> TrainingParts:
-        return self.stage_parts(config, samples, self.build_model(config))
-
-    def stage_parts(self, config: ClassificationConfig, samples: pd.DataFrame,
-                    model: nn.Module) -> TrainingParts:
+    def training_parts(self, config: ClassificationConfig, train_rows, val_rows, model, fit):
         """Loaders, class-balanced loss and validation metrics around ``model``."""
-        num_classes = len(config.data.class_names)
-        train_rows = samples[samples["split"] == "train"]
-        train = self._dataset(config, train_rows, train=True)
-        val = self._dataset(config, samples[samples["split"] == "val"], train=False)
+        names = config.data.class_names
+        train = self.dataset(config, train_rows, train=True)
         balance = config.data.class_balance
-        weight = (class_weights(train.labels, num_classes, config.data.class_names)
-                  if balance == "weights" else None)
-        sampler = (balanced_sampler(train.labels, seed=config.seed)
-                   if balance == "sampler" else None)
-        batch, workers = config.trainer.batch_size, config.trainer.num_workers
         metrics = MetricCollection({
-            "accuracy": MulticlassAccuracy(num_classes, average="micro"),
-            "macro_f1": MulticlassF1Score(num_classes, average="macro"),
+            "accuracy": MulticlassAccuracy(len(names), average="micro"),
+            "macro_f1": MulticlassF1Score(len(names), average="macro"),
         })
         return TrainingParts(
-            model=model, loss_fn=nn.CrossEntropyLoss(weight=weight),
-            train_loader=DataLoader(train, batch_size=batch, shuffle=sampler is None,
-                                    sampler=sampler, drop_last=len(train) > batch,
-                                    num_workers=workers, persistent_workers=workers > 0),
-            val_loader=DataLoader(val, batch_size=batch, num_workers=workers,
-                                  persistent_workers=workers > 0),
-            val_metrics=metrics, prediction_fn=lambda logits: logits.argmax(dim=1),
-            monitor=config.monitor, monitor_mode="min" if config.monitor == "val_loss" else "max",
-            extra_callbacks=[FrozenBatchNormEval()])
+            model=model, loss_fn=nn.CrossEntropyLoss(
+                weight=class_weights(train.labels, len(names), names)
+                if balance == "weights" else None),
+            train_data=train, val_data=self.dataset(config, val_rows, train=False),
+            sample_weights=balanced_weights(train.labels) if balance == "sampler" else None,
+            val_metrics=metrics, prediction_fn=_argmax, monitor=config.monitor,
+            monitor_mode="min" if config.monitor == "val_loss" else "max")
 
+    # -- inference -------------------------------------------------------------------------
     def example_input(self, config: ClassificationConfig) -> torch.Tensor:
         return torch.rand(1, 3, *config.data.image_size) * 2 - 1
 
-    # -- the pipeline ----------------------------------------------------------------------
-    def run_training(self, config: ClassificationConfig, run_dir: Path, *, resume: bool,
-                     progress: bool) -> dict:
-        run_dir = Path(run_dir)
-        samples = self.load_samples(config)
-        if config.data.class_names is None:
-            # Recorded in the run's config so evaluate, predict and export build the same head.
-            config.data.class_names = list(samples.attrs["class_names"])
-            save_config(config, run_dir)
-        if config.data.image_folder is not None and not resume:
-            write_classification_manifest(samples, run_dir / DERIVED_MANIFEST_FILE)
-        if resume and (run_dir / SPLITS_FILE).is_file():
-            samples = with_saved_splits(samples, run_dir)
-        else:
-            samples = self.split(samples, config)
-            write_splits(run_dir / SPLITS_FILE, samples["sample"], samples["subject"],
-                         samples["split"], samples.get("fold"))
-        check_training_classes(samples, config.data.class_names)
+    def prepare(self, item: ImageInput, config: ClassificationConfig) -> Prepared:
+        image = to_tensor_image(item.load())
+        size = tuple(config.data.image_size)
+        if tuple(image.shape[-2:]) != size:
+            import torchvision.transforms.v2.functional as F
 
-        final = self.train_stages(config, samples, run_dir, resume=resume, progress=progress)
-        history = combine_stage_histories(run_dir, config.stages)
-        write_csv_atomic(history, run_dir / HISTORY_FILE)
-        state = load_state_dict(final)
-        save_torch_atomic(state, run_dir / MODEL_FILE)
+            mode = F.InterpolationMode.BICUBIC if config.data.interpolation == "bicubic" \
+                else F.InterpolationMode.BILINEAR
+            image = F.resize(image, list(size), interpolation=mode, antialias=True)
+        view = image.permute(1, 2, 0).numpy()
+        return Prepared([scale_pixels(image, config.data.scaling)], (item.source, view))
 
-        model = self.build_model(config, for_training=False)
-        model.load_state_dict(state)
-        return evaluate_test_split(self, model, config, samples, run_dir)
+    def forward(self, model, batch, config):
+        return model(batch).softmax(dim=1)
 
-    def train_stages(self, config: ClassificationConfig, samples: pd.DataFrame,
-                     run_dir: Path, *, resume: bool, progress: bool) -> Path:
-        """Train every unfinished stage (one ``fit`` each) and return the last stage's best
-        weights. A stage is finished when its ``model.pt`` exists; with ``resume`` an
-        unfinished stage continues from its ``last.ckpt``. Each stage's record (trainable and
-        frozen modules, epochs run, best monitored value) goes to ``run_dir/stages.json``."""
-        records_path = run_dir / STAGES_FILE
-        records = {r["name"]: r for r in read_json(records_path)} \
-            if resume and records_path.is_file() else {}
-        previous: Path | None = None
-        first = config.stages[0]
-        if first.trainable != "all" and not (config.model.pretrained
-                                             or config.model.weights_path):
-            warnings.warn(f"stages.0 ({first.name}) freezes layers of a model that starts from "
-                          "random weights (model.pretrained is false, no model.weights_path); "
-                          "those layers will never learn", UserWarning, stacklevel=2)
-        for index, stage in enumerate(config.stages):
-            folder = stage_dir(run_dir, index, stage)
-            if (folder / MODEL_FILE).is_file():
-                previous = folder / MODEL_FILE
-                continue
-            model = self.build_model(config, for_training=previous is None)
-            if previous is not None:
-                model.load_state_dict(load_state_dict(previous))
-            apply_stage_freezing(model, stage, index)
-            record = stage_summary(model, stage, index, config)
-            record["dir"] = folder.relative_to(run_dir).as_posix()
-            print(format_stage_summary(record, len(config.stages)))
-            records[stage.name] = record
-            _write_records(records_path, records, config.stages)
-            parts = self.stage_parts(config, samples, model)
-            fit(parts, stage_training_config(config, stage), folder, resume=resume,
-                progress=progress)
-            history = read_history(folder)
-            record["finished"] = True
-            record["epochs_run"] = len(history)
-            if config.monitor in history and len(history):
-                best = (history[config.monitor].min() if config.monitor == "val_loss"
-                        else history[config.monitor].max())
-                record[f"best_{config.monitor}"] = float(best)
-            _write_records(records_path, records, config.stages)
-            previous = folder / MODEL_FILE
-        return previous
+    def assemble(self, outputs, context, config) -> ClassificationOutput:
+        probabilities = outputs[0].double().numpy()
+        return ClassificationOutput(probabilities / probabilities.sum(), self.class_names(config),
+                                    source=context[0], image=context[1])
 
-    # -- evaluation and prediction ---------------------------------------------------------
-    @torch.no_grad()
-    def predict_probabilities(self, model: nn.Module, dataset: ClassificationDataset,
-                              batch_size: int = 32) -> np.ndarray:
-        """Softmax class probabilities, float64 (N, C), of every item of ``dataset``."""
-        model.eval()
-        outputs = [model(batch["input"]).softmax(dim=1)
-                   for batch in DataLoader(dataset, batch_size=batch_size)]
-        probabilities = torch.cat(outputs).double()
-        return (probabilities / probabilities.sum(dim=1, keepdim=True)).numpy()
+    def parse_inputs(self, paths, visits, config):
+        if visits:
+            raise DataError("--visit: only for pasi runs")
+        return [ImageInput(path) for path in image_files(paths)]
 
-    def evaluate(self, model: nn.Module, config: ClassificationConfig, samples: pd.DataFrame,
-                 out_dir: Path) -> Evaluation:
-        out_dir = Path(out_dir)
-        figure_dir = out_dir / "figures"
-        figure_dir.mkdir(parents=True, exist_ok=True)
-        names = list(config.data.class_names)
-        dataset = self._dataset(config, samples, train=False)
-        probabilities = self.predict_probabilities(model, dataset, config.trainer.batch_size)
-        truth = samples["label_index"].to_numpy(np.int64)
-        predicted = probabilities.argmax(axis=1)
-        subjects = samples["subject"].astype(str).to_numpy()
+    def write_prediction(self, output: ClassificationOutput, name: str, writer):
+        return [], {"predicted": output.predicted, "confidence": output.confidence,
+                    **{f"p_{c}": float(p) for c, p in zip(output.class_names,
+                                                          output.probabilities, strict=True)}}
 
-        table = pd.DataFrame({
-            "sample": samples["sample"].to_numpy(), "subject": subjects,
-            "image": samples["image"].to_numpy(), "label": samples["label"].to_numpy(),
-            "predicted": np.asarray(names, dtype=object)[predicted],
-            "correct": predicted == truth, "confidence": probabilities.max(axis=1),
-            **{f"p_{name}": probabilities[:, k] for k, name in enumerate(names)}})
-        write_csv_atomic(table, out_dir / PREDICTIONS_FILE)
+    # -- evaluation ------------------------------------------------------------------------
+    def evaluation_inputs(self, rows: pd.DataFrame, config: ClassificationConfig):
+        inputs = []
+        for row in rows.itertuples():
+            image = row.pixels if "pixels" in rows else Path(row.image)
+            inputs.append(({"sample": row.sample, "subject": str(row.subject),
+                            "image": str(row.image), "label": row.label,
+                            "label_index": int(row.label_index)}, ImageInput(image, row.sample)))
+        return inputs
 
-        metrics = _metrics_with_ci(truth, probabilities, names, subjects, config)
-        matrix = confusion(truth, predicted, len(names))
-        curve = reliability_curve(truth, probabilities)
-        mistakes = np.flatnonzero(predicted != truth)
-        mistakes = mistakes[np.argsort(-probabilities[mistakes].max(axis=1),
-                                       kind="stable")][:MISCLASSIFIED_SHOWN]
-        figures = {
-            "confusion_matrix": plot_confusion_matrix(
-                matrix, names, figure_dir / "confusion_matrix.png", title="counts"),
-            "confusion_matrix_normalized": plot_confusion_matrix(
-                matrix, names, figure_dir / "confusion_matrix_normalized.png", normalize=True,
-                title="row-normalised (recall on the diagonal)"),
-            "reliability_diagram": plot_reliability_diagram(
-                curve, expected_calibration_error(truth, probabilities),
-                figure_dir / "reliability.png"),
-            "roc_curves": plot_roc_curves(truth, probabilities, names,
-                                          figure_dir / "roc_curves.png"),
-            "most_confident_mistakes": save_misclassified_grid(
-                [dataset.load(int(i)).permute(1, 2, 0).numpy() for i in mistakes],
-                [names[truth[i]] for i in mistakes], [names[predicted[i]] for i in mistakes],
-                probabilities[mistakes].max(axis=1), figure_dir / "misclassified.png"),
-        }
-        profile = profile_model(model, (1, 3, *config.data.image_size),
-                                threads=torch.get_num_threads(), warmup=1, repeats=5)
-        profile["model"] = config.model.name
-        return Evaluation(
-            metrics=metrics, per_sample=table, figures=figures,
-            extra={"aggregation": "one prediction per image (arg-max of the softmax); "
-                   "sensitivity/specificity one-vs-rest per class (binary: of class "
-                   f"{names[-1]!r}); ECE over 15 confidence bins",
-                   "class_names": names, "confusion_matrix": matrix.tolist(),
-                   "profile": profile})
+    def score(self, output: ClassificationOutput, info: dict, config, prediction_dir):
+        predicted = int(np.argmax(output.probabilities))
+        if prediction_dir is not None and predicted != info["label_index"]:
+            # Mistakes are kept at network size for the report's most confident mistakes.
+            save_png(output.image, prediction_dir / "mistakes" / f"{info['sample']}.png")
+        return [{**info, "predicted": output.predicted,
+                 "correct": predicted == info["label_index"], "confidence": output.confidence,
+                 **{f"p_{c}": float(p) for c, p in zip(output.class_names,
+                                                       output.probabilities, strict=True)}}]
 
-    def predict(self, model: nn.Module, config: ClassificationConfig, inputs: list[Path],
-                out_dir: Path, overwrite: bool = False) -> list[Path]:
-        """Image files and folders -> ``out_dir/predictions.csv``: file, predicted class,
-        its probability and the probability of every class."""
-        files = expand_image_inputs(inputs)
-        target = Path(out_dir) / PREDICTIONS_FILE
-        if target.exists() and not overwrite:
-            raise DataError(f"{target}: exists; pass --overwrite to replace predictions")
-        names = list(config.data.class_names)
-        dataset = ClassificationDataset(files, np.zeros(len(files), dtype=np.int64),
-                                        size=config.data.image_size, train=False,
-                                        scaling=config.data.scaling,
-                                        interpolation=config.data.interpolation)
-        probabilities = self.predict_probabilities(model, dataset, config.trainer.batch_size)
-        table = pd.DataFrame({
-            "file": [str(f) for f in files],
-            "predicted": np.asarray(names, dtype=object)[probabilities.argmax(axis=1)],
-            "confidence": probabilities.max(axis=1),
-            **{f"p_{name}": probabilities[:, k] for k, name in enumerate(names)}})
-        return [write_csv_atomic(table, target)]
+    def statistic(self, table: pd.DataFrame, config: ClassificationConfig, extras: dict):
+        names = self.class_names(config)
+        truth = table["label_index"].to_numpy(np.int64)
+        probabilities = table[[f"p_{c}" for c in names]].to_numpy(np.float64)
+        present = sorted(set(truth.tolist()))
+        classes = None if len(present) == len(names) else present
+        return lambda index: {"classification": classification_metrics(
+            truth[index], probabilities[index], names, classes=classes)}
 
-    def write_report(self, run_dir, config, evaluation, out_path, title):
-        records = _read_records(Path(run_dir))
-        sections = []
-        if records:
-            shown = ("index", "name", "trainable", "epochs", "epochs_run", "lr",
-                     "trainable_parameters", "parameters")
-            table = pd.DataFrame([{k: r.get(k) for k in shown} for r in records])
-            frozen = "".join(f"<li>{html.escape(r['name'])}: frozen "
-                             f"{html.escape(', '.join(r['frozen_modules']) or 'nothing')}</li>"
-                             for r in records)
-            sections.append(("Training stages", table.to_html(index=False)
-                             + f"<ul>{frozen}</ul>"))
-        return write_standard_report(
-            run_dir, config, evaluation, out_path, title,
-            monitor=config.monitor if len(config.stages) == 1 else None,
-            extra_sections=sections, markers=stage_markers(read_history(run_dir)))
+    def figures(self, table: pd.DataFrame, config: ClassificationConfig, figure_dir: Path,
+                extras: dict):
+        names = self.class_names(config)
+        present = sorted(set(table["label_index"].tolist()))
+        figures, info = classification_figures(table, names, figure_dir,
+                                               figure_dir.parent / "predictions" / "mistakes")
+        info["profile"] = model_profile(self, config)
+        info["classes_absent"] = [n for k, n in enumerate(names) if k not in present]
+        info["aggregation"] = ("one prediction per image (arg-max of the softmax); "
+                               "sensitivity/specificity one-vs-rest per class (binary: of "
+                               f"class {names[-1]!r}); ECE over 15 confidence bins"
+                               + (f"; balanced accuracy, macro F1 and ROC AUC over the "
+                                  f"classes present (absent: "
+                                  f"{', '.join(info['classes_absent'])})"
+                                  if info["classes_absent"] else ""))
+        return figures, [], info
 
 
-# -- helpers -----------------------------------------------------------------------------------
-
-class _UncachedDataset(ClassificationDataset):
-    """Decodes every image again on each use (``data.cache: false``, for large sets)."""
-
-    def load(self, index: int) -> torch.Tensor:
-        image = super().load(index)
-        self._cache.pop(index, None)
-        return image
+def _argmax(logits: torch.Tensor) -> torch.Tensor:
+    return logits.argmax(dim=1)
 
 
-def check_training_classes(samples: pd.DataFrame, class_names: list[str]) -> None:
-    """Every class needs training images, or the network never learns it."""
-    train = set(samples.loc[samples["split"] == "train", "label_index"].tolist())
-    missing = [name for k, name in enumerate(class_names) if k not in train]
-    if missing:
-        source = samples.attrs.get("source", "data")
-        raise DataError(f"{source}: class {missing[0]!r} has no image in the train split; add "
-                        "subjects of that class or change the split")
-
-
-def _metrics_with_ci(truth: np.ndarray, probabilities: np.ndarray, names: list[str],
-                     subjects: np.ndarray, config: ClassificationConfig) -> dict:
-    def statistic(index: np.ndarray) -> dict[str, float]:
-        return classification_metrics(truth[index], probabilities[index], names)
-
-    resamples = config.evaluation.bootstrap_resamples
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # one subject: zero-width intervals
-        if resamples == 0:
-            return {k: {"value": v, "ci_low": None, "ci_high": None}
-                    for k, v in statistic(np.arange(len(truth))).items()}
-        return metrics_with_ci(statistic, subjects, n_resamples=resamples,
-                               confidence=config.evaluation.confidence, seed=config.seed)
-
-
-def _sample_ids(images: pd.Series) -> list[str]:
-    """Image stems when unique, else the paths below their common folder, separators
-    replaced by ``_``."""
-    paths = [str(p) for p in images]
-    stems = [Path(p).stem for p in paths]
-    if len(set(stems)) == len(stems):
-        return stems
-    common = os.path.commonpath(paths)
-    return [Path(os.path.relpath(p, common)).with_suffix("").as_posix().replace("/", "_")
-            for p in paths]
-
-
-def _folder_samples(root: Path, class_names: list[str] | None,
-                    check_images: bool) -> pd.DataFrame:
-    """An image folder as samples, checked like a manifest: class folders against
-    ``class_names`` and (``check_images``) every image decoded."""
-    table = index_image_folder(root)
-    found = list(table.attrs["class_names"])
-    names = list(class_names) if class_names is not None else found
-    problems = [f"{root / label}: class folder {label!r} is not in data.class_names "
-                f"({', '.join(names)})" for label in found if label not in names]
-    problems += [f"{root}: class {name!r} of data.class_names has no folder with images"
-                 for name in names if name not in found]
-    if check_images:
-        for path in table["image"]:
-            try:
-                decoded_image_size(path)
-            except DataError as exc:
-                problems.append(f"image not readable: {exc}")
-    raise_if_problems(problems, str(root))
-    # Stems alone could join two classes' "1.jpg" into one subject.
-    relative = [Path(p).relative_to(root.resolve()).with_suffix("").as_posix()
-                for p in table["image"]]
-    table["subject"] = relative
-    table["sample"] = [r.replace("/", "_") for r in relative]
-    table["label_index"] = table["label"].map({n: i for i, n in enumerate(names)}).astype(
-        np.int64)
-    table.attrs["class_names"] = names
-    return table
-
-
-def _dermamnist_samples(root: Path, class_names: list[str] | None) -> pd.DataFrame:
-    """DermaMNIST with its official split; subjects are lesions."""
-    if class_names is not None and list(class_names) != list(DERMAMNIST_CLASSES):
-        raise ConfigError(f"data.class_names: DermaMNIST's classes are fixed "
-                          f"({', '.join(DERMAMNIST_CLASSES)}); leave class_names out")
-    frames = []
-    for split, (images, labels, lesions) in load_dermamnist(root).items():
-        ids = [f"DermaMNIST_{split}_{i:05d}" for i in range(len(images))]
-        frames.append(pd.DataFrame({
-            "sample": ids, "image": ids, "label": np.asarray(DERMAMNIST_CLASSES)[labels],
-            "label_index": labels, "subject": lesions, "split": split,
-            "pixels": list(images)}))
-    table = pd.concat(frames, ignore_index=True)
-    table.attrs["source"] = str(root)
-    table.attrs["class_names"] = list(DERMAMNIST_CLASSES)
-    return table
-
-
-def _write_records(path: Path, records: dict[str, dict], stages: list[StageConfig]) -> None:
-    write_json(path, [records[s.name] for s in stages if s.name in records])
-
-
-def _read_records(run_dir: Path) -> list[dict]:
-    path = run_dir / STAGES_FILE
-    return read_json(path) if path.is_file() else []

@@ -2,8 +2,8 @@
 
 Defaults reproduce the paper: 256x256 inputs, TinyU-Net, Adam lr 1e-4 (beta1 0.9), cosine
 annealing to 1e-6, loss = cross-entropy + Dice. Test metrics are computed at each image's
-original resolution (logits are resized back before the argmax), per image and over the
-whole set, with subject-level bootstrap CIs.
+original resolution (probabilities are resized back before the argmax), per image and over
+the whole set, with subject-level bootstrap CIs.
 """
 
 from __future__ import annotations
@@ -17,10 +17,8 @@ import pandas as pd
 import torch
 from PIL import Image
 from pydantic import Field, field_validator, model_validator
-from torch.utils.data import DataLoader
 from torchmetrics import MetricCollection
 from torchmetrics.segmentation import DiceScore, MeanIoU
-from tqdm import tqdm
 
 from medlite.config import (
     BaseTaskConfig,
@@ -29,7 +27,7 @@ from medlite.config import (
     SchedulerConfig,
     StrictModel,
 )
-from medlite.data.io import IMAGE_EXTENSIONS, read_image, read_mask
+from medlite.data.io import image_files, read_image, read_mask
 from medlite.data.manifest import read_manifest
 from medlite.data.segmentation import (
     SegmentationDataset,
@@ -39,18 +37,16 @@ from medlite.data.segmentation import (
 )
 from medlite.data.transforms import AugmentConfig, normalize, to_tensor_image
 from medlite.errors import DataError
-from medlite.metrics import (
-    metrics_with_ci,
-    per_image_scores,
-    segmentation_counts,
-    segmentation_statistic,
-)
-from medlite.models import create_model, profile_model
+from medlite.inference.predictor import Prepared
+from medlite.inference.types import ImageInput, SegmentationOutput
+from medlite.metrics import per_image_scores, segmentation_counts, segmentation_statistic
+from medlite.models import create_model
 from medlite.reports.figures import overlay_image, save_case_grid
-from medlite.reports.html import write_standard_report
-from medlite.tasks.base import Evaluation, Task, resolve_relative
+from medlite.tasks.base import Task, model_profile, resolve_relative
 from medlite.training.loop import TrainingParts
 from medlite.training.losses import DiceCELoss
+
+_COUNTS = ("tp", "fp", "fn")
 
 
 class SegmentationDataConfig(StrictModel):
@@ -109,6 +105,8 @@ class SegmentationConfig(BaseTaskConfig):
 class SegmentationTask(Task):
     name = "segmentation"
     config_class = SegmentationConfig
+    content_columns = ("image",)
+    monitor = "val_dice"
 
     def resolve_paths(self, config: SegmentationConfig, base_dir: Path) -> SegmentationConfig:
         config = super().resolve_paths(config, base_dir)
@@ -135,24 +133,21 @@ class SegmentationTask(Task):
         config.evaluation.bootstrap_resamples = 500
         return config
 
-    # -- data ----------------------------------------------------------------------------
+    def class_names(self, config: SegmentationConfig) -> list[str]:
+        return list(config.data.class_names)
+
+    # -- data ------------------------------------------------------------------------------
     def load_samples(self, config: SegmentationConfig, data_path: Path | None = None):
         path = data_path or config.data.manifest
         if path is None:
             raise DataError("data.manifest: required (a CSV with image, mask, subject); "
                             "`medlite data index IMAGES MASKS --out manifest.csv` makes one")
         table = read_manifest(Path(path))
-        table["sample"] = _sample_ids(table["image"])
+        table["sample"] = sample_ids(table["image"])
         table.attrs["source"] = str(path)
         return table
 
-    def _dataset(self, config: SegmentationConfig, rows: pd.DataFrame, train: bool):
-        return SegmentationDataset(
-            rows["image"].tolist(), rows["mask"].tolist(), size=config.data.image_size,
-            num_classes=config.data.num_classes, resize_mode=config.data.resize_mode,
-            augment=config.data.augment if train else None, cache=config.data.cache)
-
-    # -- model and training --------------------------------------------------------------
+    # -- model and training ----------------------------------------------------------------
     def build_model(self, config: SegmentationConfig, for_training: bool = True):
         return create_model(
             config.model.name, task="segmentation", num_classes=config.data.num_classes,
@@ -160,182 +155,152 @@ class SegmentationTask(Task):
             weights_path=config.model.weights_path if for_training else None,
             **config.model.kwargs)
 
-    def training_parts(self, config: SegmentationConfig, samples: pd.DataFrame) -> TrainingParts:
-        batch = config.trainer.batch_size
-        workers = config.trainer.num_workers
-        train = self._dataset(config, samples[samples["split"] == "train"], train=True)
-        val = self._dataset(config, samples[samples["split"] == "val"], train=False)
+    def training_parts(self, config: SegmentationConfig, train_rows, val_rows, model, fit):
+        data = config.data
+
+        def dataset(rows: pd.DataFrame, train: bool) -> SegmentationDataset:
+            return SegmentationDataset(rows["image"].tolist(), rows["mask"].tolist(),
+                                       size=data.image_size, num_classes=data.num_classes,
+                                       resize_mode=data.resize_mode,
+                                       augment=data.augment if train else None,
+                                       cache=data.cache)
+
         with warnings.catch_warnings():
             # torchmetrics warns about a default we set explicitly (average="micro").
             warnings.filterwarnings("ignore", "DiceScore metric currently defaults")
-            metrics = self._val_metrics(config.data.num_classes)
+            metrics = MetricCollection({
+                "dice": DiceScore(num_classes=data.num_classes, include_background=False,
+                                  average="micro", input_format="index"),
+                "miou": MeanIoU(num_classes=data.num_classes, include_background=True,
+                                input_format="index"),
+            })
         return TrainingParts(
-            model=self.build_model(config),
-            loss_fn=DiceCELoss(config.loss.ce_weight, config.loss.dice_weight),
-            train_loader=DataLoader(train, batch_size=batch, shuffle=True,
-                                    drop_last=len(train) > batch,
-                                    num_workers=workers, persistent_workers=workers > 0),
-            val_loader=DataLoader(val, batch_size=batch, num_workers=workers,
-                                  persistent_workers=workers > 0),
-            val_metrics=metrics, prediction_fn=lambda logits: logits.argmax(dim=1),
-            monitor="val_dice", monitor_mode="max")
+            model=model, loss_fn=DiceCELoss(config.loss.ce_weight, config.loss.dice_weight),
+            train_data=dataset(train_rows, True), val_data=dataset(val_rows, False),
+            val_metrics=metrics, prediction_fn=_argmax, monitor="val_dice", monitor_mode="max")
 
-    @staticmethod
-    def _val_metrics(num_classes: int) -> MetricCollection:
-        """Lesion Dice (foreground classes pooled) and mean IoU for epoch-level monitoring."""
-        return MetricCollection({
-            "dice": DiceScore(num_classes=num_classes, include_background=False,
-                              average="micro", input_format="index"),
-            "miou": MeanIoU(num_classes=num_classes, include_background=True,
-                            input_format="index"),
-        })
-
+    # -- inference -------------------------------------------------------------------------
     def example_input(self, config: SegmentationConfig) -> torch.Tensor:
         return torch.randn(1, 3, *config.data.image_size)
 
-    # -- inference -----------------------------------------------------------------------
-    @torch.no_grad()
-    def predict_probabilities(self, model, config: SegmentationConfig,
-                              image: np.ndarray) -> torch.Tensor:
-        """(H, W, 3) uint8 image -> (C, H, W) class probabilities at the image's own
-        resolution (flip-averaged when ``inference.flip_tta``)."""
+    def prepare(self, item: ImageInput, config: SegmentationConfig) -> Prepared:
+        image = item.load()
         tensor, _, valid = fit_to_size(to_tensor_image(image), None, config.data.image_size,
                                        config.data.resize_mode)
-        batch = normalize(tensor)[None]
-        flips = [(), (3,), (2,), (2, 3)] if config.inference.flip_tta else [()]
-        probabilities = sum(_flip(model(_flip(batch, dims)).softmax(dim=1), dims)
-                            for dims in flips) / len(flips)
-        return restore_logits(probabilities[0], valid, image.shape[:2])
+        return Prepared([normalize(tensor)], (image, valid, item.source))
 
-    def predict_mask(self, model, config: SegmentationConfig, image: np.ndarray) -> np.ndarray:
-        """(H, W, 3) uint8 image -> (H, W) int64 class map, post-processed as configured."""
-        pred = self.predict_probabilities(model, config, image).argmax(dim=0).numpy()
-        return postprocess_mask(pred, config.data.num_classes,
+    def forward(self, model, batch: torch.Tensor, config: SegmentationConfig) -> torch.Tensor:
+        """Softmax probabilities ``(B, C, h, w)``, averaged over flips with ``flip_tta``."""
+        flips = [(), (3,), (2,), (2, 3)] if config.inference.flip_tta else [()]
+        return sum(_flip(model(_flip(batch, dims)).softmax(dim=1), dims)
+                   for dims in flips) / len(flips)
+
+    def assemble(self, outputs: list, context, config: SegmentationConfig) -> SegmentationOutput:
+        image, valid, source = context
+        probabilities = restore_logits(outputs[0], valid, image.shape[:2])
+        mask = postprocess_mask(probabilities.argmax(dim=0).numpy(), config.data.num_classes,
                                 largest_component=config.inference.largest_component,
                                 fill_holes=config.inference.fill_holes)
+        return SegmentationOutput(mask=mask, probabilities=probabilities.numpy(),
+                                  class_names=self.class_names(config), source=source,
+                                  image=image)
 
-    def evaluate(self, model, config: SegmentationConfig, samples: pd.DataFrame,
-                 out_dir: Path) -> Evaluation:
-        out_dir = Path(out_dir)
-        pred_dir = out_dir / "predictions"
-        pred_dir.mkdir(parents=True, exist_ok=True)
+    def parse_inputs(self, paths, visits, config):
+        if visits:
+            raise DataError("--visit: only for pasi runs")
+        return [ImageInput(path) for path in image_files(paths)]
+
+    def write_prediction(self, output: SegmentationOutput, name: str, writer):
+        mask_file = writer.save_png(mask_to_png(output.mask, len(output.class_names)), name,
+                                    "_mask.png")
+        overlay = writer.save_png(overlay_image(output.image, output.mask, None), name,
+                                  "_overlay.png")
+        pixels = {f"pixels_{c}": output.area_pixels(k)
+                  for k, c in enumerate(output.class_names) if k}
+        return [mask_file, overlay], pixels
+
+    # -- evaluation ------------------------------------------------------------------------
+    def evaluation_inputs(self, rows: pd.DataFrame, config: SegmentationConfig):
+        return [({"sample": r.sample, "subject": str(r.subject), "image": r.image,
+                  "mask": r.mask}, ImageInput(Path(r.image), name=r.sample))
+                for r in rows.itertuples()]
+
+    def score(self, output: SegmentationOutput, info: dict, config: SegmentationConfig,
+              prediction_dir: Path | None) -> list[dict]:
         num_classes = config.data.num_classes
-        counts = []
-        model.eval()
-        for row in tqdm(samples.itertuples(), total=len(samples), desc="evaluate", leave=False):
-            image = read_image(row.image)
-            truth = read_mask(row.mask, num_classes)
-            if truth.shape != image.shape[:2]:
-                raise DataError(f"{row.mask}: mask is {truth.shape[1]}x{truth.shape[0]}, image "
-                                f"is {image.shape[1]}x{image.shape[0]}")
-            pred = self.predict_mask(model, config, image)
-            counts.append(segmentation_counts(torch.from_numpy(pred[None]),
-                                              torch.from_numpy(truth[None]), num_classes)[0])
-            Image.fromarray(_mask_to_png(pred, num_classes)).save(
-                pred_dir / f"{row.sample}_mask.png")
-        counts_t = torch.stack(counts)
-        names = config.data.class_names
-        subjects = samples["subject"].astype(str).to_numpy()
-        n_boot = config.evaluation.bootstrap_resamples
-        metrics = {
-            group: metrics_with_ci(
-                segmentation_statistic(counts_t, aggregate=aggregate, class_names=names),
-                subjects, n_resamples=n_boot, confidence=config.evaluation.confidence,
-                seed=config.seed)
-            for group, aggregate in (("per_image", "image"), ("dataset", "dataset"))
-        }
-        per_image = pd.DataFrame({"sample": samples["sample"].to_numpy(), "subject": subjects,
-                                  **per_image_scores(counts_t, names)})
-        per_image.to_csv(out_dir / "per_image_metrics.csv", index=False)
-        figures = self._case_figures(per_image, samples, config, pred_dir, out_dir / "figures")
-        profile = profile_model(model, (1, 3, *config.data.image_size),
-                                threads=torch.get_num_threads(), warmup=1, repeats=5)
-        profile["model"] = config.model.name
-        return Evaluation(metrics=metrics, per_sample=per_image, figures=figures,
-                          extra={"aggregation": "per_image: mean over images of each image's "
-                                 "score; dataset: pixels of all images pooled; computed at "
-                                 "original image resolution", "profile": profile,
-                                 "inference": config.inference.model_dump()})
+        truth = read_mask(info["mask"], num_classes)
+        if truth.shape != output.mask.shape:
+            raise DataError(f"{info['mask']}: mask is {truth.shape[1]}x{truth.shape[0]}, image "
+                            f"is {output.mask.shape[1]}x{output.mask.shape[0]}")
+        counts = segmentation_counts(torch.from_numpy(output.mask[None]),
+                                     torch.from_numpy(truth[None]), num_classes)
+        if prediction_dir is not None:
+            prediction_dir.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(mask_to_png(output.mask, num_classes)).save(
+                prediction_dir / f"{info['sample']}_mask.png")
+        names = self.class_names(config)
+        row = dict(info)
+        row.update({name: float(values[0])
+                    for name, values in per_image_scores(counts, names).items()})
+        for k, name in enumerate(names):
+            for j, kind in enumerate(_COUNTS):
+                row[f"{kind}_{name}"] = int(counts[0, k, j])
+        return [row]
 
-    @staticmethod
-    def _case_figures(per_image: pd.DataFrame, samples: pd.DataFrame,
-                      config: SegmentationConfig, pred_dir: Path, figure_dir: Path):
-        """Best and worst four cases by lesion Dice. Only these are read back from disk, so
-        evaluating thousands of images never holds them all in memory."""
+    def statistic(self, table: pd.DataFrame, config: SegmentationConfig, extras: dict):
+        names = self.class_names(config)
+        counts = np.stack([table[[f"{kind}_{name}" for kind in _COUNTS]].to_numpy(np.int64)
+                           for name in names], axis=1)
+        per_image = segmentation_statistic(counts, aggregate="image", class_names=names)
+        dataset = segmentation_statistic(counts, aggregate="dataset", class_names=names)
+        return lambda index: {"per_image": per_image(index), "dataset": dataset(index)}
+
+    def figures(self, table: pd.DataFrame, config: SegmentationConfig, figure_dir: Path,
+                extras: dict):
+        """Best and worst four cases by lesion Dice (only these images are read back), and
+        the model's size and CPU latency."""
+        info = {"aggregation": "per_image: mean over images of each image's score; dataset: "
+                "pixels of all images pooled; computed at original image resolution",
+                "inference": config.inference.model_dump()}
+        prediction_dir = figure_dir.parent / "predictions"
         key = f"dice_{config.data.class_names[-1]}"
-        ranked = per_image["sample"].to_numpy()[per_image[key].fillna(-1).to_numpy().argsort()]
-        rows = samples.set_index("sample")
-        num_classes = config.data.num_classes
+        figures = {}
+        if (prediction_dir / f"{table['sample'].iloc[0]}_mask.png").is_file():
+            figure_dir.mkdir(parents=True, exist_ok=True)
+            ranked = table.iloc[table[key].fillna(-1).to_numpy().argsort()]
+            num_classes = config.data.num_classes
 
-        def case(sample: str) -> tuple:
-            return (sample, read_image(rows.loc[sample, "image"]),
-                    read_mask(rows.loc[sample, "mask"], num_classes),
-                    read_mask(pred_dir / f"{sample}_mask.png", num_classes))
+            def case(row) -> tuple:
+                return (row.sample, read_image(row.image), read_mask(row.mask, num_classes),
+                        read_mask(prediction_dir / f"{row.sample}_mask.png", num_classes))
 
-        figure_dir.mkdir(parents=True, exist_ok=True)
-        best = save_case_grid([case(s) for s in ranked[::-1][:4]], per_image, key,
-                              figure_dir / "best_cases.png", "Best cases")
-        worst = save_case_grid([case(s) for s in ranked[:4]], per_image, key,
-                               figure_dir / "worst_cases.png", "Worst cases")
-        return {"best_cases": best, "worst_cases": worst}
+            for name, rows in (("best_cases", ranked.iloc[::-1][:4]),
+                               ("worst_cases", ranked.iloc[:4])):
+                figures[name] = save_case_grid([case(r) for r in rows.itertuples()], table,
+                                               key, figure_dir / f"{name}.png",
+                                               name.replace("_", " ").capitalize())
+        info["profile"] = model_profile(self, config)
+        return figures, [], info
 
-    def predict(self, model, config: SegmentationConfig, inputs: list[Path], out_dir: Path,
-                overwrite: bool = False) -> list[Path]:
-        files = expand_image_inputs(inputs)
-        out_dir = Path(out_dir)
-        targets = []
-        for path in files:
-            targets += [out_dir / f"{path.stem}_mask.png", out_dir / f"{path.stem}_overlay.png"]
-        existing = [str(t) for t in targets if t.exists()]
-        if existing and not overwrite:
-            raise DataError(f"{existing[0]}: exists (and {len(existing) - 1} more); pass "
-                            "--overwrite to replace predictions")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        written = []
-        model.eval()
-        for path in tqdm(files, desc="predict", leave=False):
-            image = read_image(path)
-            pred = self.predict_mask(model, config, image)
-            mask_path = out_dir / f"{path.stem}_mask.png"
-            Image.fromarray(_mask_to_png(pred, config.data.num_classes)).save(mask_path)
-            overlay_path = out_dir / f"{path.stem}_overlay.png"
-            Image.fromarray(overlay_image(image, pred, None)).save(overlay_path)
-            written += [mask_path, overlay_path]
-        return written
 
-    def write_report(self, run_dir, config, evaluation, out_path, title):
-        return write_standard_report(run_dir, config, evaluation, out_path, title,
-                                     monitor="val_dice")
+def _argmax(logits: torch.Tensor) -> torch.Tensor:
+    return logits.argmax(dim=1)
 
 
 def _flip(batch: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     return batch.flip(dims) if dims else batch
 
 
-def _sample_ids(images: pd.Series) -> list[str]:
+def sample_ids(images: pd.Series) -> list[str]:
+    """Image stems when unique, else the paths with separators replaced by ``_``."""
     stems = [Path(p).stem for p in images]
     if len(set(stems)) == len(stems):
         return stems
     return [str(Path(p)).replace("/", "_").replace("\\", "_") for p in images]
 
 
-def _mask_to_png(pred: np.ndarray, num_classes: int) -> np.ndarray:
+def mask_to_png(pred: np.ndarray, num_classes: int) -> np.ndarray:
     """Binary masks as 0/255 (like PH2 and ISIC), multi-class as class indices."""
     if num_classes == 2:
-        return (pred.astype(np.uint8) * 255)
+        return pred.astype(np.uint8) * 255
     return pred.astype(np.uint8)
-
-
-def expand_image_inputs(inputs: list[Path]) -> list[Path]:
-    """Files and folders (their images, sorted) -> image files; a missing path is an error."""
-    files: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            files += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise DataError(f"{item}: no such file or folder")
-    if not files:
-        raise DataError(f"{', '.join(map(str, inputs))}: no images found")
-    return files

@@ -1,10 +1,11 @@
-"""A resumable list of independent jobs (e.g. 29 architectures x 5 folds) run by an executor.
+"""A resumable set of jobs with dependencies (e.g. 29 architectures x 5 folds, then a
+stacking step), run by an executor.
 
-Each :class:`Job` has a unique, filesystem-safe ``key`` and JSON-serialisable ``params``. Its
-outputs live in ``jobs_dir / job.key /``::
+Each :class:`Job` has a unique, filesystem-safe ``key``, JSON-serialisable ``params`` and the
+keys it ``depends_on``. Its outputs live in ``jobs_dir / job.key /``::
 
     jobs_dir/
-      jobs.csv              key, status (pending/done/failed), seconds, attempts, error
+      <status csv>          key, status (pending/done/failed/blocked), seconds, attempts, error
       resnet18-fold2/
         done.json           written when the job function returned: key, params, result,
                             seconds, attempts, finished (UTC)
@@ -17,27 +18,22 @@ function owns everything else in its folder.
 
 Contract for the job function ``job_fn(job, job_dir) -> dict``:
 
-* it is called with the job and its (existing) folder, writes its outputs there and returns
-  a small JSON-serialisable dict (metrics, paths relative to ``job_dir``);
+* it is called with the job and its (existing) folder once every job it depends on is done,
+  writes its outputs there and returns a small JSON-serialisable dict;
 * a job is finished when ``job_dir/done.json`` exists. :func:`run_jobs` skips finished jobs
   and returns their stored result; an unfinished job (never started, crashed, killed, or
-  failed) is called again, and **the job function itself resumes**: when it finds its own
-  checkpoint in ``job_dir`` it must continue from it rather than start over (for Lightning:
-  pass ``job_dir / "checkpoints" / "last.ckpt"`` as ``ckpt_path`` when that file exists);
+  failed) is called again, and **the job function itself resumes** from what it left in
+  ``job_dir`` (for Lightning: its ``last.ckpt``);
 * it must not depend on state of the calling process: executors may run it in another
   process or on another machine that sees the same ``jobs_dir``.
 
-Executors. An :class:`Executor` has one method, ``submit_all(fn, jobs_with_dirs)``, that calls
-``fn(job, job_dir)`` for every pair and yields ``(job, result)`` or ``(job, exception)`` in
-completion order; it never raises for a failing job. Bookkeeping (``done.json``, attempts,
-error logs) happens inside ``fn`` (the runner wraps ``job_fn``), where the job runs, so an
-engine only has to ship a picklable callable with ``(job, Path)`` arguments and hand back its
-return value or exception. A Ray engine would ``ray.remote(fn)`` each pair and yield from
-``ray.wait``; Dask would ``client.submit`` and iterate ``as_completed``; a SLURM array would
-pickle ``fn`` and the pairs to the shared file system, launch one array task per pair, and
-poll each ``done.json``/``error.log``. Two engines are built in:
-:class:`SequentialExecutor` (in this process) and :class:`ProcessExecutor` (local worker
-processes started with "spawn", because torch is not fork-safe).
+Executors hand back futures. :class:`Executor` has ``submit(fn, *args)`` returning an object
+with ``result()``, ``exception()`` and ``done()`` (a :class:`concurrent.futures.Future`, or a
+Dask future), and ``wait(futures)`` returning the finished ones. The runner submits every job
+whose dependencies are done and waits for the next to finish, so a cluster engine only has
+to implement these two methods. Two engines are built in: :class:`SequentialExecutor` (in
+this process) and :class:`ProcessExecutor` (local worker processes started with "spawn",
+because torch is not fork-safe).
 """
 
 from __future__ import annotations
@@ -51,8 +47,9 @@ import time
 import traceback
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from multiprocessing import get_context
@@ -62,15 +59,13 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
-from medlite.data.manifest import write_csv_atomic
 from medlite.errors import MedliteError, RunDirError
-from medlite.runs import read_json, write_json, write_text_atomic
+from medlite.runs import atomic_target, read_json, write_json, write_text_atomic
 
 DONE_FILE = "done.json"
 ATTEMPTS_FILE = "attempts.json"
 ERROR_FILE = "error.log"
-JOBS_CSV = "jobs.csv"
-JOBS_CSV_COLUMNS = ("key", "status", "seconds", "attempts", "error")
+STATUS_COLUMNS = ("key", "status", "seconds", "attempts", "error")
 
 # Letters, digits, '.', '_', '-'; not starting with '.' so a key is never hidden or '..'.
 _KEY_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
@@ -79,8 +74,9 @@ JobFn = Callable[["Job", Path], dict]
 
 
 class JobsFailed(MedliteError):
-    """Some jobs raised; the others finished. ``problems`` holds one ``"key: error"`` line per
-    failed job and ``results`` the results of the jobs that are done (by key)."""
+    """Some jobs raised (and the jobs depending on them did not run); the others finished.
+    ``problems`` holds one ``"key: error"`` line per failed or blocked job and ``results`` the
+    results of the jobs that are done (by key)."""
 
     def __init__(self, message: str, problems: list[str], results: dict[str, dict]):
         super().__init__(message, problems=problems)
@@ -94,11 +90,14 @@ class Job:
     Attributes:
         key: unique, filesystem-safe name (letters, digits, '.', '_', '-'), e.g.
             ``"resnet18-fold2"``; it names the job's folder.
-        params: JSON-serialisable arguments for the job function (stored in ``done.json``).
+        params: JSON-serialisable arguments for the job function (stored in ``done.json``;
+            a finished job whose stored params differ is an error, not a silent reuse).
+        depends_on: keys of the jobs that must be done before this one starts.
     """
 
     key: str
     params: dict = field(default_factory=dict, hash=False)
+    depends_on: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.key, str) or not _KEY_PATTERN.fullmatch(self.key):
@@ -113,28 +112,37 @@ class Job:
 
 
 class Executor(ABC):
-    """Runs ``fn(job, job_dir)`` for many jobs; see the module docstring for the contract."""
+    """Runs ``fn(*args)`` somewhere and hands back a future; see the module docstring."""
 
     @abstractmethod
-    def submit_all(
-        self, fn: Callable[[Job, Path], Any], jobs_with_dirs: Sequence[tuple[Job, Path]]
-    ) -> Iterator[tuple[Job, Any]]:
-        """Yield ``(job, fn(job, job_dir))``, or ``(job, exception)`` when ``fn`` raised an
-        ``Exception``, once per pair, in completion order."""
+    def submit(self, fn: Callable, *args: Any) -> Any:
+        """Start ``fn(*args)``; return a future (``result()``, ``exception()``, ``done()``)."""
+
+    def wait(self, futures: Iterable[Any]) -> set:
+        """Block until at least one of ``futures`` is done; return the done ones."""
+        done, _ = wait_futures(list(futures), return_when=FIRST_COMPLETED)
+        return set(done)
+
+    def close(self) -> None:
+        """Release workers; queued work that has not started is dropped."""
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
 
 class SequentialExecutor(Executor):
-    """Runs the jobs one after the other in this process (debugging, a single CPU)."""
+    """Runs each job at submission, in this process (debugging, a single CPU)."""
 
-    def submit_all(
-        self, fn: Callable[[Job, Path], Any], jobs_with_dirs: Sequence[tuple[Job, Path]]
-    ) -> Iterator[tuple[Job, Any]]:
-        for job, job_dir in jobs_with_dirs:
-            try:
-                outcome = fn(job, job_dir)
-            except Exception as exc:  # a failing job must not stop the others
-                outcome = exc
-            yield job, outcome
+    def submit(self, fn: Callable, *args: Any) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except Exception as exc:  # a failing job must not stop the others
+            future.set_exception(exc)
+        return future
 
 
 def _init_worker(threads: int) -> None:
@@ -149,11 +157,11 @@ class ProcessExecutor(Executor):
     fork-safe).
 
     Each worker sets ``torch.set_num_threads(threads_per_worker)``, by default
-    ``max(1, os.cpu_count() // n_workers)``. The function and the jobs are pickled, so the
-    job function must be defined at module level in an importable module (not a lambda or a
-    nested function; a ``functools.partial`` of a module-level function is fine), and a
-    script that calls :func:`run_jobs` must guard its entry point with
-    ``if __name__ == "__main__":`` because spawned workers import it.
+    ``max(1, os.cpu_count() // n_workers)``. The function and its arguments are pickled, so
+    the job function must be defined at module level in an importable module (a
+    ``functools.partial`` of one is fine), and a script that calls :func:`run_jobs` must
+    guard its entry point with ``if __name__ == "__main__":`` because spawned workers import
+    it.
     """
 
     def __init__(self, n_workers: int, threads_per_worker: int | None = None):
@@ -163,36 +171,27 @@ class ProcessExecutor(Executor):
             raise ValueError(f"threads_per_worker must be at least 1, got {threads_per_worker}")
         self.n_workers = n_workers
         self.threads_per_worker = threads_per_worker or max(1, (os.cpu_count() or 1) // n_workers)
+        self._pool: ProcessPoolExecutor | None = None
 
-    def submit_all(
-        self, fn: Callable[[Job, Path], Any], jobs_with_dirs: Sequence[tuple[Job, Path]]
-    ) -> Iterator[tuple[Job, Any]]:
-        jobs_with_dirs = list(jobs_with_dirs)
-        if not jobs_with_dirs:
-            return
-        _check_picklable(fn, jobs_with_dirs)
-        pool = ProcessPoolExecutor(
-            max_workers=min(self.n_workers, len(jobs_with_dirs)),
-            mp_context=get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(self.threads_per_worker,),
-        )
-        try:
-            futures: dict[Future, Job] = {
-                pool.submit(fn, job, job_dir): job for job, job_dir in jobs_with_dirs
-            }
-            for future in as_completed(futures):
-                exc = future.exception()
-                yield futures[future], (exc if exc is not None else future.result())
-        finally:
-            # On an interrupt or an abandoned iterator, drop the queued jobs; running ones end.
-            pool.shutdown(wait=True, cancel_futures=True)
+    def submit(self, fn: Callable, *args: Any) -> Future:
+        _check_picklable(fn, args)
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.n_workers, mp_context=get_context("spawn"),
+                initializer=_init_worker, initargs=(self.threads_per_worker,))
+        return self._pool.submit(fn, *args)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            # On an interrupt, drop the queued jobs; running ones end.
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
 
-def _check_picklable(fn: Callable, jobs_with_dirs: list[tuple[Job, Path]]) -> None:
+def _check_picklable(fn: Callable, args: tuple) -> None:
     """Fail before starting any worker, with a hint, when ``fn`` cannot reach a worker."""
     try:
-        pickle.dumps((fn, jobs_with_dirs))
+        pickle.dumps((fn, args))
     except (pickle.PicklingError, AttributeError, TypeError) as exc:
         raise TypeError(
             f"ProcessExecutor cannot send the job function to its worker processes ({exc}). "
@@ -201,18 +200,18 @@ def _check_picklable(fn: Callable, jobs_with_dirs: list[tuple[Job, Path]]) -> No
         ) from exc
 
 
-def make_executor(n_workers: int) -> Executor:
-    """:class:`SequentialExecutor` for one worker, :class:`ProcessExecutor` for more."""
-    if n_workers < 1:
-        raise ValueError(f"n_workers must be at least 1, got {n_workers}")
-    return SequentialExecutor() if n_workers == 1 else ProcessExecutor(n_workers)
-
-
-def _to_builtin(value: Any) -> Any:
-    """``json.dumps`` fallback: numpy scalars and arrays become Python numbers and lists."""
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+def make_executor(name: str = "sequential", workers: int = 1,
+                  threads_per_worker: int | None = None) -> Executor:
+    """The executor an ``executor:`` config section names: ``sequential`` runs in this
+    process; ``processes`` in ``workers`` local processes."""
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    if name == "sequential" or (name == "processes" and workers == 1
+                                and threads_per_worker is None):
+        return SequentialExecutor()
+    if name == "processes":
+        return ProcessExecutor(workers, threads_per_worker)
+    raise ValueError(f"unknown executor {name!r} (sequential or processes)")
 
 
 def _read_attempts(job_dir: Path) -> int:
@@ -250,12 +249,19 @@ def _run_attempt(job_fn: JobFn, job: Job, job_dir: Path) -> dict:
     return record
 
 
+def _to_builtin(value: Any) -> Any:
+    """``json.dumps`` fallback: numpy scalars and arrays become Python numbers and lists."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
 def _one_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
-def _read_done(job: Job, job_dir: Path) -> dict | None:
+def read_done(job: Job, job_dir: Path) -> dict | None:
     """The stored record of a finished job, or None; refuses one made with other params."""
     path = job_dir / DONE_FILE
     if not path.is_file():
@@ -269,94 +275,145 @@ def _read_done(job: Job, job_dir: Path) -> dict | None:
     return record
 
 
+def _check_graph(jobs: list[Job]) -> None:
+    keys = [job.key for job in jobs]
+    duplicates = sorted(key for key, count in Counter(keys).items() if count > 1)
+    if duplicates:
+        raise ValueError(f"duplicate job keys: {', '.join(duplicates)}")
+    known = set(keys)
+    for job in jobs:
+        unknown = [d for d in job.depends_on if d not in known]
+        if unknown:
+            raise ValueError(f"job {job.key!r} depends on unknown job {unknown[0]!r}")
+    # Kahn's algorithm: every job must become ready eventually.
+    remaining = {job.key: set(job.depends_on) for job in jobs}
+    while remaining:
+        ready = [k for k, deps in remaining.items() if not deps]
+        if not ready:
+            raise ValueError(f"jobs depend on each other in a cycle: {', '.join(remaining)}")
+        for key in ready:
+            del remaining[key]
+        for deps in remaining.values():
+            deps.difference_update(ready)
+
+
 def run_jobs(
     jobs: Sequence[Job],
     job_fn: JobFn,
     jobs_dir: Path,
     executor: Executor | None = None,
     progress: bool = True,
+    status_file: Path | None = None,
+    after_done: Callable[[Job, Path], None] | None = None,
 ) -> dict[str, dict]:
-    """Run every unfinished job with ``executor`` and return each job's result by key.
+    """Run every unfinished job once its dependencies are done; return results by key.
 
     Finished jobs (``jobs_dir/key/done.json`` exists) are not run again; their stored result
-    is returned. ``jobs_dir/jobs.csv`` is rewritten atomically after every job. A failing job
-    does not stop the others.
+    is returned. A failing job does not stop the jobs that do not depend on it; the ones
+    that do are ``blocked``. The status table (``status_file``, default
+    ``jobs_dir/jobs.csv``) is rewritten atomically after every job.
 
     Args:
-        jobs: the jobs, keys unique.
+        jobs: the jobs, keys unique, dependencies acyclic.
         job_fn: ``job_fn(job, job_dir) -> dict``, see the module docstring; picklable when the
             executor runs it in other processes.
         jobs_dir: parent of the job folders (created when missing).
         executor: default :class:`SequentialExecutor`.
         progress: show a tqdm bar of jobs done / total.
+        after_done: called in this process with each job that finished in this call, after
+            its ``done.json`` exists (e.g. to remove its checkpoints).
 
     Returns:
         ``{key: result}`` in the order of ``jobs``.
 
     Raises:
-        ValueError: duplicate keys.
+        ValueError: duplicate keys, unknown dependencies or a cycle.
         RunDirError: a finished job's stored params differ from the job's params.
-        JobsFailed: after all jobs ran, when some raised; lists each failed key and error.
+        JobsFailed: after all runnable jobs ran, when some raised; lists each failed key.
     """
     jobs = list(jobs)
-    keys = [job.key for job in jobs]
-    duplicates = sorted(key for key, count in Counter(keys).items() if count > 1)
-    if duplicates:
-        raise ValueError(f"duplicate job keys: {', '.join(duplicates)}")
+    _check_graph(jobs)
     executor = executor or SequentialExecutor()
     jobs_dir = Path(jobs_dir)
     jobs_dir.mkdir(parents=True, exist_ok=True)
+    status_file = Path(status_file) if status_file is not None else jobs_dir / "jobs.csv"
 
     rows: dict[str, dict[str, Any]] = {}
     results: dict[str, dict] = {}
-    pending: list[tuple[Job, Path]] = []
+    pending: dict[str, Job] = {}
     for job in jobs:
         job_dir = jobs_dir / job.key
-        record = _read_done(job, job_dir)
+        record = read_done(job, job_dir)
         if record is None:
-            job_dir.mkdir(exist_ok=True)
-            pending.append((job, job_dir))
+            pending[job.key] = job
             rows[job.key] = _row(job.key, "pending", None, _read_attempts(job_dir), "")
         else:
             results[job.key] = record["result"]
             rows[job.key] = _row(job.key, "done", record["seconds"], record["attempts"], "")
-    csv_path = jobs_dir / JOBS_CSV
-    _write_jobs_csv(rows, csv_path)
+    _write_status(rows, status_file)
 
     failures: dict[str, str] = {}
-    bar = tqdm(total=len(jobs), initial=len(results), desc="jobs", unit="job", disable=not progress)
+    running: dict[Any, Job] = {}
+    bar = tqdm(total=len(jobs), initial=len(results), desc="fits", unit="fit",
+               disable=not progress)
+    fn = functools.partial(_run_attempt, job_fn)
     try:
-        fn = functools.partial(_run_attempt, job_fn)
-        for job, outcome in executor.submit_all(fn, pending):
-            job_dir = jobs_dir / job.key
-            if isinstance(outcome, BaseException):
-                failures[job.key] = _one_line(outcome)
-                rows[job.key] = _row(
-                    job.key, "failed", None, _read_attempts(job_dir), failures[job.key]
-                )
-                bar.set_postfix(failed=len(failures))
-            else:
-                results[job.key] = outcome["result"]
-                rows[job.key] = _row(job.key, "done", outcome["seconds"], outcome["attempts"], "")
-                bar.update(1)
-            _write_jobs_csv(rows, csv_path)
+        while pending or running:
+            for key in [k for k, job in pending.items()
+                        if any(d in failures for d in job.depends_on)]:
+                failed = next(d for d in pending[key].depends_on if d in failures)
+                failures[key] = f"not run: {failed} failed"
+                rows[key] = _row(key, "blocked", None, 0, failures[key])
+                del pending[key]
+            ready = [job for job in pending.values()
+                     if all(d in results for d in job.depends_on)]
+            for job in ready:
+                del pending[job.key]
+                job_dir = jobs_dir / job.key
+                job_dir.mkdir(exist_ok=True)
+                rows[job.key] = _row(job.key, "running", None, _read_attempts(job_dir), "")
+                running[executor.submit(fn, job, job_dir)] = job
+            _write_status(rows, status_file)
+            if not running:
+                break
+            for future in executor.wait(running):
+                job = running.pop(future)
+                job_dir = jobs_dir / job.key
+                error = future.exception()
+                if error is not None:
+                    failures[job.key] = _one_line(error)
+                    rows[job.key] = _row(job.key, "failed", None, _read_attempts(job_dir),
+                                         failures[job.key])
+                    bar.set_postfix(failed=len(failures))
+                else:
+                    outcome = future.result()
+                    results[job.key] = outcome["result"]
+                    rows[job.key] = _row(job.key, "done", outcome["seconds"],
+                                         outcome["attempts"], "")
+                    if after_done is not None:
+                        after_done(job, job_dir)
+                    bar.update(1)
+            _write_status(rows, status_file)
     finally:
         bar.close()
+        executor.close()
 
     if failures:
         problems = [f"{key}: {error}" for key, error in failures.items()]
         raise JobsFailed(
-            f"{len(failures)} of {len(jobs)} jobs failed (tracebacks in each job's {ERROR_FILE}, "
-            f"status in {csv_path}); the first: {problems[0]}",
+            f"{len(failures)} of {len(jobs)} fits did not finish (tracebacks in each fit's "
+            f"{ERROR_FILE}, status in {status_file}); the first: {problems[0]}",
             problems=problems,
-            results={key: results[key] for key in keys if key in results},
+            results={job.key: results[job.key] for job in jobs if job.key in results},
         )
-    return {key: results[key] for key in keys}
+    return {job.key: results[job.key] for job in jobs}
 
 
 def _row(key: str, status: str, seconds: float | None, attempts: int, error: str) -> dict:
     return {"key": key, "status": status, "seconds": seconds, "attempts": attempts, "error": error}
 
 
-def _write_jobs_csv(rows: dict[str, dict[str, Any]], path: Path) -> None:
-    write_csv_atomic(pd.DataFrame(list(rows.values()), columns=list(JOBS_CSV_COLUMNS)), path)
+def _write_status(rows: dict[str, dict[str, Any]], path: Path) -> None:
+    table = pd.DataFrame(list(rows.values()), columns=list(STATUS_COLUMNS))
+    with atomic_target(path) as tmp:
+        table.to_csv(tmp, index=False)

@@ -1,4 +1,15 @@
-"""The shared training loop: Lightning's Trainer with medlite's callbacks and run layout."""
+"""The shared training loop: Lightning's Trainer with medlite's data loaders, callbacks and
+fit folder.
+
+A fit folder holds::
+
+    fit_dir/
+      checkpoints/last.ckpt   the end of the latest epoch (weights, optimizer, schedule,
+                              early stopping, history): what --resume continues from
+      checkpoints/best.ckpt   the epoch with the best monitored validation metric
+      history.csv             one row per epoch: losses, validation metrics, learning rate
+      model.pt                the best weights as a plain state_dict
+"""
 
 from __future__ import annotations
 
@@ -11,16 +22,19 @@ from datetime import timedelta
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from medlite.config import BaseTaskConfig
+from medlite.errors import RunDirError
 from medlite.runs import save_torch_atomic, write_text_atomic
 from medlite.training.checkpoint import AtomicCheckpointIO, model_state_from_checkpoint
 from medlite.training.module import TaskModule
+from medlite.training.seeding import EpochShuffleSampler, SeededItems
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
@@ -31,12 +45,25 @@ HISTORY_FILE = "history.csv"
 
 @dataclass
 class TrainingParts:
-    """What a task recipe plugs into the loop."""
+    """What a task recipe plugs into the loop.
+
+    Attributes:
+        model: the network to train.
+        loss_fn: ``loss_fn(outputs, target) -> scalar``.
+        train_data, val_data: datasets of ``{"input", "target"}`` dicts; the loop builds the
+            loaders (shuffling and augmentation seeded per epoch and item).
+        sample_weights: ``(len(train_data),)`` sampling weights for a class-balanced sampler
+            (drawn with replacement); None shuffles.
+        val_metrics, prediction_fn: see :class:`~medlite.training.module.TaskModule`.
+        monitor, monitor_mode: the validation metric choosing the best epoch.
+        extra_callbacks: more Lightning callbacks (e.g. frozen BatchNorm layers kept in eval).
+    """
 
     model: nn.Module
     loss_fn: nn.Module
-    train_loader: DataLoader
-    val_loader: DataLoader
+    train_data: Dataset
+    val_data: Dataset
+    sample_weights: np.ndarray | None = None
     val_metrics: object | None = None
     prediction_fn: object | None = None
     monitor: str = "val_loss"
@@ -73,6 +100,16 @@ class HistoryCallback(Callback):
         self.rows = list(state_dict.get("rows", []))
 
 
+class FrozenBatchNormEval(Callback):
+    """Keeps frozen BatchNorm layers in eval mode during training, so their running
+    statistics (part of the pretrained weights) do not drift with the new data."""
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from medlite.models.freezing import set_frozen_batchnorm_eval
+
+        set_frozen_batchnorm_eval(pl_module)
+
+
 def configure_threads(threads: int | None) -> int:
     """Use ``threads`` torch CPU threads (default: every core) and return the number."""
     count = threads or os.cpu_count() or 1
@@ -80,43 +117,71 @@ def configure_threads(threads: int | None) -> int:
     return count
 
 
-def fit(parts: TrainingParts, config: BaseTaskConfig, run_dir: Path, *,
-        resume: bool = False, progress: bool = True) -> Path:
-    """Train ``parts`` with the config's trainer settings; return the best weights file.
+def make_loaders(parts: TrainingParts, config: BaseTaskConfig, seed: int
+                 ) -> tuple[DataLoader, DataLoader]:
+    """Training and validation loaders. Training order and augmentation depend only on
+    ``(seed, epoch, position)``, so they are the same whatever the number of workers and
+    after a resume (see :mod:`medlite.training.seeding`)."""
+    batch, workers = config.trainer.batch_size, config.trainer.num_workers
+    n_train = len(parts.train_data)
+    sampler = EpochShuffleSampler(n_train, seed, parts.sample_weights)
+    train = DataLoader(SeededItems(parts.train_data), batch_size=batch, sampler=sampler,
+                       drop_last=n_train > batch, num_workers=workers,
+                       persistent_workers=workers > 0)
+    val = DataLoader(parts.val_data, batch_size=batch, num_workers=workers,
+                     persistent_workers=workers > 0)
+    return train, val
 
-    Checkpoints go to ``run_dir/checkpoints`` (``last.ckpt`` every epoch, ``best.ckpt`` on
-    improvement of ``parts.monitor``); with ``resume`` training continues from
-    ``last.ckpt`` (epoch, optimizer, scheduler, early-stopping and history state included).
-    The best weights are also saved as a plain ``state_dict`` in ``run_dir/model.pt``.
+
+def fit(parts: TrainingParts, config: BaseTaskConfig, fit_dir: Path, *, seed: int,
+        progress: bool = True) -> Path:
+    """Train ``parts`` with the config's trainer settings in ``fit_dir``; return the file of
+    the best weights (``fit_dir/model.pt``).
+
+    ``checkpoints/last.ckpt`` is written at the end of every epoch and training continues
+    from it when it exists (an interrupted fit). A folder whose ``history.csv`` records
+    finished epochs but has no ``last.ckpt`` is an error: starting again silently would
+    discard them.
     """
-    run_dir = Path(run_dir)
+    fit_dir = Path(fit_dir)
     trainer_cfg = config.trainer
-    checkpoint_dir = run_dir / CHECKPOINT_DIR
+    checkpoint_dir = fit_dir / CHECKPOINT_DIR
+    last = checkpoint_dir / LAST_CHECKPOINT
+    history_path = fit_dir / HISTORY_FILE
+    if not last.is_file() and history_path.is_file() and len(read_history(fit_dir)):
+        raise RunDirError(f"{fit_dir}: {len(read_history(fit_dir))} epochs were trained but "
+                          f"{last} is missing, so the fit cannot continue; delete {fit_dir} "
+                          "to train it again from the start")
     module = TaskModule(
         parts.model, parts.loss_fn, optimizer=config.optimizer, scheduler=config.scheduler,
         max_epochs=trainer_cfg.max_epochs, val_metrics=parts.val_metrics,
         prediction_fn=parts.prediction_fn, monitor=parts.monitor,
-        monitor_mode=parts.monitor_mode,
+        monitor_mode=parts.monitor_mode, seed=seed,
     )
     callbacks: list[Callback] = [
         ModelCheckpoint(dirpath=checkpoint_dir, filename="best", monitor=parts.monitor,
-                        mode=parts.monitor_mode, save_top_k=1, save_last=True,
+                        mode=parts.monitor_mode, save_top_k=1, save_last=False,
+                        save_on_train_epoch_end=True, enable_version_counter=False),
+        ModelCheckpoint(dirpath=checkpoint_dir, filename="last", monitor=None, save_top_k=1,
+                        every_n_epochs=1, save_on_train_epoch_end=True,
                         enable_version_counter=False),
-        HistoryCallback(run_dir / HISTORY_FILE),
+        HistoryCallback(history_path),
         *parts.extra_callbacks,
     ]
     if trainer_cfg.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor=parts.monitor, mode=parts.monitor_mode,
-                                       patience=trainer_cfg.early_stopping_patience))
+                                       patience=trainer_cfg.early_stopping_patience,
+                                       check_on_train_epoch_end=True))
     max_time = (timedelta(minutes=trainer_cfg.max_time_minutes)
                 if trainer_cfg.max_time_minutes else None)
-    last = checkpoint_dir / LAST_CHECKPOINT
-    ckpt_path = last if resume and last.is_file() else None
+    train_loader, val_loader = make_loaders(parts, config, seed)
     with warnings.catch_warnings(), _quiet_lightning(not progress):
-        # Lightning nags about worker counts and small logging intervals on laptops.
         warnings.filterwarnings("ignore", ".*isinstance.treespec, LeafSpec.*")
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*number of training batches.*")
+        warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
         trainer = pl.Trainer(
-            default_root_dir=run_dir,
+            default_root_dir=fit_dir,
             max_epochs=trainer_cfg.max_epochs,
             max_time=max_time,
             accelerator=trainer_cfg.accelerator,
@@ -129,23 +194,20 @@ def fit(parts: TrainingParts, config: BaseTaskConfig, run_dir: Path, *,
             logger=False,
             enable_progress_bar=progress,
             enable_model_summary=False,
-            log_every_n_steps=max(1, min(50, len(parts.train_loader))),
+            log_every_n_steps=max(1, min(50, len(train_loader))),
             num_sanity_val_steps=0,
         )
-        warnings.filterwarnings("ignore", ".*does not have many workers.*")
-        warnings.filterwarnings("ignore", ".*number of training batches.*")
-        trainer.fit(module, parts.train_loader, parts.val_loader, ckpt_path=ckpt_path,
-                    weights_only=True)
+        trainer.fit(module, train_loader, val_loader,
+                    ckpt_path=last if last.is_file() else None, weights_only=True)
     best = checkpoint_dir / BEST_CHECKPOINT
-    source = best if best.is_file() else last
-    state = model_state_from_checkpoint(source)
-    save_torch_atomic(state, run_dir / MODEL_FILE)
-    return run_dir / MODEL_FILE
+    state = model_state_from_checkpoint(best if best.is_file() else last)
+    save_torch_atomic(state, fit_dir / MODEL_FILE)
+    return fit_dir / MODEL_FILE
 
 
 @contextmanager
 def _quiet_lightning(quiet: bool):
-    """Without progress bars (ensembles of many jobs), also hide Lightning's per-fit banner
+    """Without progress bars (plans of many fits), also hide Lightning's per-fit banner
     (accelerator, tips); warnings still show."""
     logger = logging.getLogger("lightning.pytorch")
     level = logger.level
@@ -157,9 +219,8 @@ def _quiet_lightning(quiet: bool):
         logger.setLevel(level)
 
 
-def read_history(run_dir: Path) -> pd.DataFrame:
-    path = Path(run_dir) / HISTORY_FILE
+def read_history(fit_dir: Path) -> pd.DataFrame:
+    path = Path(fit_dir) / HISTORY_FILE
     if not path.is_file():
         return pd.DataFrame()
     return pd.read_csv(path)
-

@@ -36,3 +36,15 @@ class DiceCELoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         ce = F.cross_entropy(logits, target)
         return self.ce_weight * ce + self.dice_weight * soft_dice_loss(logits, target, self.smooth)
+
+
+class StandardizedMSELoss(nn.Module):
+    """MSE in standardised target units: ``mean(((pred - target) / std) ** 2)``; ``std``
+    ``(K,)`` the targets' standard deviations. ``pred`` and ``target`` are ``(B, K)``."""
+
+    def __init__(self, std: torch.Tensor):
+        super().__init__()
+        self.register_buffer("std", std.clone())
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (((pred - target) / self.std) ** 2).mean()

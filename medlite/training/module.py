@@ -3,6 +3,11 @@
 A task recipe hands in the network, the loss, a function turning network outputs into the
 predictions its validation metrics expect, and a ``torchmetrics.MetricCollection``. Batches
 are dicts with at least ``input`` and ``target``.
+
+The learning-rate schedule is stepped here, at the end of each training epoch and before
+the epoch's checkpoint is written, and its state travels in the checkpoint: Lightning would
+step it after writing ``last.ckpt``, so a run resumed from that checkpoint would repeat or
+skip a step of the schedule.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 
 from medlite.config import OptimizerConfig, SchedulerConfig
+from medlite.training.seeding import derive_seed, seed_everything
 
 
 def build_optimizer(params, config: OptimizerConfig) -> torch.optim.Optimizer:
@@ -28,22 +34,19 @@ def build_optimizer(params, config: OptimizerConfig) -> torch.optim.Optimizer:
                            weight_decay=config.weight_decay)
 
 
-def build_scheduler(optimizer, config: SchedulerConfig, max_epochs: int, monitor: str,
-                    mode: str) -> dict | None:
-    """A Lightning ``lr_scheduler`` dict stepped once per epoch, or None."""
+def build_scheduler(optimizer, config: SchedulerConfig, max_epochs: int, mode: str):
+    """An epoch-wise learning-rate scheduler, or None."""
     if config.name == "none":
         return None
     if config.name == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=max_epochs, eta_min=config.min_lr)
-    elif config.name == "step":
-        scheduler = torch.optim.lr_scheduler.StepLR(
+    if config.name == "step":
+        return torch.optim.lr_scheduler.StepLR(
             optimizer, step_size=config.step_size, gamma=config.factor)
-    else:
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode=mode, factor=config.factor, patience=config.patience,
-            threshold=config.threshold)
-    return {"scheduler": scheduler, "interval": "epoch", "monitor": monitor}
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode=mode, factor=config.factor, patience=config.patience,
+        threshold=config.threshold)
 
 
 class TaskModule(pl.LightningModule):
@@ -59,13 +62,15 @@ class TaskModule(pl.LightningModule):
         prediction_fn: outputs -> what ``val_metrics`` expect (e.g. argmax class indices).
         monitor, monitor_mode: the metric early stopping, the best checkpoint and the plateau
             scheduler follow.
+        seed: the fit's seed; dropout in batch ``b`` of epoch ``e`` draws from a generator
+            seeded with ``(seed, e, b)`` (see :mod:`medlite.training.seeding`).
     """
 
     def __init__(self, model: nn.Module, loss_fn: nn.Module | Callable, *,
                  optimizer: OptimizerConfig, scheduler: SchedulerConfig, max_epochs: int,
                  val_metrics: MetricCollection | None = None,
                  prediction_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 monitor: str = "val_loss", monitor_mode: str = "min"):
+                 monitor: str = "val_loss", monitor_mode: str = "min", seed: int = 0):
         super().__init__()
         self.model = model
         self.loss_fn = loss_fn
@@ -76,11 +81,15 @@ class TaskModule(pl.LightningModule):
         self.prediction_fn = prediction_fn or (lambda outputs: outputs)
         self.monitor = monitor
         self.monitor_mode = monitor_mode
+        self.seed = seed
+        self.epoch_scheduler = None
+        self._scheduler_state: dict | None = None
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.model(inputs)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        seed_everything(derive_seed("batch", self.seed, self.current_epoch, batch_idx))
         outputs = self.model(batch["input"])
         loss = self.loss_fn(outputs, batch["target"])
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True,
@@ -103,8 +112,29 @@ class TaskModule(pl.LightningModule):
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.model.parameters(), self.optimizer_config)
-        scheduler = build_scheduler(optimizer, self.scheduler_config, self.max_epochs,
-                                    self.monitor, self.monitor_mode)
+        self.epoch_scheduler = build_scheduler(optimizer, self.scheduler_config,
+                                               self.max_epochs, self.monitor_mode)
+        if self.epoch_scheduler is not None and self._scheduler_state is not None:
+            self.epoch_scheduler.load_state_dict(self._scheduler_state)
+        return optimizer
+
+    def on_train_epoch_end(self) -> None:
+        scheduler = self.epoch_scheduler
         if scheduler is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+            return
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            value = self.trainer.callback_metrics.get(self.monitor)
+            if value is not None:
+                scheduler.step(float(value))
+        else:
+            scheduler.step()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.epoch_scheduler is not None:
+            checkpoint["medlite_scheduler"] = self.epoch_scheduler.state_dict()
+        checkpoint["medlite_seed"] = self.seed
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._scheduler_state = checkpoint.get("medlite_scheduler")
+        if self.epoch_scheduler is not None and self._scheduler_state is not None:
+            self.epoch_scheduler.load_state_dict(self._scheduler_state)

@@ -1,4 +1,4 @@
-"""Faster CPU inference for the segmentation families, exact up to float rounding.
+"""Faster CPU inference, exact up to float rounding (the ``--fast`` paths).
 
 :func:`optimize_for_inference` rewrites a trained model into an equivalent one for
 inference on the CPU. See its docstring for what it does and what each step buys.
@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from medlite.inference.export import onnx_bytes, onnx_session
 from medlite.models.layers import ConvBNAct
 from medlite.models.tinyunet import CMRF, DecoderStage
 from medlite.models.unet import UpStage
@@ -325,33 +326,13 @@ class OnnxRuntimeModel(nn.Module):
 
     def __init__(self, onnx_model: bytes, threads: int):
         super().__init__()
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
         self.threads = threads
-        self.session = onnxruntime.InferenceSession(onnx_model, options,
-                                                    providers=["CPUExecutionProvider"])
+        self.session = onnx_session(onnx_model, threads)
         self.input_name = self.session.get_inputs()[0].name
 
     def forward(self, x: Tensor) -> Tensor:
         array = x.detach().to("cpu", torch.float32).contiguous().numpy()
         return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
-
-
-def export_onnx(model: nn.Module, example_input: Tensor) -> bytes:
-    """``model`` exported with ``torch.onnx.export`` (dynamo exporter), batch size, height and
-    width left dynamic; returns the serialised ONNX model."""
-    import warnings
-
-    auto = torch.export.Dim.AUTO
-    with warnings.catch_warnings():
-        # The exporter reports its progress through warnings and prints.
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(model, (example_input,), dynamo=True, verbose=False,
-                                    dynamic_shapes=({0: auto, 2: auto, 3: auto},))
-    return program.model_proto.SerializeToString()
 
 
 def optimize_for_inference(model: nn.Module, example_input: Tensor | None = None, *,
@@ -405,7 +386,7 @@ def optimize_for_inference(model: nn.Module, example_input: Tensor | None = None
     if backend == "onnxruntime":
         if example_input is None:
             raise ValueError("backend='onnxruntime' needs an example_input to export with")
-        optimized = OnnxRuntimeModel(export_onnx(rewritten, example_input),
+        optimized = OnnxRuntimeModel(onnx_bytes(rewritten, example_input, dynamic_spatial=True),
                                      threads or torch.get_num_threads())
     else:
         if channels_last:

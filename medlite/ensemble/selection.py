@@ -1,0 +1,52 @@
+"""Stacking and model choice on out-of-fold predictions only.
+
+The meta-learners are fitted on the out-of-fold matrix; the "best" base learner and the
+"best" meta-learner are those with the lowest out-of-fold error at the level the study
+reads (visit PASI), the meta-learners' own out-of-fold predictions coming from nested
+cross-validation. The test set plays no part in any choice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from medlite.ensemble.stacking import fit_meta_learner, meta_learner_weights, nested_cv_predictions
+
+
+def stack_and_select(oof: np.ndarray, target: np.ndarray, groups: np.ndarray,
+                     columns: Sequence[str], meta_names: Sequence[str],
+                     error: Callable[[np.ndarray], float], *, outer_folds: int = 5,
+                     seed: int = 0) -> dict:
+    """Fit every meta-learner on ``oof`` and rank base and meta learners out of fold.
+
+    Args:
+        oof: ``(N, M)`` out-of-fold predictions of the M base learners ``columns``.
+        target: ``(N,)`` the training targets.
+        groups: ``(N,)`` subject of each row (grouped inner and nested folds).
+        meta_names: meta-learners to fit (:data:`~medlite.ensemble.stacking.META_LEARNERS`).
+        error: ``(N,) predictions -> error`` at the level that matters (e.g. visit MAE).
+        outer_folds: folds of the nested cross-validation of each meta-learner.
+
+    Returns:
+        ``{"columns", "meta_learners": {name: weights}, "out_of_fold_error": {model: e},
+        "best_base", "best_meta" (None without meta-learners), "meta_out_of_fold":
+        {name: (N,) list}}``.
+    """
+    oof = np.asarray(oof, dtype=np.float64)
+    weights, meta_predictions = {}, {}
+    scores = {name: float(error(oof[:, i])) for i, name in enumerate(columns)}
+    for name in meta_names:
+        estimator = fit_meta_learner(name, oof, target, groups, seed=seed)
+        weights[name] = meta_learner_weights(estimator, list(columns))
+        folds = min(outer_folds, len(np.unique(groups)))
+        predicted = nested_cv_predictions(name, oof, target, groups, outer_folds=folds,
+                                          seed=seed)
+        meta_predictions[name] = predicted.tolist()
+        scores[name] = float(error(predicted))
+    best_base = min(columns, key=lambda c: scores[c])
+    best_meta = min(meta_names, key=lambda m: scores[m]) if meta_names else None
+    return {"columns": list(columns), "meta_learners": weights, "out_of_fold_error": scores,
+            "best_base": best_base, "best_meta": best_meta,
+            "meta_out_of_fold": meta_predictions}

@@ -1,0 +1,74 @@
+"""ONNX export, one exporter for every use: ``medlite export`` and the ONNX Runtime fast path.
+
+The graph is traced by torch's ``dynamo`` exporter (the maintained one) with the batch axis
+dynamic, and the spatial axes too when asked (fully convolutional networks); the input is
+named ``input`` and the output ``output``. :func:`onnx_parity` compares ONNX Runtime with
+PyTorch on a batch, so a graph that only works for one image is caught.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from medlite.errors import MedliteError
+from medlite.runs import atomic_target
+
+
+def onnx_bytes(model: nn.Module, example_input: torch.Tensor, *,
+               dynamic_spatial: bool = False) -> bytes:
+    """``model`` (put in eval mode) as a serialised ONNX model.
+
+    Args:
+        model: any traceable module taking one tensor.
+        example_input: ``(B, C, H, W)`` (or ``(B, ...)``) example the trace runs on.
+        dynamic_spatial: leave axes 2 and 3 dynamic as well as the batch axis.
+    """
+    auto = torch.export.Dim.AUTO
+    axes = {0: auto, 2: auto, 3: auto} if dynamic_spatial else {0: auto}
+    model = model.eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        # The exporter reports its progress through warnings and prints.
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(model, (example_input,), dynamo=True, verbose=False,
+                                    input_names=["input"], output_names=["output"],
+                                    dynamic_shapes=(axes,))
+    return program.model_proto.SerializeToString()
+
+
+def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Path, *,
+                dynamic_spatial: bool = False) -> Path:
+    """Write ``model`` as ONNX to ``path`` atomically (see :func:`onnx_bytes`)."""
+    data = onnx_bytes(model, example_input, dynamic_spatial=dynamic_spatial)
+    with atomic_target(Path(path)) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def onnx_session(source: Path | bytes, threads: int | None = None):
+    """An ONNX Runtime CPU session of a file or serialised model."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    model = str(source) if isinstance(source, Path) else source
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def onnx_parity(model: nn.Module, source: Path | bytes, inputs: torch.Tensor) -> float:
+    """Largest absolute difference between PyTorch (eval mode) and ONNX Runtime on
+    ``inputs`` (use a batch of several to check the dynamic batch axis)."""
+    session = onnx_session(source)
+    with torch.no_grad():
+        expected = model.eval()(inputs).numpy()
+    actual = session.run(None, {session.get_inputs()[0].name: inputs.numpy()})[0]
+    if actual.shape != expected.shape:
+        raise MedliteError(f"{source if isinstance(source, Path) else 'ONNX model'}: output "
+                           f"shape {actual.shape} differs from PyTorch's {expected.shape}")
+    return float(np.abs(actual - expected).max())

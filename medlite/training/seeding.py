@@ -1,0 +1,104 @@
+"""Randomness that depends only on the config's seed and where it is used.
+
+A fit is seeded from ``(config seed, fit key)`` (:func:`fit_seed`), and inside a fit every
+source of randomness is derived from that seed and a position, never from a generator's
+history: the order of the training samples of epoch ``e`` from ``(seed, e)``
+(:class:`EpochShuffleSampler`), the augmentation of the ``i``-th sample of epoch ``e`` from
+``(seed, e, i)`` (:class:`SeededItems`), dropout in batch ``b`` of epoch ``e`` from
+``(seed, e, b)`` (the training module). So a fit gives the same weights whatever ran
+before it in the process, however many DataLoader workers it has, and after an interruption
+and ``--resume`` from its last checkpoint: the state needed to continue is the epoch
+number, which the checkpoint holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+_SEED_MODULUS = 2**31 - 1
+
+
+def derive_seed(*parts: object) -> int:
+    """A seed in ``[0, 2**31 - 1)`` from any printable parts, stable across processes and
+    Python versions (unlike ``hash``)."""
+    text = "/".join(str(part) for part in parts).encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") % _SEED_MODULUS
+
+
+def fit_seed(seed: int, key: str) -> int:
+    """The seed of fit ``key`` of a run whose config seed is ``seed``."""
+    return derive_seed("fit", seed, key)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), numpy's and Python's global generators."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class EpochShuffleSampler(Sampler):
+    """Shuffled (or, with ``weights``, drawn with replacement) training indices whose order
+    depends only on ``(seed, epoch)``; Lightning calls :meth:`set_epoch` before each epoch.
+
+    Yields ``(index, item_seed)`` pairs for :class:`SeededItems`.
+
+    Args:
+        n_items: dataset length N.
+        seed: the fit's seed.
+        weights: ``(N,)`` non-negative sampling weights (a class-balanced sampler); None
+            shuffles without replacement.
+    """
+
+    def __init__(self, n_items: int, seed: int, weights: np.ndarray | None = None):
+        self.n_items = int(n_items)
+        self.seed = int(seed)
+        self.weights = (None if weights is None
+                        else torch.as_tensor(np.asarray(weights, dtype=np.float64)))
+        if self.weights is not None and len(self.weights) != self.n_items:
+            raise ValueError(f"{len(self.weights)} weights for {self.n_items} items")
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n_items
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        generator = torch.Generator().manual_seed(derive_seed("order", self.seed, self.epoch))
+        if self.weights is None:
+            order = torch.randperm(self.n_items, generator=generator)
+        else:
+            order = torch.multinomial(self.weights, self.n_items, replacement=True,
+                                      generator=generator)
+        item_seeds = torch.randint(0, _SEED_MODULUS, (self.n_items,), generator=generator)
+        yield from zip(order.tolist(), item_seeds.tolist(), strict=True)
+
+
+class SeededItems(Dataset):
+    """``dataset[index]`` computed under torch's generator seeded with the item's seed, so
+    random augmentation depends on ``(seed, epoch, position)`` only, not on the worker that
+    loads it. Keys are ``(index, item_seed)`` pairs (from :class:`EpochShuffleSampler`) or
+    plain indices (no reseeding)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        if not isinstance(key, tuple):
+            return self.dataset[key]
+        index, item_seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(item_seed)
+            return self.dataset[index]
