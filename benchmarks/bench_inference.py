@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medlite.models import TinyUNet, optimize_for_inference
-from medlite.models.inference import OnnxRuntimeModel, export_onnx
+from medlite.inference.export import onnx_bytes
+from medlite.inference.fast import OnnxRuntimeModel, optimize_for_inference
+from medlite.models import TinyUNet
 
 
 def time_interleaved(variants: dict[str, Callable], example: torch.Tensor, warmup: int,
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
             model, example, backend="onnxruntime", threads=args.threads)
         # The eager model as torch.onnx.export (dynamo) writes it, bicubic Resize included.
         builders["onnxruntime (plain export)"] = lambda: OnnxRuntimeModel(
-            export_onnx(model, example), args.threads)
+            onnx_bytes(model, example, dynamic_spatial=True), args.threads)
     variants: dict[str, Callable] = {}
     setup_s: dict[str, float] = {}
     for name, build in builders.items():

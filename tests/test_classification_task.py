@@ -79,39 +79,43 @@ def _differs(a: dict, b: dict, keys) -> bool:
 
 def test_two_stage_run_layout(trained):
     _, _, run = trained
-    for name in ["config.yaml", "splits.csv", "model.pt", "metrics.json", "predictions.csv",
-                 "report.html", "stages.json", "history.csv", "stages/1-head/model.pt",
-                 "stages/2-fine_tune/model.pt", "figures/learning_curves.png",
+    for name in ["config.yaml", "splits.csv", "model.pt", "metrics.json", "per_sample.csv",
+                 "report.html", "plan.json", "history.csv", "fits/1-head/model.pt",
+                 "fits/2-fine_tune/model.pt", "figures/learning_curves.png",
                  "figures/confusion_matrix.png", "figures/confusion_matrix_normalized.png",
                  "figures/reliability.png", "figures/roc_curves.png",
                  "figures/misclassified.png"]:
         assert (run / name).is_file(), name
 
     history = pd.read_csv(run / "history.csv")
-    assert history["stage"].tolist() == ["head", "fine_tune"]
+    assert history["fit"].tolist() == ["1-head", "2-fine_tune"]
     assert history["epoch"].tolist() == [0, 1]  # global epochs across the stages
     assert {"train_loss", "val_loss", "val_accuracy", "val_macro_f1"} <= set(history)
 
-    stages = json.loads((run / "stages.json").read_text())
-    assert [s["name"] for s in stages] == ["head", "fine_tune"]
-    assert all(s["finished"] and s["epochs_run"] == 1 for s in stages)
-    head_parameters = sum(r["parameters"] for r in stages[0]["modules"]
-                          if r["name"] == "classifier")
+    plan = json.loads((run / "plan.json").read_text())
+    assert [(f["key"], f["start"], f["trainable"]) for f in plan] == [
+        ("1-head", "config", "head"), ("2-fine_tune", "fit:1-head", "all_but_first_n")]
+    saved = json.loads((run / "metrics.json").read_text())
+    stages = saved["stages"]
+    assert [s["stage"] for s in stages] == ["head", "fine_tune"]
+    assert all(s["epochs"] == 1 for s in stages)
+    model = create_model("mobilenet_v2", task="classification", num_classes=3, head_hidden=8)
+    head_parameters = sum(p.numel() for p in model.classifier.parameters())
     assert stages[0]["trainable_parameters"] == head_parameters
     assert stages[0]["frozen_modules"] == ["features.0..features.18"]
     assert stages[1]["frozen_modules"] == ["features.0..features.9"]
 
-    saved = json.loads((run / "metrics.json").read_text())
-    assert saved["class_names"] == CLASSES
+    assert saved["class_names"] == CLASSES and saved["classes_absent"] == []
+    metrics = saved["metrics"]["classification"]
     for name in ["accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "ece",
                  "sensitivity_early", "specificity_late"]:
-        entry = saved["metrics"][name]
-        assert {"value", "ci_low", "ci_high"} <= set(entry)
-    accuracy = saved["metrics"]["accuracy"]
+        assert {"value", "ci_low", "ci_high", "confidence", "valid_resamples"} <= set(
+            metrics[name])
+    accuracy = metrics["accuracy"]
     assert accuracy["ci_low"] <= accuracy["value"] <= accuracy["ci_high"]
     assert np.sum(saved["confusion_matrix"]) == saved["n_samples"]
 
-    predictions = pd.read_csv(run / "predictions.csv")
+    predictions = pd.read_csv(run / "per_sample.csv")
     splits = pd.read_csv(run / "splits.csv")
     assert sorted(predictions["sample"]) == sorted(splits.loc[splits["split"] == "test",
                                                               "sample"])
@@ -136,7 +140,7 @@ def test_splits_keep_subjects_together_and_every_class_in_training(trained):
 
 def test_stage_one_trains_only_the_head(trained):
     root, _, run = trained
-    initial, after = _state(root / "initial.pt"), _state(run / "stages/1-head/model.pt")
+    initial, after = _state(root / "initial.pt"), _state(run / "fits/1-head/model.pt")
     backbone = [k for k in after if not k.startswith(HEAD)]
     head = [k for k in after if k.startswith(HEAD)]
     # Weights and BatchNorm running statistics of the frozen backbone are untouched...
@@ -148,8 +152,8 @@ def test_stage_one_trains_only_the_head(trained):
 
 def test_stage_two_leaves_the_first_ten_layers_alone(trained):
     _, _, run = trained
-    first, second = _state(run / "stages/1-head/model.pt"), _state(
-        run / "stages/2-fine_tune/model.pt")
+    first, second = _state(run / "fits/1-head/model.pt"), _state(
+        run / "fits/2-fine_tune/model.pt")
     frozen = [k for k in second if k.startswith(FROZEN_IN_FINE_TUNE)]
     later = [k for k in second if k.startswith("features.1") and k not in frozen]
     assert frozen and later
@@ -163,15 +167,51 @@ def test_resume_trains_only_the_unfinished_stage(trained, tmp_path):
     _, config, run = trained
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
-    (copy / "stages/2-fine_tune/model.pt").unlink()
-    first_stage = copy / "stages/1-head/model.pt"
+    shutil.rmtree(copy / "fits/2-fine_tune")
+    first_stage = copy / "fits/1-head/model.pt"
     first_mtime = first_stage.stat().st_mtime_ns
     assert main(["train", str(config), "--out", str(copy), "--resume", "--no-progress"]) == 0
     assert first_stage.stat().st_mtime_ns == first_mtime  # finished stage skipped
-    resumed = _state(copy / "stages/2-fine_tune/model.pt")
-    original = _state(run / "stages/2-fine_tune/model.pt")
-    assert not _differs(resumed, original, original)  # from its finished checkpoint
-    assert pd.read_csv(copy / "history.csv")["stage"].tolist() == ["head", "fine_tune"]
+    resumed = _state(copy / "fits/2-fine_tune/model.pt")
+    original = _state(run / "fits/2-fine_tune/model.pt")
+    assert not _differs(resumed, original, original)  # seeded by its key: the same weights
+    assert pd.read_csv(copy / "history.csv")["fit"].tolist() == ["1-head", "2-fine_tune"]
+    assert json.loads((copy / "metrics.json").read_text())["metrics"] == json.loads(
+        (run / "metrics.json").read_text())["metrics"]
+
+
+def test_sigkill_during_the_second_stage_then_resume_matches(trained, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root, config, run = trained
+    killed = tmp_path / "killed"
+    text = config.read_text().replace("epochs: 1, lr: 1.0e-3, trainable: all_but",
+                                      "epochs: 4, lr: 1.0e-3, trainable: all_but")
+    longer = root / "longer.yaml"
+    longer.write_text(text)
+    assert main(["train", str(longer), "--out", str(tmp_path / "reference"),
+                 "--no-progress"]) == 0
+    process = subprocess.Popen([sys.executable, "-m", "medlite.cli", "train", str(longer),
+                                "--out", str(killed), "--no-progress"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    history = killed / "fits" / "2-fine_tune" / "history.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if history.is_file() and len(pd.read_csv(history)) >= 1:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "training finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert (killed / "fits/1-head/done.json").is_file()
+    assert not (killed / "fits/2-fine_tune/done.json").exists()
+    assert main(["train", str(longer), "--out", str(killed), "--resume", "--no-progress"]) == 0
+    assert json.loads((killed / "metrics.json").read_text())["metrics"] == json.loads(
+        (tmp_path / "reference" / "metrics.json").read_text())["metrics"]
 
 
 def test_predict_writes_probabilities_and_refuses_to_overwrite(trained, tmp_path, capsys):
@@ -180,12 +220,20 @@ def test_predict_writes_probabilities_and_refuses_to_overwrite(trained, tmp_path
     out = tmp_path / "pred"
     assert main(["predict", str(run), *map(str, images), "--out", str(out)]) == 0
     table = pd.read_csv(out / "predictions.csv")
-    assert table["file"].tolist() == [str(p) for p in images]
+    assert table["input"].tolist() == [str(p) for p in images]
     assert set(table["predicted"]) <= set(CLASSES)
     np.testing.assert_allclose(table[["p_normal", "p_early", "p_late"]].sum(axis=1), 1,
                                atol=1e-6)
     np.testing.assert_allclose(table["confidence"],
                                table[["p_normal", "p_early", "p_late"]].max(axis=1))
+    # The same probabilities as the predictor of medlite.load_run, image by image.
+    import medlite
+    from medlite.inference import ImageInput
+
+    predictor = medlite.load_run(run)
+    first = predictor.predict_one(ImageInput(images[0]))
+    np.testing.assert_allclose(first.probabilities, table.loc[0, ["p_normal", "p_early",
+                                                                 "p_late"]].to_numpy(float))
     assert main(["predict", str(run), str(images[0]), "--out", str(out)]) == 2
     assert "exists" in capsys.readouterr().err
     assert len(pd.read_csv(out / "predictions.csv")) == 3  # untouched
@@ -193,6 +241,49 @@ def test_predict_writes_probabilities_and_refuses_to_overwrite(trained, tmp_path
                  "--overwrite"]) == 0
     assert len(pd.read_csv(out / "predictions.csv")) == len(list(
         (root / "data" / "images").glob("*.png")))
+
+
+def test_external_data_with_some_of_the_classes_is_scored_on_those(trained, tmp_path):
+    root, _, run = trained
+    manifest = write_skin_dataset(tmp_path / "other", classes=("normal", "late"),
+                                  n_subjects=4, images_per_subject=1, size=32, seed=5)
+    manifest.write_text(manifest.read_text().replace(",SKIN", ",OTHER"))
+    assert main(["evaluate", str(run), "--data", str(manifest), "--out",
+                 str(tmp_path / "ev")]) == 0
+    saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert saved["classes_absent"] == ["early"]
+    metrics = saved["metrics"]["classification"]
+    assert metrics["sensitivity_early"]["value"] is None or np.isnan(
+        metrics["sensitivity_early"]["value"])
+    table = pd.read_csv(tmp_path / "ev" / "per_sample.csv")
+    truth = table["label_index"].to_numpy()
+    predicted = table[["p_normal", "p_early", "p_late"]].to_numpy().argmax(axis=1)
+    sensitivities = [np.mean(predicted[truth == k] == k) for k in (0, 2)]
+    assert metrics["balanced_accuracy"]["value"] == pytest.approx(np.mean(sensitivities))
+    assert "absent: early" in (tmp_path / "ev" / "report.html").read_text()
+
+
+def test_a_small_cnn_learns_the_synthetic_skin_classes(tmp_path):
+    from medlite.tasks.classification import ClassificationAugmentConfig
+    from medlite.training.runner import train_run
+
+    manifest = write_skin_dataset(tmp_path / "data", n_subjects=36, images_per_subject=2,
+                                  size=48, seed=0)
+    config = ClassificationConfig(
+        name="learns", data=ClassificationDataConfig(
+            manifest=manifest, class_names=CLASSES, image_size=48,
+            augment=ClassificationAugmentConfig(scale=(0.9, 1.0), hue=0.0, saturation=0.0)),
+        stages=[StageConfig(name="train", epochs=20, lr=2e-3),
+                StageConfig(name="fine_tune", epochs=3, lr=3e-4, trainable="all_but_first_n",
+                            freeze_first_n_layers=2)])
+    config.model.name, config.model.pretrained = "plain_cnn", False
+    config.model.kwargs = {"widths": [16, 32, 64], "hidden": 32, "dropout": 0.2}
+    config.trainer.batch_size, config.trainer.threads = 16, 2
+    config.split.val_fraction, config.split.test_fraction = 0.2, 0.25
+    config.evaluation.bootstrap_resamples = 50
+    result = train_run(config, tmp_path / "run", progress=False)
+    accuracy = result.metrics["classification"]["accuracy"]["value"]
+    assert accuracy >= 0.55, accuracy  # chance: 1/3
 
 
 def test_export_to_onnx_matches_pytorch(trained, capsys):
@@ -203,6 +294,8 @@ def test_export_to_onnx_matches_pytorch(trained, capsys):
 
 
 def test_pretrained_mobilenet_v2_from_a_local_file(shared_dir, tmp_path):
+    from medlite.training.runner import train_run
+
     weights = shared_dir / "weights" / "mobilenet_v2_imagenet_features.pth"
     if not weights.is_file():
         pytest.skip(f"{weights} is absent")
@@ -216,14 +309,10 @@ def test_pretrained_mobilenet_v2_from_a_local_file(shared_dir, tmp_path):
     config.trainer.limit_train_batches = 1
     config.trainer.threads = 2
     config.split.val_fraction = config.split.test_fraction = 0.25
-    task = ClassificationTask()
-    samples = task.load_samples(config)
-    config.data.class_names = samples.attrs["class_names"]
-    final = task.train_stages(config, task.split(samples, config), tmp_path / "run",
-                              resume=False, progress=False)
+    config.evaluation.bootstrap_resamples = 0
+    train_run(config, tmp_path / "run", progress=False)
     imagenet = load_state_dict(weights)
-    trained_state = _state(final)
-    assert final == tmp_path / "run" / "stages" / "1-head" / "model.pt"
+    trained_state = _state(tmp_path / "run" / "fits" / "head" / "model.pt")
     assert set(imagenet) <= set(trained_state)
     assert not _differs(imagenet, trained_state, imagenet)  # frozen, statistics included
 
@@ -263,8 +352,10 @@ def test_split_is_stratified_grouped_and_keeps_given_splits():
     samples = pd.DataFrame({"sample": [f"{s}_{k}" for s, k in zip(subjects, [1, 2] * 30,
                                                                     strict=True)],
                             "subject": subjects, "label": labels,
+                            "label_index": [CLASSES.index(x) for x in labels],
                             "split": ["test", "test"] + [""] * 58})
     config = ClassificationConfig()
+    config.data.class_names = CLASSES
     config.split.val_fraction, config.split.test_fraction = 0.2, 0.2
     split = task.split(samples, config)
     assert split.groupby("subject")["split"].nunique().max() == 1
@@ -288,15 +379,20 @@ def test_class_balance_options(tmp_path):
         manifest=manifest, class_names=CLASSES, image_size=16))
     config.model.name, config.model.pretrained, config.model.kwargs = "plain_cnn", False, {}
     samples = task.load_samples(config)
-    samples["split"] = ["train"] * 7 + ["val"] * 2
     samples["label_index"] = [0, 0, 0, 0, 1, 1, 2, 0, 1]  # 4:2:1 in training
-    weighted = task.training_parts(config, samples)
+    train, val = samples.iloc[:7], samples.iloc[7:]
+    model = task.build_model(config)
+    weighted = task.training_parts(config, train, val, model, None)
     expected = np.array([1 / 4, 1 / 2, 1]) / np.mean([1 / 4, 1 / 2, 1])
     np.testing.assert_allclose(weighted.loss_fn.weight.numpy(), expected, rtol=1e-6)
+    assert weighted.sample_weights is None
     config.data.class_balance = "sampler"
-    sampled = task.training_parts(config, samples)
+    sampled = task.training_parts(config, train, val, model, None)
     assert sampled.loss_fn.weight is None
-    assert isinstance(sampled.train_loader.sampler, torch.utils.data.WeightedRandomSampler)
+    # Each class's draws sum to the same weight: classes come up equally often.
+    weights = sampled.sample_weights
+    np.testing.assert_allclose([weights[train["label_index"].to_numpy() == k].sum()
+                                for k in range(3)], 1.0)
 
 
 def test_image_folder_is_a_data_source(tmp_path):
@@ -325,7 +421,7 @@ def test_dermamnist_official_split(shared_dir):
     config.data.class_names = samples.attrs["class_names"]
     split = task.split(samples, config)
     assert (split["split"] == samples["split"]).all()
-    item = task._dataset(config, samples.iloc[:2], train=False)[1]
+    item = task.dataset(config, samples.iloc[:2], train=False)[1]
     assert item["input"].shape == (3, 32, 32) and int(item["target"]) == samples[
         "label_index"].iloc[1]
 

@@ -4,16 +4,18 @@ and bad input reported on one line with exit code 2."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
 from medlite.cli import build_parser, main
 from medlite.datasets.lesions import write_lesion_dataset
 
-SUBCOMMANDS = [["demo"], ["data"], ["data", "index"], ["train"], ["evaluate"], ["predict"],
-               ["export"], ["profile"], ["models"]]
+SUBCOMMANDS = [["demo"], ["data"], ["data", "index"], ["data", "check"], ["train"],
+               ["configs"], ["evaluate"], ["predict"], ["export"], ["profile"], ["models"]]
 
 
 @pytest.mark.parametrize("words", [[], *SUBCOMMANDS])
@@ -24,10 +26,22 @@ def test_every_command_explains_itself(words, capsys):
     assert "usage: medlite" in capsys.readouterr().out
 
 
-def test_parser_lists_the_issue_commands():
-    text = build_parser().format_help()
-    for command in ["demo", "data", "train", "evaluate", "predict", "export", "profile"]:
-        assert command in text
+def test_parser_has_exactly_the_documented_commands():
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    assert set(commands) == {"demo", "data", "train", "configs", "evaluate", "predict",
+                             "export", "profile", "models"}
+
+
+def test_configs_lists_and_prints_the_shipped_configs(capsys):
+    assert main(["configs"]) == 0
+    listing = capsys.readouterr().out
+    assert "segmentation_ph2" in listing and "stress_drivedb" in listing
+    assert main(["configs", "show", "pasi"]) == 0
+    assert "task: pasi" in capsys.readouterr().out
+    assert main(["configs", "show", "nope"]) == 2
+    assert main(["train", "--list-configs"]) == 0
+    assert "classification_dermamnist" in capsys.readouterr().out
 
 
 TINY_CONFIG = """task: segmentation
@@ -64,10 +78,17 @@ def test_train_refuses_existing_run(trained, capsys):
     assert (run / "metrics.json").read_text() == before
 
 
+def other_clinic(folder, seed=9):
+    """Synthetic lesions of subjects the run never saw (the generator names subjects SYN..)."""
+    manifest = write_lesion_dataset(folder, n_subjects=3, images_per_subject=1,
+                                    size=(56, 40), seed=seed)
+    manifest.write_text(manifest.read_text().replace(",SYN", ",OTHER"))
+    return manifest
+
+
 def test_evaluate_on_another_manifest(trained, capsys):
     root, _, run = trained
-    other = write_lesion_dataset(root / "other", n_subjects=3, images_per_subject=1,
-                                 size=(56, 40), seed=9)
+    other = other_clinic(root / "other")
     assert main(["evaluate", str(run), "--data", str(other)]) == 0
     saved = json.loads((run / "evaluations" / "manifest" / "metrics.json").read_text())
     assert saved["n_samples"] == 3
@@ -78,20 +99,32 @@ def test_evaluate_on_another_manifest(trained, capsys):
 
 def test_evaluate_again_on_the_runs_own_test_split(trained):
     _, _, run = trained
-    assert main(["evaluate", str(run)]) == 0
+    assert main(["evaluate", str(run), "--overwrite"]) == 0
     again = json.loads((run / "evaluations" / "test" / "metrics.json").read_text())
     original = json.loads((run / "metrics.json").read_text())
     assert again["n_samples"] == original["n_samples"]
     assert again["metrics"] == original["metrics"]
-    assert "test split" in again["data"]
+    assert "test split" in again["evaluated"]
+
+
+def snapshot(run):
+    return {str(p.relative_to(run)): (p.stat().st_mtime_ns, p.stat().st_size)
+            for p in run.rglob("*") if p.is_file() and "evaluations" not in p.parts}
+
+
+def test_evaluate_writes_nothing_into_the_run_but_evaluations(trained, tmp_path):
+    _, _, run = trained
+    before = snapshot(run)
+    assert main(["evaluate", str(run), "--split", "val", "--out", str(run / "evaluations" /
+                                                                      "val-again")]) == 0
+    assert snapshot(run) == before
 
 
 def test_evaluate_with_flip_tta_and_post_processing(trained, capsys):
     root, _, run = trained
     other = root / "other" / "manifest.csv"
     if not other.exists():
-        write_lesion_dataset(root / "other", n_subjects=3, images_per_subject=1,
-                             size=(56, 40), seed=9)
+        other_clinic(root / "other")
     out = root / "tta-eval"
     assert main(["evaluate", str(run), "--data", str(other), "--out", str(out),
                  "--set", "inference.flip_tta=true", "--set", "inference.fill_holes=true",
@@ -122,7 +155,9 @@ def test_predict_writes_full_resolution_masks_and_overlays(trained, tmp_path):
     assert mask.shape == (37, 53) and set(np.unique(mask)) <= {0, 255}
     assert Image.open(out / "photo_overlay.png").size == (53, 37)
     assert len(list(out.glob("*_mask.png"))) == 1 + 12
-    assert main(["predict", str(run), str(photo), "--out", str(out)]) == 2
+    assert main(["predict", str(run), str(photo), "--out", str(out)]) == 2  # no overwrite
+    index = pd.read_csv(out / "predictions.csv")
+    assert len(index) == 13 and index["name"].is_unique and "pixels_lesion" in index
     fast = tmp_path / "fast"
     assert main(["predict", str(run), str(photo), "--out", str(fast), "--fast"]) == 0
     agreement = (np.array(Image.open(fast / "photo_mask.png")) == mask).mean()
@@ -133,7 +168,8 @@ def test_export_onnx_matches_pytorch(trained, capsys):
     _, _, run = trained
     assert main(["export", str(run), "--format", "onnx"]) == 0
     assert (run / "export" / "model.onnx").is_file()
-    assert "max abs difference" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "batch of 3" in out and "max abs difference" in out
 
 
 def test_profile_json_has_the_documented_keys(capsys):
@@ -200,3 +236,60 @@ def test_bad_manifest_through_train_is_one_line_exit_2(tmp_path, capsys, edit, e
     assert "manifest.csv" in err.splitlines()[0]
     assert expected in err
     assert not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_predict_gives_same_stem_inputs_their_own_outputs(trained, tmp_path):
+    _, _, run = trained
+    for index, path in enumerate([tmp_path / "a" / "x.jpg", tmp_path / "b" / "x.jpg",
+                                  tmp_path / "x.png"]):
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(np.full((40, 40, 3), 60 * index, np.uint8)).save(path)
+    out = tmp_path / "out"
+    assert main(["predict", str(run), str(tmp_path / "a" / "x.jpg"),
+                 str(tmp_path / "b" / "x.jpg"), str(tmp_path / "x.png"), "--out",
+                 str(out)]) == 0
+    index = pd.read_csv(out / "predictions.csv")
+    assert index["name"].tolist() == ["a_x", "b_x", "x"]
+    assert len(list(out.glob("*_mask.png"))) == 3
+    assert index["input"].tolist() == [str(tmp_path / p) for p in ("a/x.jpg", "b/x.jpg",
+                                                                   "x.png")]
+
+
+def test_overwrite_never_deletes_a_folder_medlite_did_not_make(trained, tmp_path, capsys):
+    _, _, run = trained
+    thesis = tmp_path / "thesis"
+    thesis.mkdir()
+    (thesis / "chapter1.tex").write_text("precious")
+    assert main(["evaluate", str(run), "--out", str(thesis), "--overwrite"]) == 2
+    assert "not a folder medlite created" in capsys.readouterr().err
+    photo = tmp_path / "p.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(photo)
+    assert main(["predict", str(run), str(photo), "--out", str(thesis), "--overwrite"]) == 2
+    assert (thesis / "chapter1.tex").read_text() == "precious"
+    assert sorted(p.name for p in thesis.iterdir()) == ["chapter1.tex"]
+    # A folder medlite made is replaced.
+    assert main(["evaluate", str(run), "--out", str(tmp_path / "ev")]) == 0
+    assert main(["evaluate", str(run), "--out", str(tmp_path / "ev"), "--overwrite"]) == 0
+
+
+def test_external_data_overlapping_training_is_refused_naming_the_files(trained, tmp_path,
+                                                                      capsys):
+    root, _, run = trained
+    splits = pd.read_csv(run / "splits.csv")
+    training = pd.read_csv(root / "data" / "manifest.csv")
+    seen = training[training["subject"].isin(splits.loc[splits["split"] == "train",
+                                                        "subject"])].head(2).copy()
+    seen["image"] = [str((root / "data" / p).resolve()) for p in seen["image"]]
+    seen["mask"] = [str((root / "data" / p).resolve()) for p in seen["mask"]]
+    seen["subject"] = ["NEW1", "NEW2"]  # new ids, same pictures: caught by content
+    overlapping = tmp_path / "overlap.csv"
+    seen.to_csv(overlapping, index=False)
+    assert main(["evaluate", str(run), "--data", str(overlapping)]) == 2
+    err = capsys.readouterr().err
+    assert "overlap the run's training or validation data" in err
+    assert Path(seen["image"].iloc[0]).name in err and "--allow-overlap" in err
+    assert main(["evaluate", str(run), "--data", str(overlapping), "--allow-overlap",
+                 "--out", str(tmp_path / "ev")]) == 0
+    saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert saved["overlap"]["n"] == 2 and "--allow-overlap" in saved["note"]
+    assert "--allow-overlap" in (tmp_path / "ev" / "report.html").read_text()

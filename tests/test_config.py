@@ -2,7 +2,7 @@
 
 import pytest
 
-from medlite.config import load_config
+from medlite.tasks import load_config
 from medlite.errors import ConfigError
 from medlite.tasks.segmentation import SegmentationConfig
 
@@ -65,3 +65,35 @@ def test_unknown_model_argument_is_a_config_error():
         create_model("tinyunet", widthz=[16, 32, 32, 64])
     with pytest.raises(ConfigError, match="did you mean tinyunet"):
         create_model("tinyunett")
+
+
+def test_config_module_knows_no_task():
+    """medlite.config must not import the task registry (no import cycle)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, medlite.config; "
+            "print(any(m.startswith('medlite.tasks') for m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "False"
+
+
+def test_shipped_configs_load_by_name_relative_to_the_current_folder(tmp_path, monkeypatch):
+    from medlite.tasks import shipped_configs
+
+    names = set(shipped_configs())
+    assert {"segmentation_ph2", "pasi", "classification_dermamnist", "classification_ssc",
+            "stress_drivedb", "stress_wesad"} <= names
+    monkeypatch.chdir(tmp_path)
+    config = load_config("segmentation_ph2")
+    assert config.task == "segmentation" and config.name == "segmentation_ph2"
+    assert config.data.manifest == (tmp_path / "data" / "ph2_manifest.csv").resolve()
+    for name in names:
+        assert load_config(name).task in ("segmentation", "pasi", "classification", "stress")
+
+
+def test_fold_all_is_cross_validation_and_negative_folds_are_refused(tmp_path):
+    config = load_config(write(tmp_path, "task: segmentation\nsplit: {folds: 3, fold: all}\n"))
+    assert config.split.fold == "all"
+    with pytest.raises(ConfigError, match="split.fold"):
+        load_config(write(tmp_path, "task: segmentation\nsplit: {folds: 3, fold: -1}\n"))

@@ -189,13 +189,55 @@ def test_finished_job_with_other_params_is_refused_on_resume(tmp_path):
         run_jobs([Job("job-1", {"x": 9})], square_job, tmp_path, progress=False)
 
 
-def test_make_executor_picks_by_worker_count():
-    assert isinstance(make_executor(1), SequentialExecutor)
-    executor = make_executor(2)
+def test_make_executor_picks_by_name_and_worker_count():
+    assert isinstance(make_executor("sequential", 4), SequentialExecutor)
+    assert isinstance(make_executor("processes", 1), SequentialExecutor)
+    executor = make_executor("processes", 2)
     assert isinstance(executor, ProcessExecutor)
     assert executor.threads_per_worker == max(1, (os.cpu_count() or 1) // 2)
     with pytest.raises(ValueError, match="at least 1"):
-        make_executor(0)
+        make_executor("processes", 0)
+    with pytest.raises(ValueError, match="unknown executor"):
+        make_executor("ray", 2)
+
+
+def order_job(job: Job, job_dir: Path) -> dict:
+    """Records when it ran, and which of its dependencies were done by then."""
+    done = [d for d in job.depends_on if (job_dir.parent / d / "done.json").is_file()]
+    return {"done_before": done, "x": job.params.get("x", 0)}
+
+
+def test_jobs_wait_for_their_dependencies(tmp_path):
+    jobs = [Job("stack", {}, depends_on=("fold-0", "fold-1")),
+            Job("fold-0", {"x": 0}), Job("fold-1", {"x": 1}),
+            Job("refit", {}, depends_on=("stack",))]
+    results = run_jobs(jobs, order_job, tmp_path, progress=False)
+    assert results["stack"]["done_before"] == ["fold-0", "fold-1"]
+    assert results["refit"]["done_before"] == ["stack"]
+    assert list(results) == ["stack", "fold-0", "fold-1", "refit"]  # in the order given
+
+
+def test_a_failed_dependency_blocks_only_its_dependents(tmp_path):
+    jobs = [Job("job-2", {"x": 2, "fail_once": True}), Job("after", {"x": 5}, depends_on=("job-2",)),
+            *jobs_of(3)]
+    with pytest.raises(JobsFailed) as caught:
+        run_jobs(jobs, fails_once_job, tmp_path, progress=False)
+    assert "1 of 3 jobs failed, 1 more could not start" in str(caught.value)
+    assert caught.value.problems[1] == "after: not run: job-2 failed"
+    assert sorted(caught.value.results) == ["job-3"]
+    table = pd.read_csv(tmp_path / "jobs.csv", keep_default_na=False).set_index("key")
+    assert table.loc["after", "status"] == "blocked"
+    results = run_jobs(jobs, fails_once_job, tmp_path, progress=False)
+    assert sorted(results) == ["after", "job-2", "job-3"]
+
+
+@pytest.mark.parametrize("jobs, message", [
+    ([Job("a", depends_on=("b",))], "unknown job 'b'"),
+    ([Job("a", depends_on=("b",)), Job("b", depends_on=("a",))], "cycle"),
+])
+def test_unknown_dependencies_and_cycles_are_refused(tmp_path, jobs, message):
+    with pytest.raises(ValueError, match=message):
+        run_jobs(jobs, square_job, tmp_path, progress=False)
 
 
 def test_process_executor_explains_an_unpicklable_job_function(tmp_path):

@@ -9,14 +9,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medlite.models import CMRF, TinyUNet, UNet, optimize_for_inference, profile_model
-from medlite.models.inference import (
+from medlite.inference.fast import (
     BicubicUpsample2x,
     InferenceDecoderStage,
     bicubic_upsample_x2,
     bicubic_x2_taps,
     check_equivalence,
+    optimize_for_inference,
 )
+from medlite.models import CMRF, TinyUNet, UNet, profile_model
 from medlite.models.profile import count_flops, count_thop_flops, format_profile
 from tests.test_tinyunet import randomise_batchnorm
 

@@ -3,11 +3,15 @@
 import pytest
 import torch
 
-from medlite.errors import RunDirError
+from medlite.errors import ConfigError, RunDirError
 from medlite.runs import (
+    check_resume_config,
+    config_differences,
     environment_record,
     load_state_dict,
+    make_output_dir,
     prepare_run_dir,
+    read_marker,
     save_torch_atomic,
     write_json,
 )
@@ -29,7 +33,7 @@ def test_overwrite_never_deletes_a_folder_medlite_did_not_make(tmp_path):
     folder = tmp_path / "thesis"
     folder.mkdir()
     (folder / "chapter1.tex").write_text("precious")
-    with pytest.raises(RunDirError, match="not a medlite run"):
+    with pytest.raises(RunDirError, match="not a folder medlite created"):
         prepare_run_dir(folder, overwrite=True)
     assert (folder / "chapter1.tex").read_text() == "precious"
     with pytest.raises(RunDirError, match="nothing to resume"):
@@ -58,3 +62,44 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path):
     save_torch_atomic({"w": torch.ones(1)}, tmp_path / "model.pt")
     for name in ("metrics.json", "model.pt"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_every_folder_medlite_makes_is_marked_and_only_those_are_replaced(tmp_path):
+    out = make_output_dir(tmp_path / "predictions", "predictions")
+    marker = read_marker(out)
+    assert marker["kind"] == "predictions" and len(marker["id"]) == 32
+    (out / "a_mask.png").write_bytes(b"x")
+    with pytest.raises(RunDirError, match="exists and is not empty"):
+        make_output_dir(out, "predictions")
+    again = make_output_dir(out, "predictions", overwrite=True)
+    assert not (again / "a_mask.png").exists() and read_marker(again)["id"] != marker["id"]
+    # An empty folder the user made is used; a non-empty one is never deleted.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert read_marker(make_output_dir(empty, "evaluation")) is not None
+    thesis = tmp_path / "thesis"
+    thesis.mkdir()
+    (thesis / "chapter1.tex").write_text("precious")
+    for overwrite in (False, True):
+        with pytest.raises(RunDirError):
+            make_output_dir(thesis, "evaluation", overwrite=overwrite)
+    assert (thesis / "chapter1.tex").read_text() == "precious"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RunDirError, match="not a folder"):
+        make_output_dir(tmp_path / "file", "evaluation")
+
+
+def test_resume_config_differences_name_the_keys():
+    saved = {"task": "segmentation", "name": "a", "trainer": {"max_epochs": 10, "lr": 1},
+             "inference": {"flip_tta": False}, "evaluation": {"bootstrap_resamples": 1000},
+             "executor": {"workers": 1}, "data": {"class_names": ["a", "b"]}}
+    given = {**saved, "name": "b", "trainer": {"max_epochs": 12, "lr": 1},
+             "inference": {"flip_tta": True}, "evaluation": {"bootstrap_resamples": 0},
+             "executor": {"workers": 2}, "data": {"class_names": None}}
+    assert config_differences(saved, given) == ["data.class_names", "trainer.max_epochs"]
+    assert config_differences(saved, given, derived=("data.class_names",)) == [
+        "trainer.max_epochs"]
+    with pytest.raises(ConfigError, match=r"trainer\.max_epochs: 10 -> 12"):
+        check_resume_config(saved, given, "run/config.yaml", derived=("data.class_names",))
+    check_resume_config(saved, {**given, "trainer": saved["trainer"]}, "run/config.yaml",
+                        derived=("data.class_names",))

@@ -1,30 +1,42 @@
-"""The shared loop end to end on a tiny synthetic run: run layout, splits, resume, atomic
-checkpoints."""
+"""The spine end to end on a tiny segmentation run: run layout, learning, metrics schema,
+and resume: after a crash and after SIGKILL the run ends with exactly the metrics of an
+uninterrupted run."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
+from medlite.cli import main
+from medlite.data.io import read_mask
 from medlite.datasets.lesions import write_lesion_dataset
 from medlite.tasks import get_task
-from medlite.tasks.base import train_run
 from medlite.tasks.segmentation import SegmentationConfig, SegmentationDataConfig
 from medlite.training.checkpoint import AtomicCheckpointIO
+from medlite.training.runner import train_run
 
 
-def tiny_config(manifest, epochs=2):
+def tiny_config(manifest, epochs=15) -> SegmentationConfig:
     config = SegmentationConfig(
-        data=SegmentationDataConfig(manifest=manifest, image_size=(32, 32)), name="tiny")
+        data=SegmentationDataConfig(manifest=manifest, image_size=(48, 48)), name="tiny")
     config.model.kwargs = {"widths": [16, 32, 32, 64]}
     config.trainer.max_epochs = epochs
     config.trainer.batch_size = 4
     config.trainer.threads = 2
-    config.optimizer.lr = 3e-3
-    config.split.val_fraction = 0.25
-    config.split.test_fraction = 0.25
+    config.trainer.early_stopping_patience = None
+    config.optimizer.lr = 1e-3
+    config.split.val_fraction = 0.2
+    config.split.test_fraction = 0.2
     config.evaluation.bootstrap_resamples = 50
     return config
 
@@ -32,69 +44,176 @@ def tiny_config(manifest, epochs=2):
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
-    return write_lesion_dataset(root / "data", n_subjects=8, images_per_subject=2,
-                                size=(48, 40), seed=3)
+    return write_lesion_dataset(root / "data", n_subjects=16, images_per_subject=2,
+                                size=(48, 48), seed=3)
 
 
-def test_run_directory_holds_everything_a_paper_needs(tmp_path, manifest):
-    run = tmp_path / "run"
-    metrics = train_run(tiny_config(manifest), run, progress=False)
-    for name in ["config.yaml", "run.json", "splits.csv", "history.csv", "metrics.json",
-                 "model.pt", "report.html", "checkpoints/last.ckpt", "checkpoints/best.ckpt",
-                 "per_image_metrics.csv", "figures/learning_curves.png",
-                 "figures/best_cases.png"]:
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, manifest):
+    run = tmp_path_factory.mktemp("trained") / "run"
+    result = train_run(tiny_config(manifest), run, progress=False)
+    return run, result
+
+
+def test_run_directory_holds_everything_a_paper_needs(trained):
+    run, result = trained
+    for name in [".medlite", "config.yaml", "run.json", "splits.csv", "plan.json", "fits.csv",
+                 "history.csv", "metrics.json", "model.pt", "report.html", "per_sample.csv",
+                 "fits/main/model.pt", "fits/main/done.json", "fits/main/history.csv",
+                 "figures/learning_curves.png", "figures/best_cases.png"]:
         assert (run / name).is_file(), name
+    # A finished fit's checkpoints are removed once its done.json exists.
+    assert not (run / "fits" / "main" / "checkpoints").exists()
     record = json.loads((run / "run.json").read_text())
-    assert record["seed"] == 42 and "torch" in record["versions"]
+    assert record["seed"] == 42 and "torch" in record["versions"] and "finished" in record
     splits = pd.read_csv(run / "splits.csv")
-    assert len(splits) == 16 and set(splits["split"]) == {"train", "val", "test"}
+    assert len(splits) == 32 and set(splits["split"]) == {"train", "val", "test"}
     assert (splits.groupby("subject")["split"].nunique() == 1).all()
+    assert splits["content_sha256"].str.fullmatch("[0-9a-f]{64}").all()
     history = pd.read_csv(run / "history.csv")
-    assert list(history["epoch"]) == [0, 1]
-    assert {"train_loss", "val_loss", "val_dice"} <= set(history.columns)
-    saved = json.loads((run / "metrics.json").read_text())
-    dice = saved["metrics"]["per_image"]["dice_lesion"]
-    assert dice["ci_low"] <= dice["value"] <= dice["ci_high"]
-    assert metrics["dataset"]["miou"]["value"] == saved["metrics"]["dataset"]["miou"]["value"]
+    assert list(history["epoch"]) == list(range(15))
+    assert {"train_loss", "val_loss", "val_dice", "lr", "fit"} <= set(history.columns)
     n_test = (splits["split"] == "test").sum()
     assert len(list((run / "predictions").glob("*_mask.png"))) == n_test
     html = (run / "report.html").read_text()
-    assert "data:image/png;base64" in html and "dice_lesion" in html
+    assert "data:image/png;base64" in html and "dice_lesion" in html and "95% CI" in html
 
 
-class CrashAfterEpoch(pl.Callback):
+def test_the_model_learns_well_above_a_constant_mask(trained, manifest):
+    run, result = trained
+    table = pd.read_csv(run / "per_sample.csv")
+    # Predicting "lesion" everywhere scores 2|T| / (|T| + N) per image.
+    constant = np.mean([2 * (m > 0).sum() / ((m > 0).sum() + m.size)
+                        for m in (read_mask(p) for p in table["mask"])])
+    dice = result.metrics["per_image"]["dice_lesion"]["value"]
+    assert dice > constant + 0.15, (dice, constant)
+
+
+def test_metrics_json_has_one_schema_with_the_confidence_level(trained):
+    run, _ = trained
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["evaluated"] == "test split" and saved["note"] is None
+    assert saved["confidence"] == 0.95 and saved["bootstrap_resamples"] == 50
+    entry = saved["metrics"]["per_image"]["dice_lesion"]
+    assert set(entry) == {"value", "ci_low", "ci_high", "confidence", "resamples",
+                          "valid_resamples"}
+    assert entry["ci_low"] <= entry["value"] <= entry["ci_high"]
+    assert entry["resamples"] == 50 and 0 < entry["valid_resamples"] <= 50
+
+
+def test_no_bootstrap_means_no_intervals_and_a_missing_test_split_is_flagged(manifest,
+                                                                               tmp_path):
+    config = tiny_config(manifest, epochs=1)
+    config.evaluation.bootstrap_resamples = 0
+    config.evaluation.confidence = 0.9
+    config.split.test_fraction = 0.0
+    result = train_run(config, tmp_path / "run", progress=False)
+    entry = result.metrics["dataset"]["miou"]
+    assert entry["ci_low"] is None and entry["ci_high"] is None and entry["resamples"] == 0
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["evaluated"] == "validation split" and "no test split" in saved["note"]
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "no test split" in html and "no confidence intervals" in html
+
+
+class CrashAtEpochStart(pl.Callback):
     def __init__(self, epoch):
         self.epoch = epoch
 
-    def on_train_epoch_end(self, trainer, module):
+    def on_train_epoch_start(self, trainer, module):
         if trainer.current_epoch == self.epoch:
             raise RuntimeError("simulated crash")
 
 
-def test_resume_continues_from_last_checkpoint(tmp_path, manifest, monkeypatch):
+def test_resume_after_a_crash_gives_the_uninterrupted_metrics(tmp_path, manifest,
+                                                              monkeypatch):
+    config = tiny_config(manifest, epochs=4)
+    reference = train_run(config, tmp_path / "reference", progress=False)
     task = get_task("segmentation")
     original = task.training_parts
 
-    def crashing_parts(config, samples):
-        parts = original(config, samples)
-        parts.extra_callbacks.append(CrashAfterEpoch(1))
+    def crashing_parts(*args, **kwargs):
+        parts = original(*args, **kwargs)
+        parts.extra_callbacks.append(CrashAtEpochStart(2))
         return parts
 
     run = tmp_path / "run"
     monkeypatch.setattr(task, "training_parts", crashing_parts)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train_run(tiny_config(manifest, epochs=3), run, progress=False)
-    checkpoint = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
-    assert checkpoint["epoch"] == 0  # the crash hit before epoch 1's checkpoint
-    splits_before = (run / "splits.csv").read_text()
-    first_epoch = pd.read_csv(run / "history.csv").iloc[0]
+    with pytest.raises(Exception, match="simulated crash"):
+        train_run(config, run, progress=False)
+    checkpoint = torch.load(run / "fits/main/checkpoints/last.ckpt", weights_only=True)
+    assert checkpoint["epoch"] == 1  # written at the end of every epoch
     monkeypatch.setattr(task, "training_parts", original)
-    train_run(tiny_config(manifest, epochs=3), run, resume=True, progress=False)
-    history = pd.read_csv(run / "history.csv")
-    assert list(history["epoch"]) == [0, 1, 2]
-    assert (run / "splits.csv").read_text() == splits_before
-    # epoch 0 was not trained again: its logged numbers are the ones from before the crash
-    assert history.iloc[0]["train_loss"] == first_epoch["train_loss"]
+    resumed = train_run(config, run, resume=True, progress=False)
+    assert resumed.metrics == reference.metrics
+    assert pd.read_csv(run / "history.csv").equals(
+        pd.read_csv(tmp_path / "reference" / "history.csv"))
+
+
+def test_a_fit_whose_checkpoint_vanished_is_not_silently_restarted(tmp_path, manifest,
+                                                                    monkeypatch):
+    task = get_task("segmentation")
+    original = task.training_parts
+
+    def crashing_parts(*args, **kwargs):
+        parts = original(*args, **kwargs)
+        parts.extra_callbacks.append(CrashAtEpochStart(1))
+        return parts
+
+    monkeypatch.setattr(task, "training_parts", crashing_parts)
+    with pytest.raises(Exception, match="simulated crash"):
+        train_run(tiny_config(manifest, epochs=3), tmp_path / "run", progress=False)
+    monkeypatch.setattr(task, "training_parts", original)
+    (tmp_path / "run/fits/main/checkpoints/last.ckpt").unlink()
+    with pytest.raises(Exception, match="was checkpointed but"):
+        train_run(tiny_config(manifest, epochs=3), tmp_path / "run", resume=True,
+                  progress=False)
+
+
+def config_file(manifest: Path, path: Path, epochs: int) -> Path:
+    config = tiny_config(manifest, epochs=epochs).model_dump(mode="json")
+    config.pop("name")
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_sigkill_in_the_middle_of_a_fit_then_resume_matches_an_uninterrupted_run(
+        tmp_path, manifest):
+    config = config_file(manifest, tmp_path / "tiny.yaml", epochs=6)
+    assert main(["train", str(config), "--out", str(tmp_path / "reference"),
+                 "--no-progress"]) == 0
+    run = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "medlite.cli", "train", str(config),
+                                "--out", str(run), "--no-progress"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    history = run / "fits" / "main" / "history.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if history.is_file() and len(pd.read_csv(history)) >= 2:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "training finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    done = len(pd.read_csv(history))
+    assert 2 <= done < 6 and not (run / "metrics.json").exists()
+    assert main(["train", str(config), "--out", str(run), "--resume", "--no-progress"]) == 0
+    killed = json.loads((run / "metrics.json").read_text())["metrics"]
+    reference = json.loads((tmp_path / "reference" / "metrics.json").read_text())["metrics"]
+    assert killed == reference
+    assert (run / "per_sample.csv").read_text() == \
+        (tmp_path / "reference" / "per_sample.csv").read_text()
+
+
+def test_resume_refuses_a_changed_config_naming_the_key(trained, capsys):
+    run, _ = trained
+    before = (run / "metrics.json").read_text()
+    config = run / "config.yaml"
+    assert main(["train", str(config), "--out", str(run), "--resume", "--no-progress",
+                 "--set", "trainer.max_epochs=3"]) == 2
+    err = capsys.readouterr().err
+    assert "trainer.max_epochs" in err and "15 -> 3" in err and "Traceback" not in err
+    assert (run / "metrics.json").read_text() == before
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
@@ -113,4 +232,18 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     monkeypatch.undo()
     restored = io.load_checkpoint(target)
     assert restored["epoch"] == 1 and torch.equal(restored["w"], torch.ones(3))
-    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".saved", "last.ckpt"]
+
+
+def test_a_fit_that_finished_is_not_trained_again(trained, monkeypatch):
+    run, result = trained
+    task = get_task("segmentation")
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("a finished fit was trained again")
+
+    monkeypatch.setattr(task, "training_parts", must_not_train)
+    from medlite.tasks import load_run_config
+
+    again = train_run(load_run_config(run), run, resume=True, progress=False)
+    assert again.metrics == result.metrics

@@ -18,7 +18,7 @@ import pandas as pd
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
 from medlite.data.manifest import SPLIT_NAMES, raise_if_problems, read_manifest
-from medlite.errors import DataError
+from medlite.errors import ConfigError, DataError
 from medlite.runs import write_csv_atomic
 
 
@@ -353,10 +353,11 @@ def split_samples(samples: pd.DataFrame, split, seed: int,
 
     if split.folds:
         if (given != "").any():
-            raise DataError(f"split.folds: {source} fixes splits in its split column; remove "
-                            "the column or split.folds")
+            raise ConfigError(f"split.folds: {source} fixes splits in its split column; remove "
+                              "the column or split.folds")
         if split.fold != "all" and split.fold >= split.folds:
-            raise DataError(f"split.fold: {split.fold} is not below split.folds ({split.folds})")
+            raise ConfigError(f"split.fold: {split.fold} is not below split.folds "
+                              f"({split.folds})")
         folds = (assign_folds(subjects, split.folds, seed=seed) if labels is None
                  else stratified_group_folds(labels, subjects, split.folds, seed=seed))
         samples["fold"] = folds

@@ -3,6 +3,7 @@ stem (``a/x.jpg``, ``b/x.jpg``, ``x.png``) never overwrite each other's outputs.
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -24,38 +25,39 @@ def _safe(text: str) -> str:
 def unique_names(sources: Sequence[str]) -> list[str]:
     """A distinct, filesystem-safe output name for every input source, in order.
 
-    A file's name is its stem when no other input shares it; otherwise the stems are
-    prefixed with as many parent folders as it takes to tell them apart (``a_x``, ``b_x``),
-    then the extension is added (``x_jpg``, ``x_png``), and a number as the last resort.
-    Inputs that are not files (arrays) are named ``input-<n>``.
+    A file's name is its stem when no other input shares it. Files sharing a stem are named
+    by their path below the folder they have in common (``a/x.jpg`` -> ``a_x``, ``b/x.jpg``
+    -> ``b_x``, ``x.png`` -> ``x``), with the extension added when that still clashes
+    (``x_jpg``, ``x_png``) and a number as the last resort. Inputs that are not files
+    (arrays) are named ``input-<n>``.
     """
-    paths = [Path(s) if s and not s.startswith("<") else None for s in sources]
+    paths = [Path(s).absolute() if s and not s.startswith("<") else None for s in sources]
     names = [_safe(p.stem) if p is not None else f"input-{i + 1}" for i, p in enumerate(paths)]
-    depth = 0
-    while True:
-        counts = Counter(names)
-        clashing = [i for i, n in enumerate(names) if counts[n] > 1]
-        if not clashing:
-            return names
-        depth += 1
-        for i in clashing:
-            path = paths[i]
-            if path is None:
-                continue
-            parents = path.parent.parts[-depth:] if depth <= len(path.parent.parts) else \
-                path.parent.parts
-            stem = "_".join([*parents, path.stem])
-            if depth > len(path.parent.parts) and path.suffix:
-                stem = f"{stem}_{path.suffix.lstrip('.')}"
-            names[i] = _safe(stem)
-        if depth > 64:
-            break
+    for _, group in _clashes(names):
+        members = [i for i in group if paths[i] is not None]
+        if len(members) < 2:
+            continue
+        common = Path(os.path.commonpath([str(paths[i].parent) for i in members]))
+        for i in members:
+            relative = paths[i].relative_to(common).with_suffix("")
+            names[i] = _safe("_".join(relative.parts))
+    for _, group in _clashes(names):
+        for i in group:
+            if paths[i] is not None and paths[i].suffix:
+                names[i] = f"{names[i]}_{_safe(paths[i].suffix.lstrip('.'))}"
     seen: Counter = Counter()
     unique = []
     for name in names:
         seen[name] += 1
         unique.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
     return unique
+
+
+def _clashes(names: list[str]) -> list[tuple[str, list[int]]]:
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        groups.setdefault(name, []).append(i)
+    return [(name, group) for name, group in groups.items() if len(group) > 1]
 
 
 class OutputWriter:

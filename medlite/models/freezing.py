@@ -172,6 +172,37 @@ def trainable_summary(model: nn.Module) -> list[dict]:
     return rows
 
 
+def module_runs(rows: list[dict], trainable: bool) -> list[str]:
+    """Runs of consecutive modules of :func:`trainable_summary` with (or without) trainable
+    parameters, as ``first..last`` names; parameter-free modules (pooling) are skipped."""
+    runs: list[str] = []
+    current: list[str] = []
+
+    def close() -> None:
+        if current:
+            runs.append(current[0] if len(current) == 1 else f"{current[0]}..{current[-1]}")
+            current.clear()
+
+    for row in rows:
+        if not row["parameters"]:
+            continue
+        if (row["trainable"] > 0) == trainable:
+            current.append(row["name"])
+        else:
+            close()
+    close()
+    return runs
+
+
+def trainable_record(model: nn.Module) -> dict:
+    """What trains in ``model``: counts, trainable and frozen module runs (for a run's log)."""
+    rows = trainable_summary(model)
+    return {"parameters": sum(r["parameters"] for r in rows),
+            "trainable_parameters": sum(r["trainable"] for r in rows),
+            "trainable_modules": module_runs(rows, True),
+            "frozen_modules": module_runs(rows, False)}
+
+
 def set_frozen_batchnorm_eval(model: nn.Module) -> list[str]:
     """Put every frozen BatchNorm layer in eval mode so its running statistics stay fixed.
 

@@ -10,33 +10,35 @@ reads a YAML config (a file, or the name of a config shipped with medlite).
 from __future__ import annotations
 
 from functools import cache
-from importlib import resources
+from importlib import import_module, resources
 from pathlib import Path
 
 from medlite.config import BaseTaskConfig, apply_overrides, read_yaml, validate_config
 from medlite.errors import ConfigError
 
-
-@cache
-def _tasks() -> dict:
-    from medlite.tasks.classification import ClassificationTask
-    from medlite.tasks.pasi import PasiTask
-    from medlite.tasks.segmentation import SegmentationTask
-    from medlite.tasks.stress import StressTask
-
-    return {task.name: task for task in (SegmentationTask(), PasiTask(), ClassificationTask(),
-                                         StressTask())}
+#: Task name -> the module and class of its recipe, imported when first asked for.
+RECIPES: dict[str, tuple[str, str]] = {
+    "segmentation": ("medlite.tasks.segmentation", "SegmentationTask"),
+    "pasi": ("medlite.tasks.pasi", "PasiTask"),
+    "classification": ("medlite.tasks.classification", "ClassificationTask"),
+    "stress": ("medlite.tasks.stress", "StressTask"),
+}
 
 
 def list_tasks() -> list[str]:
-    return list(_tasks())
+    return list(RECIPES)
+
+
+@cache
+def _recipe(name: str):
+    module, cls = RECIPES[name]
+    return getattr(import_module(module), cls)()
 
 
 def get_task(name: str, source: str = "task"):
-    tasks = _tasks()
-    if name not in tasks:
-        raise ConfigError(f"{source}: unknown task {name!r} (one of {', '.join(tasks)})")
-    return tasks[name]
+    if name not in RECIPES:
+        raise ConfigError(f"{source}: unknown task {name!r} (one of {', '.join(RECIPES)})")
+    return _recipe(name)
 
 
 def shipped_configs() -> dict[str, Path]:

@@ -350,6 +350,17 @@ class ClassificationTask(Task):
                     **{f"p_{c}": float(p) for c, p in zip(output.class_names,
                                                           output.probabilities, strict=True)}}
 
+    def evaluation_extras(self, context, results) -> dict:
+        """What each stage of the deployed model trained (for the report)."""
+        from medlite.training.plan import fit_chain
+
+        shown = ("epochs", "trainable_parameters", "parameters", "trainable_modules",
+                 "frozen_modules", "frozen_batchnorm_layers")
+        return {"stages": [{"fit": key, "stage": context.fits[key].params.get("stage"),
+                            "trainable": context.fits[key].trainable,
+                            **{k: results[key].get(k) for k in shown}}
+                           for key in fit_chain(context, self.deployed_fit(context))]}
+
     # -- evaluation ------------------------------------------------------------------------
     def evaluation_inputs(self, rows: pd.DataFrame, config: ClassificationConfig):
         inputs = []
@@ -394,7 +405,16 @@ class ClassificationTask(Task):
                                   f"classes present (absent: "
                                   f"{', '.join(info['classes_absent'])})"
                                   if info["classes_absent"] else ""))
-        return figures, [], info
+        sections = []
+        if extras.get("stages"):
+            stages = pd.DataFrame(extras["stages"])
+            info["stages"] = extras["stages"]
+            sections.append(("Training stages", stages.drop(
+                columns=["trainable_modules", "frozen_modules"]).to_html(index=False)
+                + "<ul>" + "".join(f"<li>{s['stage']}: frozen "
+                                   f"{', '.join(s['frozen_modules']) or 'nothing'}</li>"
+                                   for s in extras["stages"]) + "</ul>"))
+        return figures, sections, info
 
 
 def _argmax(logits: torch.Tensor) -> torch.Tensor:

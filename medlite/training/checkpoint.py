@@ -11,6 +11,9 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from medlite.runs import save_torch_atomic
 
 
+SAVED_MARKER = ".saved"
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoint I/O that never leaves a half-written checkpoint.
 
@@ -21,7 +24,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        save_torch_atomic(checkpoint, Path(path))
+        path = Path(path)
+        save_torch_atomic(checkpoint, path)
+        # Remembers that this fit has had a checkpoint: one that disappears later is an
+        # error on resume, not a reason to start again silently.
+        (path.parent / SAVED_MARKER).touch()
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)

@@ -400,9 +400,11 @@ def run_jobs(
 
     if failures:
         problems = [f"{key}: {error}" for key, error in failures.items()]
+        blocked = sum(error.startswith("not run:") for error in failures.values())
+        waiting = f", {blocked} more could not start" if blocked else ""
         raise JobsFailed(
-            f"{len(failures)} of {len(jobs)} fits did not finish (tracebacks in each fit's "
-            f"{ERROR_FILE}, status in {status_file}); the first: {problems[0]}",
+            f"{len(failures) - blocked} of {len(jobs)} jobs failed{waiting} (tracebacks in "
+            f"each job's {ERROR_FILE}, status in {status_file}); the first: {problems[0]}",
             problems=problems,
             results={job.key: results[job.key] for job in jobs if job.key in results},
         )

@@ -32,7 +32,11 @@ from torch.utils.data import DataLoader, Dataset
 from medlite.config import BaseTaskConfig
 from medlite.errors import RunDirError
 from medlite.runs import save_torch_atomic, write_text_atomic
-from medlite.training.checkpoint import AtomicCheckpointIO, model_state_from_checkpoint
+from medlite.training.checkpoint import (
+    SAVED_MARKER,
+    AtomicCheckpointIO,
+    model_state_from_checkpoint,
+)
 from medlite.training.module import TaskModule
 from medlite.training.seeding import EpochShuffleSampler, SeededItems
 
@@ -139,19 +143,18 @@ def fit(parts: TrainingParts, config: BaseTaskConfig, fit_dir: Path, *, seed: in
     the best weights (``fit_dir/model.pt``).
 
     ``checkpoints/last.ckpt`` is written at the end of every epoch and training continues
-    from it when it exists (an interrupted fit). A folder whose ``history.csv`` records
-    finished epochs but has no ``last.ckpt`` is an error: starting again silently would
-    discard them.
+    from it when it exists (an interrupted fit). A fit that was checkpointed but whose
+    ``last.ckpt`` has gone is an error: starting again silently would discard its epochs.
     """
     fit_dir = Path(fit_dir)
     trainer_cfg = config.trainer
     checkpoint_dir = fit_dir / CHECKPOINT_DIR
     last = checkpoint_dir / LAST_CHECKPOINT
     history_path = fit_dir / HISTORY_FILE
-    if not last.is_file() and history_path.is_file() and len(read_history(fit_dir)):
-        raise RunDirError(f"{fit_dir}: {len(read_history(fit_dir))} epochs were trained but "
-                          f"{last} is missing, so the fit cannot continue; delete {fit_dir} "
-                          "to train it again from the start")
+    if not last.is_file() and (checkpoint_dir / SAVED_MARKER).is_file():
+        raise RunDirError(f"{fit_dir}: the fit was checkpointed but {last} is missing, so "
+                          f"it cannot continue; delete {fit_dir} to train it again from the "
+                          "start")
     module = TaskModule(
         parts.model, parts.loss_fn, optimizer=config.optimizer, scheduler=config.scheduler,
         max_epochs=trainer_cfg.max_epochs, val_metrics=parts.val_metrics,

@@ -33,7 +33,14 @@ import pandas as pd
 
 from medlite.config import apply_overrides, validate_config
 from medlite.errors import ConfigError, RunDirError
-from medlite.runs import atomic_target, load_state_dict, read_json, save_torch_atomic, write_json
+from medlite.runs import (
+    atomic_target,
+    load_state_dict,
+    read_json,
+    save_torch_atomic,
+    write_csv_atomic,
+    write_json,
+)
 from medlite.training.jobs import Job, make_executor, run_jobs
 from medlite.training.loop import (
     CHECKPOINT_DIR,
@@ -52,6 +59,7 @@ FITS_DIR = "fits"
 FITS_STATUS = "fits.csv"
 PLAN_FILE = "plan.json"
 PREDICTIONS_FILE = "predictions.csv"
+SAMPLES_FILE = "samples.csv"
 START_FROM_CONFIG = "config"
 START_FROM_SCRATCH = "scratch"
 
@@ -244,9 +252,9 @@ def train_network(context: RunContext, fit_spec: Fit, fit_dir: Path, *,
     """Train one ``network`` fit with the shared loop: seed, start weights, frozen layers,
     the task's loaders and loss, best weights to ``model.pt``, then the task's finishing
     step and the predictions of ``fit.predict``."""
-    from medlite.models.freezing import apply_trainable
-
     import torch
+
+    from medlite.models.freezing import apply_trainable, trainable_record
 
     task = context.task
     config = fit_config(context.config, fit_spec)
@@ -259,7 +267,10 @@ def train_network(context: RunContext, fit_spec: Fit, fit_dir: Path, *,
         frozen_bn = apply_trainable(model, fit_spec.trainable, fit_spec.freeze_first_n_layers)
     except ValueError as exc:
         raise ConfigError(f"fit {fit_spec.key}: {exc}") from None
+    trainable = trainable_record(model)
     train_rows, val_rows = context.rows(fit_spec.train), context.rows(fit_spec.val)
+    roles = [(s, role) for role in ("train", "val", "predict") for s in getattr(fit_spec, role)]
+    write_csv_atomic(pd.DataFrame(roles, columns=["sample", "role"]), fit_dir / SAMPLES_FILE)
     parts = task.training_parts(config, train_rows, val_rows, model, fit_spec)
     if frozen_bn:
         parts.extra_callbacks.append(FrozenBatchNormEval())
@@ -269,7 +280,8 @@ def train_network(context: RunContext, fit_spec: Fit, fit_dir: Path, *,
         save_torch_atomic(model.state_dict(), fit_dir / MODEL_FILE)
     history = read_history(fit_dir)
     result: dict[str, Any] = {"epochs": len(history), "n_train": len(train_rows),
-                              "n_val": len(val_rows), "seed": seed}
+                              "n_val": len(val_rows), "seed": seed, **trainable,
+                              "frozen_batchnorm_layers": len(frozen_bn)}
     if parts.monitor in history and len(history):
         column = history[parts.monitor]
         result[f"best_{parts.monitor}"] = float(column.min() if parts.monitor_mode == "min"
@@ -294,14 +306,19 @@ def read_fit_predictions(context: RunContext, keys: Sequence[str]) -> pd.DataFra
     return pd.concat(frames, ignore_index=True)
 
 
-def chain_history(context: RunContext, key: str) -> pd.DataFrame:
-    """The learning curves of fit ``key`` and the fits it started from, in training order:
-    ``fit`` (key), ``fit_epoch`` and ``epoch`` counted over the whole chain."""
+def fit_chain(context: RunContext, key: str) -> list[str]:
+    """Fit ``key`` and the fits it started from, in training order."""
     chain = [key]
     while context.fits[chain[0]].start.startswith("fit:"):
         chain.insert(0, context.fits[chain[0]].start[4:])
+    return chain
+
+
+def chain_history(context: RunContext, key: str) -> pd.DataFrame:
+    """The learning curves of fit ``key`` and the fits it started from, in training order:
+    ``fit`` (key), ``fit_epoch`` and ``epoch`` counted over the whole chain."""
     frames, offset = [], 0
-    for item in chain:
+    for item in fit_chain(context, key):
         history = read_history(context.fit_dir(item))
         if history.empty:
             continue
