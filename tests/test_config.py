@@ -2,8 +2,8 @@
 
 import pytest
 
-from medlite.tasks import load_config
 from medlite.errors import ConfigError
+from medlite.tasks import load_config
 from medlite.tasks.segmentation import SegmentationConfig
 
 

@@ -218,8 +218,8 @@ def test_jobs_wait_for_their_dependencies(tmp_path):
 
 
 def test_a_failed_dependency_blocks_only_its_dependents(tmp_path):
-    jobs = [Job("job-2", {"x": 2, "fail_once": True}), Job("after", {"x": 5}, depends_on=("job-2",)),
-            *jobs_of(3)]
+    jobs = [Job("job-2", {"x": 2, "fail_once": True}),
+            Job("after", {"x": 5}, depends_on=("job-2",)), *jobs_of(3)]
     with pytest.raises(JobsFailed) as caught:
         run_jobs(jobs, fails_once_job, tmp_path, progress=False)
     assert "1 of 3 jobs failed, 1 more could not start" in str(caught.value)

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from medlite.data.segmentation import postprocess_mask
+from medlite.inference import ImageInput, Predictor
 from medlite.tasks.segmentation import SegmentationConfig, SegmentationTask
 
 
@@ -50,11 +51,13 @@ def test_flip_tta_averages_the_four_flipped_predictions():
     task = SegmentationTask()
     config = SegmentationConfig()
     config.data.image_size = (16, 16)
-    image = np.zeros((16, 16, 3), dtype=np.uint8)
-    plain = task.predict_probabilities(_LeftBiased(), config, image)
+    image = ImageInput(np.zeros((16, 16, 3), dtype=np.uint8))
+    plain = torch.from_numpy(Predictor(task, config, _LeftBiased()).predict_one(
+        image).probabilities)
     assert plain[1, 0, 0] > 0.9 and plain[1, 0, -1] < 0.1
     config.inference.flip_tta = True
-    averaged = task.predict_probabilities(_LeftBiased(), config, image)
+    averaged = torch.from_numpy(Predictor(task, config, _LeftBiased()).predict_one(
+        image).probabilities)
     # Each ramp is cancelled by its horizontal mirror: every pixel averages to 0.5.
     assert torch.allclose(averaged, torch.full_like(averaged, 0.5), atol=1e-6)
     assert torch.allclose(averaged.sum(dim=0), torch.ones(16, 16))

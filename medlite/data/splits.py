@@ -622,3 +622,29 @@ def greedy_stratified_split(
             f"than {2 * target:g} samples"
         )
     return best[1][subject_index], best[0]
+
+
+def greedy_split_with_folds(samples: pd.DataFrame, labels: Sequence[int],
+                            label_values: Sequence[int], test_fraction: float, folds: int,
+                            n_trials: int, seed: int) -> pd.DataFrame:
+    """One-Step PASI's split: :func:`greedy_stratified_split` of the subjects into train and
+    test keeping the label distribution balanced, then ``folds`` grouped folds inside
+    training. Returns ``samples`` with ``split`` (train/test) and ``fold`` (nullable Int64,
+    empty for test); ``attrs["split_imbalance"]`` holds the split's imbalance."""
+    source = samples.attrs.get("source", "data")
+    subjects = as_subject_strings(samples["subject"])
+    is_test, imbalance = greedy_stratified_split(
+        subjects, labels, test_fraction=test_fraction, n_trials=n_trials, seed=seed,
+        label_values=label_values)
+    train = ~is_test
+    if len(np.unique(subjects[train])) < folds:
+        raise DataError(f"{source}: {len(np.unique(subjects[train]))} training subjects "
+                        f"cannot make {folds} folds")
+    samples = samples.copy()
+    samples["split"] = np.where(is_test, "test", "train")
+    fold = np.full(len(samples), -1)
+    fold[train] = assign_folds(subjects[train], folds, seed=seed)
+    samples["fold"] = pd.array(np.where(fold >= 0, fold, pd.NA), dtype="Int64")
+    check_subject_disjoint(subjects, samples["split"].to_numpy(), source)
+    samples.attrs["split_imbalance"] = float(imbalance)
+    return samples

@@ -699,3 +699,45 @@ class CompositeDataset(torch.utils.data.Dataset):
             "index": index,
         }
 
+
+
+def visit_folder_photos(folder: Path) -> dict[str, list[Path]]:
+    """The photos of one visit folder by region: subfolders ``upper``, ``trunk``, ``lower``
+    and optionally ``head``, each with up to four images (sorted by name)."""
+    from medlite.data.io import IMAGE_EXTENSIONS
+    from medlite.pasi import REGIONS
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a folder (a visit is a folder with upper/, trunk/ "
+                        "and lower/ photo folders)")
+    photos = {}
+    for region in REGIONS:
+        found = sorted(p for p in (folder / region).glob("*")
+                       if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if len(found) > MAX_PHOTOS_PER_REGION:
+            raise DataError(f"{folder / region}: {len(found)} photos; at most "
+                            f"{MAX_PHOTOS_PER_REGION} per region")
+        if found:
+            photos[region] = found
+    return photos
+
+
+def visit_composites(photos: dict, tile_size: int, source: str = "visit"
+                     ) -> dict[str, np.ndarray]:
+    """One composite per photographed region of a visit, in the order of the PASI formula.
+
+    ``photos`` maps regions to up to four photos (file paths or uint8 ``(H, W, 3)`` arrays);
+    ``upper``, ``trunk`` and ``lower`` are required, ``head`` optional."""
+    from medlite.data.io import read_image
+    from medlite.pasi import REGIONS, REQUIRED_REGIONS
+
+    unknown = sorted(set(photos) - set(REGIONS))
+    if unknown:
+        raise DataError(f"{source}: unknown region {unknown[0]!r} (one of {', '.join(REGIONS)})")
+    missing = [r for r in REQUIRED_REGIONS if not photos.get(r)]
+    if missing:
+        raise DataError(f"{source}: no photos for region {missing[0]}")
+    return {region: make_composite([p if isinstance(p, np.ndarray) else read_image(p)
+                                    for p in photos[region]], tile_size)
+            for region in REGIONS if photos.get(region)}

@@ -50,3 +50,40 @@ def stack_and_select(oof: np.ndarray, target: np.ndarray, groups: np.ndarray,
     return {"columns": list(columns), "meta_learners": weights, "out_of_fold_error": scores,
             "best_base": best_base, "best_meta": best_meta,
             "meta_out_of_fold": meta_predictions}
+
+
+def stack_composites(rows, oof: np.ndarray, columns: Sequence[str], meta_names: Sequence[str],
+                     *, folds: int, seed: int):
+    """:func:`stack_and_select` for One-Step PASI: ``rows`` are the training composites
+    (subject, visit, region and the ``regional`` or per-visit ``pasi`` target), ``oof`` their
+    out-of-fold regional predictions ``(N, M)``; learners are ranked by out-of-fold visit
+    MAE (Equation 2 over the regions). Returns the selection and the out-of-fold table (one
+    column per base and meta learner)."""
+    from medlite.evaluation.pasi_metrics import visit_scores
+
+    per_visit = "pasi" in rows.columns
+    target = rows["pasi" if per_visit else "regional"].to_numpy(float)
+    truth = visit_scores(rows, target, per_visit)["pasi"].to_numpy()
+
+    def visit_mae(values: np.ndarray) -> float:
+        return float(np.abs(visit_scores(rows, values, per_visit)["pasi"] - truth).mean())
+
+    result = stack_and_select(oof, target, rows["subject"].astype(str).to_numpy(), columns,
+                              meta_names, visit_mae, outer_folds=folds, seed=seed)
+    table = rows[["sample", "subject", "visit", "region", "fold"]].assign(true=target)
+    for i, name in enumerate(columns):
+        table[name] = oof[:, i]
+    for name, values in result.pop("meta_out_of_fold").items():
+        table[name] = values
+    return result, table
+
+
+def learner_weights(selection: dict, name: str) -> tuple[np.ndarray, float]:
+    """(coef (M,), intercept) turning the base columns into the named learner's prediction:
+    a meta-learner's weights, or a one-hot column for a base learner."""
+    columns = selection["columns"]
+    if name in selection["meta_learners"]:
+        weights = selection["meta_learners"][name]
+        return (np.array([weights["coefficients"][c] for c in columns], dtype=np.float64),
+                float(weights["intercept"]))
+    return np.eye(len(columns))[columns.index(name)], 0.0

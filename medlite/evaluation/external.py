@@ -57,7 +57,7 @@ def evaluate_run(run_dir: Path, *, data: Path | None = None, scores: Path | None
             raise DataError(f"--scores: only for pasi runs, not {config.task}")
         config.data.scores = Path(scores).resolve()
     note = None
-    extras: dict = {}
+    extras: dict = task.saved_extras(run_dir, config)
     if data is not None:
         samples = task.load_evaluation_samples(config, Path(data))
         overlap = training_overlap(run_dir, samples, task.fingerprints(samples))

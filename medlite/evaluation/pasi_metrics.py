@@ -82,3 +82,23 @@ def leaderboard(metrics: dict[str, dict[str, dict]], kinds: dict[str, str],
     table = pd.DataFrame(rows).sort_values(order, kind="stable").reset_index(drop=True)
     table.insert(0, "rank", np.arange(1, len(table) + 1))
     return table
+
+
+def visit_value(regions: Sequence[str], values: np.ndarray, per_visit: bool) -> float:
+    """One visit's PASI from its regions' predictions: the mean for per-visit targets, else
+    Equation 2 (:func:`medlite.pasi.pasi_from_regional`)."""
+    values = np.clip(np.asarray(values, dtype=np.float64), 0.0, REGIONAL_MAX)
+    if per_visit:
+        return float(values.mean())
+    return float(pasi_from_regional(dict(zip(regions, values, strict=True))))
+
+
+def headline_models(selection: dict) -> dict[str, str]:
+    """The models the metrics report, column -> heading: the deployed one, and the best base
+    and meta learner by out-of-fold visit MAE."""
+    groups = {"deployed": f"deployed: {selection.get('deployed', 'deployed')}"}
+    for kind in ("best_base", "best_meta"):
+        name = selection.get(kind)
+        if name and name != selection.get("deployed"):
+            groups[name] = f"{kind.replace('_', ' ')} (out of fold): {name}"
+    return groups

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from medlite.evaluation.pasi_metrics import leaderboard
+from medlite.evaluation.pasi_metrics import leaderboard, models_statistic
 from medlite.reports.longitudinal import (
     plot_agreement,
     plot_bland_altman,
@@ -30,11 +30,11 @@ def ordered_visits(table: pd.DataFrame, column: str) -> pd.DataFrame:
     return chosen.reset_index(drop=True)
 
 
-def pasi_figures(table: pd.DataFrame, config, figure_dir: Path, extras: dict,
-                 statistic_for_all) -> tuple[dict[str, Path], list[tuple[str, str]], dict]:
+def pasi_figures(table: pd.DataFrame, config, figure_dir: Path, extras: dict
+                 ) -> tuple[dict[str, Path], list[tuple[str, str]], dict]:
     """Figures, report sections and metrics.json entries of a PASI evaluation whose
     per-sample table has one row per visit: subject, visit, true, deployed and one column per
-    base and meta learner. ``statistic_for_all(table)`` scores every learner (leaderboard)."""
+    base and meta learner (the leaderboard scores them all)."""
     from medlite.evaluation.evaluator import metrics_with_intervals
 
     figure_dir = Path(figure_dir)
@@ -51,9 +51,11 @@ def pasi_figures(table: pd.DataFrame, config, figure_dir: Path, extras: dict,
     }
     responders = responder_agreement(chosen)
     write_csv_atomic(responders, figure_dir.parent / "responder_agreement.csv")
-    metrics = metrics_with_intervals(statistic_for_all(table), table["subject"],
-                                     config.evaluation, config.seed)
     columns = selection.get("columns", [])
+    learners = [n for n in (*columns, *selection.get("meta_learners", {})) if n in table]
+    metrics = metrics_with_intervals(
+        models_statistic(table, learners, config.severity_thresholds), table["subject"],
+        config.evaluation, config.seed)
     kinds = {name: "base" if name in columns else "meta" for name in metrics}
     board = leaderboard(metrics, kinds, selection.get("out_of_fold_error"))
     write_csv_atomic(board, figure_dir.parent / LEADERBOARD_FILE)

@@ -166,6 +166,11 @@ class Task:
         which learners were chosen on out-of-fold data)."""
         return {}
 
+    def saved_extras(self, run_dir: Path, config: BaseTaskConfig) -> dict:
+        """:meth:`evaluation_extras` of a finished run, read back from its folder (to
+        evaluate it again on other data)."""
+        return {}
+
     def deployed_fit(self, context: RunContext) -> str:
         """The fit whose weights the run deploys (default: the plan's last)."""
         return list(context.fits)[-1]

@@ -41,25 +41,25 @@ from medlite.config import (
     StrictModel,
     TrainerConfig,
 )
-from medlite.data.io import IMAGE_EXTENSIONS, read_image
-from medlite.data.splits import (
-    assign_folds,
-    assign_splits,
-    check_subject_disjoint,
-    greedy_stratified_split,
-)
+from medlite.data.splits import assign_splits, greedy_split_with_folds
 from medlite.data.transforms import normalize, to_tensor_image
 from medlite.data.visits import (
     CompositeCache,
     CompositeDataset,
-    make_composite,
     read_visit_tables,
+    visit_composites,
+    visit_folder_photos,
     visit_items,
 )
 from medlite.ensemble import META_LEARNERS
-from medlite.ensemble.selection import stack_and_select
+from medlite.ensemble.selection import learner_weights, stack_composites
 from medlite.errors import ConfigError, DataError
-from medlite.evaluation.pasi_metrics import models_statistic, visit_scores
+from medlite.evaluation.pasi_metrics import (
+    headline_models,
+    models_statistic,
+    visit_scores,
+    visit_value,
+)
 from medlite.inference.predictor import Prepared
 from medlite.inference.types import PasiOutput, VisitInput
 from medlite.models.pasi_ensemble import (
@@ -70,12 +70,7 @@ from medlite.models.pasi_ensemble import (
     regional_from_outputs,
 )
 from medlite.models.weights import check_pretrained_available
-from medlite.pasi import (
-    REGIONS,
-    pasi_from_regional,
-    percent_change,
-    severity_category,
-)
+from medlite.pasi import percent_change, severity_category
 from medlite.reports.pasi import pasi_figures
 from medlite.runs import load_state_dict, write_csv_atomic, write_json
 from medlite.tasks.base import Task, resolve_relative
@@ -233,31 +228,17 @@ class PasiTask(Task):
         return super().load_run_samples(config, run_dir)
 
     def split(self, samples: pd.DataFrame, config: PasiConfig) -> pd.DataFrame:
-        """The paper's greedy desquamation-balanced train/test split, then grouped folds."""
-        subjects = samples["subject"].astype(str).to_numpy()
+        """The paper's greedy desquamation-balanced train/test split, then grouped folds (per
+        visit PASI only: the severity categories are balanced instead)."""
         if "desquamation" in samples.columns:
             labels, values = samples["desquamation"].to_numpy(dtype=int), (0, 1, 2, 3, 4)
-        else:  # per-visit PASI only: balance the severity categories instead
-            low, high = config.severity_thresholds
-            labels = np.digitize(samples["pasi"].to_numpy(float), [low, high], right=True)
+        else:
+            labels = np.digitize(samples["pasi"].to_numpy(float),
+                                 list(config.severity_thresholds), right=True)
             values = (0, 1, 2)
-        is_test, imbalance = greedy_stratified_split(
-            subjects, labels, test_fraction=config.ensemble.test_fraction,
-            n_trials=config.ensemble.split_trials, seed=config.seed, label_values=values)
-        samples = samples.copy()
-        samples["split"] = np.where(is_test, "test", "train")
-        train = ~is_test
-        if len(np.unique(subjects[train])) < config.ensemble.folds:
-            raise DataError(f"{samples.attrs.get('source', 'data')}: "
-                            f"{len(np.unique(subjects[train]))} training subjects cannot make "
-                            f"{config.ensemble.folds} folds")
-        folds = np.full(len(samples), -1)
-        folds[train] = assign_folds(subjects[train], config.ensemble.folds, seed=config.seed)
-        samples["fold"] = pd.array(np.where(folds >= 0, folds, pd.NA), dtype="Int64")
-        check_subject_disjoint(subjects, samples["split"].to_numpy(),
-                               samples.attrs.get("source", "data"))
-        samples.attrs["split_imbalance"] = float(imbalance)
-        return samples
+        ensemble = config.ensemble
+        return greedy_split_with_folds(samples, labels, values, ensemble.test_fraction,
+                                       ensemble.folds, ensemble.split_trials, config.seed)
 
     def cache(self, config: PasiConfig) -> CompositeCache:
         return CompositeCache(Path(config.data.cache_dir))
@@ -343,25 +324,12 @@ class PasiTask(Task):
             return super().run_fit(context, fit, fit_dir, progress=progress)
         config = context.config
         train = context.samples[context.samples["split"] == "train"].reset_index(drop=True)
-        columns = base_columns(config)
+        columns = list(base_columns(config))
         oof = np.column_stack([
             read_fit_predictions(context, [fit_key(c, k) for k in range(config.ensemble.folds)])
             .set_index("sample")["pred"].loc[train["sample"]].to_numpy() for c in columns])
-        per_visit = "pasi" in train.columns
-        target = train["pasi" if per_visit else "regional"].to_numpy(float)
-        truth = visit_scores(train, target, per_visit)["pasi"].to_numpy()
-
-        def visit_mae(values: np.ndarray) -> float:
-            return float(np.abs(visit_scores(train, values, per_visit)["pasi"] - truth).mean())
-
-        result = stack_and_select(oof, target, train["subject"].astype(str).to_numpy(),
-                                  list(columns), config.ensemble.meta_learners, visit_mae,
-                                  outer_folds=config.ensemble.folds, seed=config.seed)
-        table = train[["sample", "subject", "visit", "region", "fold"]].assign(true=target)
-        for i, name in enumerate(columns):
-            table[name] = oof[:, i]
-        for name, values in result.pop("meta_out_of_fold").items():
-            table[name] = values
+        result, table = stack_composites(train, oof, columns, config.ensemble.meta_learners,
+                                         folds=config.ensemble.folds, seed=config.seed)
         write_csv_atomic(table, fit_dir / "out_of_fold.csv")
         write_json(fit_dir / ENSEMBLE_FILE, result)
         return result
@@ -385,11 +353,11 @@ class PasiTask(Task):
             for fold in range(config.ensemble.folds):
                 state = load_state_dict(context.fit_dir(fit_key(name, fold)) / "model.pt")
                 copies[fold].load_state_dict(state)
-        coef, intercept = weights_of(selection, self.deployed_name(config, selection))
+        coef, intercept = learner_weights(selection, self.deployed_name(config, selection))
         model.meta_coef.copy_(torch.tensor(coef, dtype=torch.float32))
         model.meta_intercept.fill_(intercept)
         for row, meta in enumerate(model.meta_names):
-            meta_coef, meta_intercept = weights_of(selection, meta)
+            meta_coef, meta_intercept = learner_weights(selection, meta)
             model.meta_coefs[row] = torch.from_numpy(meta_coef)
             model.meta_intercepts[row] = meta_intercept
         model.per_visit_target.fill_(int("pasi" in context.samples.columns))
@@ -399,6 +367,12 @@ class PasiTask(Task):
         selection = dict(results[STACKING_FIT])
         selection["deployed"] = self.deployed_name(context.config, selection)
         return {"selection": selection}
+
+    def saved_extras(self, run_dir: Path, config: PasiConfig) -> dict:
+        from medlite.runs import read_json
+
+        selection = read_json(Path(run_dir) / "fits" / STACKING_FIT / ENSEMBLE_FILE)
+        return {"selection": {**selection, "deployed": self.deployed_name(config, selection)}}
 
     def build_model(self, config: PasiConfig, for_training: bool = True) -> PasiEnsemble:
         columns = base_columns(config)
@@ -414,17 +388,9 @@ class PasiTask(Task):
         return torch.randn(1, 3, side, side)
 
     def prepare(self, item: VisitInput, config: PasiConfig) -> Prepared:
-        regions = [r for r in REGIONS if item.photos.get(r)]
-        unknown = sorted(set(item.photos) - set(REGIONS))
-        missing = [r for r in REGIONS[1:] if r not in regions]
-        if unknown or missing:
-            raise DataError(f"{item.source}: " + (f"unknown region {unknown[0]!r}" if unknown
-                                                  else f"no photos for region {missing[0]}"))
-        composites = [make_composite([p if isinstance(p, np.ndarray) else read_image(p)
-                                      for p in item.photos[r]], config.data.tile_size)
-                      for r in regions]
-        tensors = [normalize(to_tensor_image(c)) for c in composites]
-        return Prepared(tensors, (regions, composites, item))
+        composites = visit_composites(item.photos, config.data.tile_size, item.source)
+        tensors = [normalize(to_tensor_image(c)) for c in composites.values()]
+        return Prepared(tensors, (list(composites), list(composites.values()), item))
 
     def forward(self, model, batch, config):
         return model.predict_parts(batch) if isinstance(model, PasiEnsemble) else model(batch)
@@ -445,28 +411,15 @@ class PasiTask(Task):
         return PasiOutput(pasi=pasi, severity=severity_category(pasi, config.severity_thresholds),
                           regional=dict(zip(regions, values[:, 0].tolist(), strict=True)),
                           components=components, members=members, subject=item.subject,
-                          visit=item.visit, source=item.source, composites=dict(zip(regions, composites, strict=True)))
+                          visit=item.visit, source=item.source,
+                          composites=dict(zip(regions, composites, strict=True)))
 
     def parse_inputs(self, paths, visits, config):
         if paths:
             raise DataError(f"{paths[0]}: pasi predicts visits: give --visit FOLDER (with "
                             "upper/, trunk/, lower/ and optionally head/ photo folders)")
-        inputs = []
-        for folder in map(Path, visits):
-            if not folder.is_dir():
-                raise DataError(f"{folder}: not a folder (a visit is a folder with upper/, "
-                                "trunk/ and lower/ photo folders)")
-            photos = {}
-            for region in REGIONS:
-                found = sorted(p for p in (folder / region).glob("*")
-                               if p.suffix.lower() in IMAGE_EXTENSIONS)
-                if len(found) > 4:
-                    raise DataError(f"{folder / region}: {len(found)} photos; at most 4 per "
-                                    "region")
-                if found:
-                    photos[region] = found
-            inputs.append(VisitInput(photos, visit=folder.name, name=str(folder)))
-        return inputs
+        return [VisitInput(visit_folder_photos(Path(folder)), visit=Path(folder).name,
+                           name=str(folder)) for folder in visits]
 
     def write_prediction(self, output: PasiOutput, name: str, writer):
         from medlite.reports.figures import save_png
@@ -508,48 +461,8 @@ class PasiTask(Task):
         return [{**info, **output.members}]
 
     def statistic(self, table: pd.DataFrame, config: PasiConfig, extras: dict):
-        return models_statistic(table, list(headline_models(extras)),
-                                config.severity_thresholds, groups=headline_models(extras))
+        groups = headline_models(extras.get("selection", {}))
+        return models_statistic(table, list(groups), config.severity_thresholds, groups=groups)
 
     def figures(self, table, config: PasiConfig, figure_dir: Path, extras: dict):
-        return pasi_figures(table, config, figure_dir, extras, self.statistic_for_all(config))
-
-    def statistic_for_all(self, config: PasiConfig):
-        """Metrics of every base and meta learner on the same table (the leaderboard)."""
-        def build(table: pd.DataFrame):
-            names = [*base_columns(config), *config.ensemble.meta_learners]
-            return models_statistic(table, [n for n in names if n in table],
-                                    config.severity_thresholds)
-        return build
-
-
-def headline_models(extras: dict) -> dict[str, str]:
-    """The models the metrics report: the deployed one, and the best base and meta learner
-    by out-of-fold visit MAE. Column -> group name."""
-    selection = extras.get("selection", {})
-    groups = {"deployed": f"deployed: {selection.get('deployed', 'deployed')}"}
-    for kind in ("best_base", "best_meta"):
-        name = selection.get(kind)
-        if name and name != selection.get("deployed"):
-            groups[name] = f"{kind.replace('_', ' ')} (out of fold): {name}"
-    return groups
-
-
-def visit_value(regions: list[str], values: np.ndarray, per_visit: bool) -> float:
-    """A visit's PASI from its regions' predictions: the mean for per-visit targets, else
-    Equation 2 (:func:`medlite.pasi.pasi_from_regional`)."""
-    values = np.clip(np.asarray(values, dtype=np.float64), 0.0, 72.0)
-    if per_visit:
-        return float(values.mean())
-    return float(pasi_from_regional(dict(zip(regions, values, strict=True))))
-
-
-def weights_of(selection: dict, name: str) -> tuple[np.ndarray, float]:
-    """(coef (M,), intercept) turning the base columns into the named model's prediction:
-    a meta-learner's weights, or a one-hot column for a base learner."""
-    columns = selection["columns"]
-    if name in selection["meta_learners"]:
-        weights = selection["meta_learners"][name]
-        return (np.array([weights["coefficients"][c] for c in columns], dtype=np.float64),
-                float(weights["intercept"]))
-    return np.eye(len(columns))[columns.index(name)], 0.0
+        return pasi_figures(table, config, figure_dir, extras)

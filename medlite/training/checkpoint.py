@@ -10,7 +10,6 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from medlite.runs import save_torch_atomic
 
-
 SAVED_MARKER = ".saved"
 
 

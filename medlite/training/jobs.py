@@ -123,7 +123,7 @@ class Executor(ABC):
         done, _ = wait_futures(list(futures), return_when=FIRST_COMPLETED)
         return set(done)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional: executors without workers keep it)
         """Release workers; queued work that has not started is dropped."""
 
     def __enter__(self) -> Executor:

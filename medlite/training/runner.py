@@ -74,7 +74,7 @@ def train_run(config: BaseTaskConfig, run_dir: Path, *, resume: bool = False,
                    environment_record(config.seed, {"task": config.task, "threads": threads}))
         samples = task.split(samples, config)
         write_splits(run_dir / SPLITS_FILE, samples["sample"], samples["subject"],
-                     samples["split"], samples["fold"] if "fold" in samples else None,
+                     samples["split"], samples.get("fold"),
                      extra={"content_sha256": task.fingerprints(samples)})
     samples = task.prepare_training(config, samples, run_dir, progress)
     context = RunContext.build(run_dir, task, config, samples)
