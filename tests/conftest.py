@@ -79,3 +79,32 @@ def make_seg_folders(tmp_path: Path) -> Callable[..., tuple[Path, Path]]:
         return images_dir, masks_dir
 
     return make
+
+
+def kill_when(arguments: list[str], ready: Callable[[], bool], timeout: float = 120) -> None:
+    """Run ``python -m medlite.cli *arguments`` and SIGKILL it as soon as ``ready()`` holds
+    (fails when the command ends first), as a power cut or the OOM killer would."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    process = subprocess.Popen([sys.executable, "-m", "medlite.cli", *map(str, arguments)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None and not ready():
+        time.sleep(0.05)
+    assert process.poll() is None, "the command finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def history_rows(path: Path) -> int:
+    """Epochs recorded in a fit's history.csv (0 when it does not exist yet)."""
+    import pandas as pd
+
+    try:
+        return len(pd.read_csv(path)) if Path(path).is_file() else 0
+    except (pd.errors.EmptyDataError, pd.errors.ParserError):
+        return 0

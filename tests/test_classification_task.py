@@ -26,7 +26,7 @@ from medlite.tasks.classification import (
     ClassificationTask,
     StageConfig,
 )
-from tests.conftest import random_rgb, save_image
+from tests.conftest import history_rows, kill_when, random_rgb, save_image
 
 CLASSES = ["normal", "early", "late"]
 HEAD = "classifier.1"  # mobilenet_v2's new head (head_hidden): classifier.1.1 ... classifier.1.3
@@ -181,12 +181,6 @@ def test_resume_trains_only_the_unfinished_stage(trained, tmp_path):
 
 
 def test_sigkill_during_the_second_stage_then_resume_matches(trained, tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     root, config, run = trained
     killed = tmp_path / "killed"
     text = config.read_text().replace("epochs: 1, lr: 1.0e-3, trainable: all_but",
@@ -195,18 +189,9 @@ def test_sigkill_during_the_second_stage_then_resume_matches(trained, tmp_path):
     longer.write_text(text)
     assert main(["train", str(longer), "--out", str(tmp_path / "reference"),
                  "--no-progress"]) == 0
-    process = subprocess.Popen([sys.executable, "-m", "medlite.cli", "train", str(longer),
-                                "--out", str(killed), "--no-progress"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     history = killed / "fits" / "2-fine_tune" / "history.csv"
-    deadline = time.time() + 120
-    while time.time() < deadline and process.poll() is None:
-        if history.is_file() and len(pd.read_csv(history)) >= 1:
-            break
-        time.sleep(0.05)
-    assert process.poll() is None, "training finished before it could be killed"
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_when(["train", longer, "--out", killed, "--no-progress"],
+              lambda: history_rows(history) >= 1)
     assert (killed / "fits/1-head/done.json").is_file()
     assert not (killed / "fits/2-fine_tune/done.json").exists()
     assert main(["train", str(longer), "--out", str(killed), "--resume", "--no-progress"]) == 0

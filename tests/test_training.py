@@ -3,11 +3,6 @@ and resume: after a crash and after SIGKILL the run ends with exactly the metric
 uninterrupted run."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -24,6 +19,7 @@ from medlite.tasks import get_task
 from medlite.tasks.segmentation import SegmentationConfig, SegmentationDataConfig
 from medlite.training.checkpoint import AtomicCheckpointIO
 from medlite.training.runner import train_run
+from tests.conftest import history_rows, kill_when
 
 
 def tiny_config(manifest, epochs=15) -> SegmentationConfig:
@@ -125,25 +121,32 @@ class CrashAtEpochStart(pl.Callback):
             raise RuntimeError("simulated crash")
 
 
-def test_resume_after_a_crash_gives_the_uninterrupted_metrics(tmp_path, manifest,
-                                                              monkeypatch):
-    config = tiny_config(manifest, epochs=4)
-    reference = train_run(config, tmp_path / "reference", progress=False)
+def crash_at_epoch(monkeypatch, epoch: int):
+    """Make the segmentation recipe's fits crash when epoch ``epoch`` starts; returns the
+    function that undoes it."""
     task = get_task("segmentation")
     original = task.training_parts
 
     def crashing_parts(*args, **kwargs):
         parts = original(*args, **kwargs)
-        parts.extra_callbacks.append(CrashAtEpochStart(2))
+        parts.extra_callbacks.append(CrashAtEpochStart(epoch))
         return parts
 
-    run = tmp_path / "run"
     monkeypatch.setattr(task, "training_parts", crashing_parts)
+    return lambda: monkeypatch.setattr(task, "training_parts", original)
+
+
+def test_resume_after_a_crash_gives_the_uninterrupted_metrics(tmp_path, manifest,
+                                                              monkeypatch):
+    config = tiny_config(manifest, epochs=4)
+    reference = train_run(config, tmp_path / "reference", progress=False)
+    run = tmp_path / "run"
+    undo = crash_at_epoch(monkeypatch, 2)
     with pytest.raises(Exception, match="simulated crash"):
         train_run(config, run, progress=False)
     checkpoint = torch.load(run / "fits/main/checkpoints/last.ckpt", weights_only=True)
     assert checkpoint["epoch"] == 1  # written at the end of every epoch
-    monkeypatch.setattr(task, "training_parts", original)
+    undo()
     resumed = train_run(config, run, resume=True, progress=False)
     assert resumed.metrics == reference.metrics
     assert pd.read_csv(run / "history.csv").equals(
@@ -152,18 +155,10 @@ def test_resume_after_a_crash_gives_the_uninterrupted_metrics(tmp_path, manifest
 
 def test_a_fit_whose_checkpoint_vanished_is_not_silently_restarted(tmp_path, manifest,
                                                                     monkeypatch):
-    task = get_task("segmentation")
-    original = task.training_parts
-
-    def crashing_parts(*args, **kwargs):
-        parts = original(*args, **kwargs)
-        parts.extra_callbacks.append(CrashAtEpochStart(1))
-        return parts
-
-    monkeypatch.setattr(task, "training_parts", crashing_parts)
+    undo = crash_at_epoch(monkeypatch, 1)
     with pytest.raises(Exception, match="simulated crash"):
         train_run(tiny_config(manifest, epochs=3), tmp_path / "run", progress=False)
-    monkeypatch.setattr(task, "training_parts", original)
+    undo()
     (tmp_path / "run/fits/main/checkpoints/last.ckpt").unlink()
     with pytest.raises(Exception, match="was checkpointed but"):
         train_run(tiny_config(manifest, epochs=3), tmp_path / "run", resume=True,
@@ -183,20 +178,10 @@ def test_sigkill_in_the_middle_of_a_fit_then_resume_matches_an_uninterrupted_run
     assert main(["train", str(config), "--out", str(tmp_path / "reference"),
                  "--no-progress"]) == 0
     run = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, "-m", "medlite.cli", "train", str(config),
-                                "--out", str(run), "--no-progress"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     history = run / "fits" / "main" / "history.csv"
-    deadline = time.time() + 120
-    while time.time() < deadline and process.poll() is None:
-        if history.is_file() and len(pd.read_csv(history)) >= 2:
-            break
-        time.sleep(0.05)
-    assert process.poll() is None, "training finished before it could be killed"
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    done = len(pd.read_csv(history))
-    assert 2 <= done < 6 and not (run / "metrics.json").exists()
+    kill_when(["train", config, "--out", run, "--no-progress"],
+              lambda: history_rows(history) >= 2)
+    assert 2 <= history_rows(history) < 6 and not (run / "metrics.json").exists()
     assert main(["train", str(config), "--out", str(run), "--resume", "--no-progress"]) == 0
     killed = json.loads((run / "metrics.json").read_text())["metrics"]
     reference = json.loads((tmp_path / "reference" / "metrics.json").read_text())["metrics"]

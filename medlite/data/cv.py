@@ -13,6 +13,12 @@ of every fold), so fold ``k``'s test set is ``folds == k`` and its training set
 - :func:`time_blocked_kfold`: contiguous blocks of time within a recording, with windows that
   would share samples across a fold boundary purged: the model is tested on unseen stretches
   of a seen person.
+
+On a table of windows (columns subject, recording, start_s, label): :func:`cv_folds` assigns
+the folds of a scheme, :func:`carve_validation` holds a validation part out of a fold's
+training windows (purged like the folds), :func:`train_test_overlap` measures how much a test
+window shares with its fold's training windows, and :func:`comparison_scheme` picks the scheme
+to train beside the main one for a leakage report.
 """
 
 from __future__ import annotations
@@ -20,9 +26,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 from sklearn.model_selection import KFold, StratifiedKFold
 
-from medlite.data.splits import assign_folds
+from medlite.data.splits import assign_folds, assign_splits
+from medlite.errors import DataError
 
 PURGED = -1
 
@@ -137,3 +145,161 @@ def time_blocked_kfold(times_s: Sequence[float], n_folds: int = 5, gap_s: float 
                              "to block several recordings separately")
         folds[members] = _blocked_folds(times_s[members], n_folds, gap_s)
     return folds
+
+
+# -- folds and validation parts of a window table ----------------------------------------------
+
+CV_SCHEMES = ("subject", "time", "window")
+
+
+def cv_folds(windows: pd.DataFrame, scheme: str, *, folds: int | None, seed: int,
+             gap_s: float, source: str = "data") -> np.ndarray:
+    """Fold ``(N,)`` int64 of every window of ``windows`` (columns subject, recording,
+    start_s, label) under ``scheme`` (-1: purged, in no test fold).
+
+    ``subject``: grouped folds, ``folds`` None for leave-one-subject-out; ``time``:
+    contiguous blocks of each recording, windows starting less than ``gap_s`` after a kept
+    window of an earlier block purged; ``window``: shuffled, label-stratified windows (the
+    paper's leaky protocol). ``source`` names the data in errors.
+    """
+    if scheme not in CV_SCHEMES:
+        raise ValueError(f"scheme must be one of {CV_SCHEMES}, got {scheme!r}")
+    subjects = windows["subject"].astype(str).to_numpy()
+    n_subjects = len(np.unique(subjects))
+    if scheme == "subject":
+        n_folds = n_subjects if folds is None else folds
+        if n_subjects < 2:
+            raise DataError(f"{source}: one subject cannot make subject folds; use "
+                            "cv.scheme: time")
+        if n_folds > n_subjects:
+            raise DataError(f"cv.folds: {n_folds} subject folds need at least {n_folds} "
+                            f"subjects, the data has {n_subjects} (use fewer folds, cv.folds: "
+                            "null for leave-one-subject-out, or cv.scheme: time)")
+        return subject_kfold(subjects, n_folds, seed=seed)
+    n_folds = folds if folds is not None else n_subjects
+    try:
+        if scheme == "time":
+            return time_blocked_kfold(windows["start_s"].to_numpy(), n_folds, gap_s=gap_s,
+                                      recordings=windows["recording"].to_numpy())
+        return window_kfold(len(windows), n_folds, seed=seed,
+                            labels=windows["label"].to_numpy())
+    except ValueError as exc:
+        raise DataError(f"cv.folds: {exc}") from None
+
+
+def scheme_folds(windows: pd.DataFrame, scheme: str, *, folds: int | None, seed: int,
+                 gap_s: float, source: str = "data") -> np.ndarray:
+    """:func:`cv_folds`, checked subject-disjoint for the subject scheme."""
+    assigned = cv_folds(windows, scheme, folds=folds, seed=seed, gap_s=gap_s, source=source)
+    if scheme == "subject":
+        check_folds_subject_disjoint(windows, assigned, source)
+    return assigned
+
+
+def comparison_scheme(scheme: str, folds: int | None, windows: pd.DataFrame) -> str:
+    """The scheme trained beside ``scheme`` for a leakage report: window-level CV beside a
+    subject or time scheme; beside window-level CV, subject folds when there are enough
+    subjects for ``folds``, else time blocks."""
+    if scheme != "window":
+        return "window"
+    n_subjects = windows["subject"].nunique()
+    return "subject" if n_subjects >= (folds or n_subjects) and n_subjects > 1 else "time"
+
+
+def check_folds_subject_disjoint(windows: pd.DataFrame, folds: np.ndarray, source: str) -> None:
+    """No subject may have windows in the test fold and the training folds of any fold."""
+    subjects = windows["subject"].astype(str).to_numpy()
+    for fold in np.unique(folds[folds >= 0]):
+        test = set(subjects[folds == fold])
+        train = set(subjects[(folds >= 0) & (folds != fold)])
+        shared = sorted(test & train)
+        if shared:
+            raise DataError(f"{source}: subject {shared[0]!r} is in the test fold {fold} and "
+                            "in its training folds")
+
+
+def _nearest_gaps(times: np.ndarray, candidates: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Distance from each of ``candidates`` (start times) to the nearest of ``others``
+    (inf when there is none)."""
+    others = np.sort(others)
+    gaps = np.full(candidates.size, np.inf)
+    if others.size == 0:
+        return gaps
+    right = np.searchsorted(others, candidates)
+    has_right = right < others.size
+    gaps[has_right] = others[right[has_right]] - candidates[has_right]
+    has_left = right > 0
+    gaps[has_left] = np.minimum(gaps[has_left], candidates[has_left] - others[right[has_left] - 1])
+    return gaps
+
+
+def _purge_near(times: np.ndarray, keep: np.ndarray, held: np.ndarray, gap_s: float
+                ) -> np.ndarray:
+    """``keep`` without the windows starting less than ``gap_s`` from a ``held`` window."""
+    return keep[_nearest_gaps(times, times[keep], times[held]) >= gap_s]
+
+
+def carve_validation(windows: pd.DataFrame, train: np.ndarray, scheme: str,
+                     val_fraction: float, gap_s: float, seed: int
+                     ) -> tuple[np.ndarray, np.ndarray, str]:
+    """Split training positions ``train`` of ``windows`` into (fit, validation, how).
+
+    ``how`` is ``subject`` (whole subjects, when round(val_fraction x subjects) >= 1 under the
+    subject scheme), ``window`` (random windows, the window scheme) or ``time``: the last
+    ``val_fraction`` of each (recording, class) stretch, training windows starting less than
+    ``gap_s`` from a validation window purged. The same arguments give the same parts.
+    """
+    train = np.asarray(train, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    subjects = windows["subject"].astype(str).to_numpy()[train]
+    n_subjects = len(np.unique(subjects))
+    if scheme == "window":
+        order = rng.permutation(train)
+        n_val = max(1, int(round(val_fraction * train.size)))
+        return np.sort(order[n_val:]), np.sort(order[:n_val]), "window"
+    if scheme == "subject" and int(np.floor(val_fraction * n_subjects + 0.5)) >= 1 \
+            and n_subjects >= 2:
+        splits = assign_splits(subjects, val_fraction=val_fraction, test_fraction=0.0, seed=seed)
+        return train[splits == "train"], train[splits == "val"], "subject"
+    times = windows["start_s"].to_numpy()
+    recordings = windows["recording"].to_numpy()
+    labels = windows["label"].to_numpy()
+    fit_parts, val_parts = [], []
+    for recording in np.unique(recordings[train]):
+        members = train[recordings[train] == recording]
+        held = []
+        for label in np.unique(labels[members]):
+            stretch = members[labels[members] == label]
+            stretch = stretch[np.argsort(times[stretch], kind="stable")]
+            n_val = int(np.ceil(val_fraction * stretch.size)) if stretch.size >= 4 else 0
+            held.append(stretch[stretch.size - n_val:])
+        held = np.concatenate(held)
+        rest = np.setdiff1d(members, held)
+        fit_parts.append(_purge_near(times, rest, held, gap_s))
+        val_parts.append(held)
+    fit_rows, val_rows = np.sort(np.concatenate(fit_parts)), np.sort(np.concatenate(val_parts))
+    if val_rows.size == 0 or fit_rows.size == 0:
+        raise DataError(f"{train.size} training windows are too few to hold out a validation "
+                        "part; add data or lower cv.folds")
+    return fit_rows, val_rows, "time"
+
+
+def train_test_overlap(windows: pd.DataFrame, folds: np.ndarray, window_s: float
+                       ) -> tuple[float, float]:
+    """How much of a test window's samples a training window of its fold shares: the mean
+    over tested windows of the largest shared fraction, and the share of tested windows
+    sharing any sample with a training window (same recording, time overlap)."""
+    times = windows["start_s"].to_numpy()
+    recordings = windows["recording"].to_numpy()
+    largest = np.zeros(len(windows))
+    tested = folds >= 0
+    for fold in np.unique(folds[tested]):
+        test = folds == fold
+        train = tested & ~test
+        for recording in np.unique(recordings[test]):
+            in_rec = recordings == recording
+            rows = np.flatnonzero(test & in_rec)
+            gaps = _nearest_gaps(times, times[rows], times[train & in_rec])
+            largest[rows] = np.clip(1.0 - gaps / window_s, 0.0, 1.0)
+    values = largest[tested]
+    return float(values.mean()), float((values > 0).mean())

@@ -126,15 +126,19 @@ def summarize(task: Task, config: BaseTaskConfig, table: pd.DataFrame, out_dir: 
     extras = dict(extras or {})
     statistic = task.statistic(table, config, extras)
     # A task may resample other clusters than subjects (one ECG subject: blocks of time).
-    groups = table[GROUP_COLUMN] if GROUP_COLUMN in table else table["subject"]
+    clustered = GROUP_COLUMN in table
+    groups = table[GROUP_COLUMN] if clustered else table["subject"]
     metrics = metrics_with_intervals(statistic, groups, config.evaluation, config.seed)
+    # Groups the task scored on other tables (a comparison scheme's out-of-fold predictions).
+    metrics.update(extras.get("metric_groups", {}))
+    extras["metrics"] = metrics
     out_dir = Path(out_dir)
     figures, sections, more = task.figures(table, config, out_dir / "figures", extras)
     info = {"evaluated": evaluated, "note": note, "n_samples": len(table),
             "n_subjects": int(table["subject"].nunique()),
             "confidence": config.evaluation.confidence,
             "bootstrap_resamples": config.evaluation.bootstrap_resamples,
-            "bootstrap_unit": "subject", **more}
+            "bootstrap_unit": "cluster" if clustered else "subject", **more}
     return EvaluationResult(metrics=metrics, per_sample=table, figures=figures, info=info,
                             sections=sections)
 

@@ -60,7 +60,7 @@ class Predictor:
         task, config, model: the recipe, the run's resolved config and the trained network.
         device: ``"cpu"``, ``"cuda"``... (``"auto"``: a GPU when present).
         batch_size: network inputs per forward pass (default: the config's
-            ``trainer.batch_size``).
+            ``inference.batch_size`` when it has one, else ``trainer.batch_size``).
         fast: ``"torch"`` runs :func:`~medlite.inference.fast.optimize_for_inference`
             (BatchNorm folding, channels-last; outputs within 1e-4), ``"onnxruntime"`` an ONNX
             Runtime session of that model; both CPU only.
@@ -75,7 +75,9 @@ class Predictor:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
                                    else ("cpu" if device == "auto" else device))
-        self.batch_size = int(batch_size or config.trainer.batch_size)
+        inference = getattr(config, "inference", None)
+        self.batch_size = int(batch_size or getattr(inference, "batch_size", None)
+                              or config.trainer.batch_size)
         self.network = model.eval()
         self.fast = fast
         if fast != "none":

@@ -48,6 +48,7 @@ from medlite.data.classification import (
     read_classification_manifest,
     read_image_folder,
     scale_pixels,
+    write_classification_manifest,
 )
 from medlite.data.io import image_files
 from medlite.data.transforms import to_tensor_image
@@ -242,6 +243,12 @@ class ClassificationTask(Task):
 
     def load_evaluation_samples(self, config: ClassificationConfig, data_path: Path):
         return self.load_samples(config, data_path, require_every_class=False)
+
+    def prepare_training(self, config: ClassificationConfig, samples, run_dir, progress):
+        if config.data.image_folder is not None:  # the manifest the folder stands for
+            write_classification_manifest(samples, Path(run_dir) / "manifest.csv",
+                                          overwrite=True)
+        return samples
 
     def stratify_labels(self, samples: pd.DataFrame) -> np.ndarray:
         return samples["label"].astype(str).to_numpy()
