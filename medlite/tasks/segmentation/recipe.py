@@ -10,22 +10,16 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from pydantic import Field, field_validator, model_validator
 from torchmetrics import MetricCollection
 from torchmetrics.segmentation import DiceScore, MeanIoU
 
 from medlite.config import (
-    BaseTaskConfig,
-    ModelConfig,
     OptimizerConfig,
-    SchedulerConfig,
-    StrictModel,
 )
 from medlite.data.io import image_files, read_image, read_mask
 from medlite.data.manifest import read_manifest
@@ -35,7 +29,7 @@ from medlite.data.segmentation import (
     postprocess_mask,
     restore_logits,
 )
-from medlite.data.transforms import AugmentConfig, normalize, to_tensor_image
+from medlite.data.transforms import normalize, to_tensor_image
 from medlite.errors import DataError
 from medlite.inference.predictor import Prepared
 from medlite.inference.types import ImageInput, SegmentationOutput
@@ -43,63 +37,14 @@ from medlite.metrics import per_image_scores, segmentation_counts, segmentation_
 from medlite.models import create_model
 from medlite.reports.figures import overlay_image, save_case_grid
 from medlite.tasks.base import Task, model_profile, resolve_relative
+from medlite.tasks.segmentation.config import (
+    SegmentationConfig,
+    SegmentationDataConfig,
+)
 from medlite.training.loop import TrainingParts
 from medlite.training.losses import DiceCELoss
 
 _COUNTS = ("tp", "fp", "fn")
-
-
-class SegmentationDataConfig(StrictModel):
-    manifest: Path | None = Field(None, description="CSV with image, mask, subject[, split].")
-    num_classes: int = Field(2, ge=2)
-    class_names: list[str] = Field(default_factory=lambda: ["background", "lesion"])
-    image_size: tuple[int, int] = Field((256, 256), description="(height, width), x16.")
-    resize_mode: Literal["resize", "letterbox"] = "resize"
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    cache: bool = Field(True, description="Keep decoded, resized pairs in memory.")
-
-    @field_validator("image_size")
-    @classmethod
-    def _multiple_of_16(cls, value: tuple[int, int]) -> tuple[int, int]:
-        if any(side < 16 or side % 16 for side in value):
-            raise ValueError("each side must be a multiple of 16 (four 2x poolings)")
-        return value
-
-    @model_validator(mode="after")
-    def _names_match_classes(self):
-        if len(self.class_names) != self.num_classes:
-            raise ValueError(f"class_names has {len(self.class_names)} names for "
-                             f"num_classes={self.num_classes}")
-        return self
-
-
-class SegmentationLossConfig(StrictModel):
-    ce_weight: float = Field(1.0, ge=0)
-    dice_weight: float = Field(1.0, ge=0)
-
-
-class SegmentationInferenceConfig(StrictModel):
-    """How masks are predicted from a trained model (evaluate and predict). The defaults are
-    the paper's plain argmax; ``medlite evaluate/predict --set inference.KEY=VALUE`` changes
-    them for a trained run."""
-
-    flip_tta: bool = Field(False, description="Average softmax over the image and its "
-                           "horizontal, vertical and double flips (4 forward passes).")
-    largest_component: bool = Field(False, description="Keep only the largest region of "
-                                    "each foreground class.")
-    fill_holes: bool = Field(False, description="Fill background holes enclosed by a class.")
-
-
-class SegmentationConfig(BaseTaskConfig):
-    task: Literal["segmentation"] = "segmentation"
-    data: SegmentationDataConfig = Field(default_factory=SegmentationDataConfig)
-    loss: SegmentationLossConfig = Field(default_factory=SegmentationLossConfig)
-    inference: SegmentationInferenceConfig = Field(default_factory=SegmentationInferenceConfig)
-    model: ModelConfig = Field(default_factory=lambda: ModelConfig(name="tinyunet"))
-    optimizer: OptimizerConfig = Field(
-        default_factory=lambda: OptimizerConfig(name="adam", lr=1e-4, betas=(0.9, 0.999)))
-    scheduler: SchedulerConfig = Field(
-        default_factory=lambda: SchedulerConfig(name="cosine", min_lr=1e-6))
 
 
 class SegmentationTask(Task):

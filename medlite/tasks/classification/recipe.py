@@ -20,23 +20,17 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import Field, field_validator, model_validator
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from medlite.config import (
-    BaseTaskConfig,
     ModelConfig,
     OptimizerConfig,
-    SchedulerConfig,
-    StrictModel,
-    TrainerConfig,
 )
 from medlite.data.classification import (
     ClassificationAugmentConfig,
@@ -60,108 +54,12 @@ from medlite.models import create_model
 from medlite.reports.classification_figures import classification_figures
 from medlite.reports.figures import save_png
 from medlite.tasks.base import Stage, Task, model_profile, resolve_relative
+from medlite.tasks.classification.config import (
+    ClassificationConfig,
+    ClassificationDataConfig,
+    StageConfig,
+)
 from medlite.training.loop import TrainingParts
-
-
-class ClassificationDataConfig(StrictModel):
-    manifest: Path | None = Field(None, description="CSV with image, label, subject[, split].")
-    image_folder: Path | None = Field(None, description="One subfolder of images per class "
-                                      "(each image its own subject); a manifest is derived.")
-    dermamnist: Path | None = Field(None, description="DermaMNIST folder (npz + labels.csv), "
-                                    "with its official train/val/test split.")
-    class_names: list[str] | None = Field(None, description="Classes in label-index order; "
-                                          "default: the sorted labels of the data.")
-    image_size: tuple[int, int] = Field((128, 128), description="(height, width) in pixels, "
-                                        "or one number for a square.")
-    scaling: Literal["imagenet", "minus_one_one"] = Field(
-        "imagenet", description="imagenet: mean/std, as torchvision's weights expect; "
-        "minus_one_one: [-1, 1], as Keras' MobileNetV2 weights (the paper) expect.")
-    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
-    augment: ClassificationAugmentConfig = Field(default_factory=ClassificationAugmentConfig)
-    class_balance: Literal["none", "weights", "sampler"] = Field(
-        "weights", description="weights: inverse-frequency class weights in the loss; "
-        "sampler: draw classes equally often; none.")
-    cache: bool = Field(True, description="Keep decoded, resized images in memory.")
-    check_images: bool = Field(True, description="Decode every image when reading the data.")
-
-    @field_validator("image_size", mode="before")
-    @classmethod
-    def _square(cls, value):
-        return (value, value) if isinstance(value, int) else value
-
-    @field_validator("image_size")
-    @classmethod
-    def _at_least_16(cls, value: tuple[int, int]) -> tuple[int, int]:
-        if min(value) < 16:
-            raise ValueError("each side must be at least 16 pixels")
-        return value
-
-    @field_validator("class_names")
-    @classmethod
-    def _distinct(cls, names: list[str] | None) -> list[str] | None:
-        if names is not None and (len(names) < 2 or len(set(names)) != len(names)):
-            raise ValueError("needs at least two distinct class names")
-        return names
-
-    @model_validator(mode="after")
-    def _one_source(self):
-        given = [k for k in ("manifest", "image_folder", "dermamnist") if getattr(self, k)]
-        if len(given) > 1:
-            raise ValueError(f"give one data source, not {' and '.join(given)}")
-        return self
-
-
-class StageConfig(StrictModel):
-    """One training stage. ``epochs`` and ``lr`` default to ``trainer.max_epochs`` and
-    ``optimizer.lr``."""
-
-    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$", description="Names the stage's fit.")
-    epochs: int | None = Field(None, ge=1)
-    lr: float | None = Field(None, gt=0)
-    trainable: Literal["head", "all", "all_but_first_n"] = Field(
-        "all", description="head: only the classification head learns; all; all_but_first_n: "
-        "the first freeze_first_n_layers layers stay frozen.")
-    freeze_first_n_layers: int | None = Field(None, ge=0)
-
-    @model_validator(mode="after")
-    def _n_with_all_but_first_n(self):
-        wanted = self.trainable == "all_but_first_n"
-        if wanted != (self.freeze_first_n_layers is not None):
-            raise ValueError("freeze_first_n_layers goes with trainable: all_but_first_n "
-                             "(and only with it)")
-        return self
-
-
-def paper_stages() -> list[StageConfig]:
-    """The paper's schedule: the head on the frozen backbone, then fine-tuning all but the
-    first 10 layers (the paper trains the head 100 epochs for 2 classes, 200 for 3)."""
-    return [StageConfig(name="head", epochs=100, lr=1e-3, trainable="head"),
-            StageConfig(name="fine_tune", epochs=100, lr=1e-5, trainable="all_but_first_n",
-                        freeze_first_n_layers=10)]
-
-
-class ClassificationConfig(BaseTaskConfig):
-    task: Literal["classification"] = "classification"
-    data: ClassificationDataConfig = Field(default_factory=ClassificationDataConfig)
-    stages: list[StageConfig] = Field(default_factory=paper_stages, min_length=1)
-    monitor: Literal["val_loss", "val_macro_f1"] = Field(
-        "val_loss", description="Chooses each stage's best epoch (and early stopping).")
-    model: ModelConfig = Field(default_factory=lambda: ModelConfig(
-        name="mobilenet_v2", pretrained=True, kwargs={"head_hidden": 128, "dropout": 0.2}))
-    optimizer: OptimizerConfig = Field(
-        default_factory=lambda: OptimizerConfig(name="adam", lr=1e-3))
-    scheduler: SchedulerConfig = Field(default_factory=lambda: SchedulerConfig(name="none"))
-    trainer: TrainerConfig = Field(default_factory=lambda: TrainerConfig(
-        max_epochs=100, batch_size=32, early_stopping_patience=None))
-
-    @field_validator("stages")
-    @classmethod
-    def _unique_names(cls, stages: list[StageConfig]) -> list[StageConfig]:
-        names = [s.name for s in stages]
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ValueError(f"stage name {repeated[0]!r} is used twice")
-        return stages
 
 
 class ClassificationTask(Task):
