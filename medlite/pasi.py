@@ -180,13 +180,9 @@ def pasi_score(regions: Mapping[str, Mapping[str, float]]) -> float:
         if not missing:
             problems += _regional_problems(values, prefix=f"{region}.")
     _raise_problems(problems)
-    return float(
-        sum(
-            REGION_WEIGHTS[region]
-            * (sum(float(values[sign]) for sign in SIGNS) * float(values["area"]))
-            for region, values in regions.items()
-        )
-    )
+    return float(pasi_from_regional({
+        region: sum(float(values[sign]) for sign in SIGNS) * float(values["area"])
+        for region, values in regions.items()}))
 
 
 def pasi_from_regional(regional: Mapping[str, float | np.ndarray]) -> float | np.ndarray:

@@ -183,8 +183,13 @@ def test_resume_trains_only_the_unfinished_stage(trained, tmp_path):
 def test_sigkill_during_the_second_stage_then_resume_matches(trained, tmp_path):
     root, config, run = trained
     killed = tmp_path / "killed"
-    text = config.read_text().replace("epochs: 1, lr: 1.0e-3, trainable: all_but",
-                                      "epochs: 4, lr: 1.0e-3, trainable: all_but")
+    text = config.read_text().replace("name: mobilenet_v2", "name: plain_cnn").replace(
+        "weights_path: initial.pt", "").replace("kwargs: {head_hidden: 8}",
+                                                "kwargs: {widths: [8, 16], hidden: 16}")
+    text = text.replace("epochs: 1, lr: 1.0e-3, trainable: head",
+                        "epochs: 2, lr: 1.0e-3, trainable: all").replace(
+        "epochs: 1, lr: 1.0e-3, trainable: all_but", "epochs: 5, lr: 1.0e-3, trainable: all_but")
+    text = text.replace("freeze_first_n_layers: 10", "freeze_first_n_layers: 1")
     longer = root / "longer.yaml"
     longer.write_text(text)
     assert main(["train", str(longer), "--out", str(tmp_path / "reference"),
@@ -470,3 +475,19 @@ def test_bad_input_is_one_line_and_exit_code_2(case, expected, tmp_path, capsys)
     first = err.splitlines()[0]
     assert first.startswith("medlite: error: ") and expected in err
     assert "Traceback" not in err
+
+
+def test_evaluation_without_intervals_and_at_another_confidence_level(trained, tmp_path):
+    _, _, run = trained
+    assert main(["evaluate", str(run), "--out", str(tmp_path / "none"), "--set",
+                 "evaluation.bootstrap_resamples=0"]) == 0
+    entry = json.loads((tmp_path / "none" / "metrics.json").read_text())["metrics"][
+        "classification"]["accuracy"]
+    assert entry["ci_low"] is None and entry["ci_high"] is None and entry["resamples"] == 0
+    assert main(["evaluate", str(run), "--out", str(tmp_path / "ninety"), "--set",
+                 "evaluation.confidence=0.9"]) == 0
+    saved = json.loads((tmp_path / "ninety" / "metrics.json").read_text())
+    assert saved["confidence"] == 0.9
+    assert saved["metrics"]["classification"]["accuracy"]["confidence"] == 0.9
+    report = (tmp_path / "ninety" / "report.html").read_text()
+    assert "90% CI" in report and "95% CI" not in report

@@ -267,3 +267,14 @@ def test_components_head_computes_the_regional_score_within_ranges():
                             [5.0, -1.0, 4.5, 7.0]])    # clipped: (4+0+4) x 6 = 48
     assert regional_from_outputs(outputs, "components").tolist() == pytest.approx([8.0, 48.0])
     assert regional_from_outputs(torch.tensor([[80.0], [-3.0]]), "regional").tolist() == [72, 0]
+
+
+def test_evaluation_without_intervals(trained, tmp_path):
+    run, _ = trained
+    assert main(["evaluate", str(run), "--out", str(tmp_path / "none"), "--set",
+                 "evaluation.bootstrap_resamples=0"]) == 0
+    saved = json.loads((tmp_path / "none" / "metrics.json").read_text())
+    for group in saved["metrics"].values():
+        assert group["mae"]["ci_low"] is None and group["mae"]["resamples"] == 0
+    board = pd.read_csv(tmp_path / "none" / "leaderboard.csv")
+    assert board["mae_ci_low"].isna().all() and board["mae"].notna().all()
