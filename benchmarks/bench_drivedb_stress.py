@@ -1,11 +1,12 @@
 """drivedb stress recognition under time-blocked CV and under the paper's window-level CV.
 
 SONIC (Phukan et al. 2024) shuffles overlapping 5 s windows (a new one every 2 s, 60% shared
-samples) into five folds. This benchmark trains ``configs/stress_drivedb.yaml`` (drive17a and
-drive17b of ../shared, one driver, rest vs driving) once through ``medlite train`` with
-``cv.compare_window_cv: true``: the same SONIC model (MobileNetV2 + ResNet18 at 64 px) under
-time-blocked folds with purged boundaries, and under window-level folds, plus the final model
-on every window. Both rows come out of the same run, so they differ only in the folds.
+samples) into five folds. This benchmark trains the shipped config ``stress_drivedb``
+(drive17a and drive17b of ../shared, one driver, rest vs driving) once through the training
+pipeline of ``medlite train`` with ``cv.compare_window_cv: true``: the same SONIC model
+(MobileNetV2 + ResNet18 at 64 px) under time-blocked folds with purged boundaries
+(``time-fold<k>`` fits), and under window-level folds (``window-fold<k>``), plus the final
+model on every window. Both rows come out of the same run, so they differ only in the folds.
 
     python benchmarks/bench_drivedb_stress.py --out runs/bench-drivedb-stress
     python benchmarks/bench_drivedb_stress.py --quick --out /tmp/bench-drivedb-quick
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -30,13 +32,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from medlite.config import load_config
 from medlite.errors import MedliteError
 from medlite.runs import write_json
-from medlite.tasks.base import train_run
+from medlite.tasks import load_config
+from medlite.training.runner import train_run
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "configs" / "stress_drivedb.yaml"
+CONFIG = "stress_drivedb"  # shipped with medlite; its paths are relative to the repository
 SHARED_ECG = ROOT.parent / "shared" / "data" / "ecg"
 QUICK = ["spectrogram.image_size=32", "cv.folds=3", "trainer.max_epochs=2",
          "evaluation.bootstrap_resamples=200"]
@@ -45,10 +47,24 @@ SHOWN = ["scheme", "folds", "tested_windows", "accuracy", "accuracy_ci_low", "ac
          "share_of_test_windows_sharing_samples"]
 
 
+def read_config(config: str | Path, overrides: list[str]):
+    """A config file, or a shipped config by name with its paths read from the repository
+    root (where ../shared sits beside it), whatever folder the benchmark runs in."""
+    if Path(config).is_file():
+        return load_config(config, overrides)
+    previous = Path.cwd()
+    os.chdir(ROOT)
+    try:
+        return load_config(config, overrides)
+    finally:
+        os.chdir(previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/bench-drivedb-stress"))
-    parser.add_argument("--config", type=Path, default=CONFIG)
+    parser.add_argument("--config", default=CONFIG,
+                        help="a config file, or a shipped config's name (default %(default)s)")
     parser.add_argument("--quick", action="store_true",
                         help="32 px, 3 folds, 2 epochs: checks the pipeline in minutes")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
@@ -61,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = ["cv.compare_window_cv=true", *(QUICK if args.quick else []), *args.overrides]
     try:
-        config = load_config(args.config, overrides)
+        config = read_config(args.config, overrides)
         start = time.perf_counter()
         train_run(config, args.out / "run", overwrite=args.overwrite)
     except MedliteError as exc:

@@ -2,10 +2,11 @@
 normal/early/late: MobileNetV2 two-stage transfer learning against the plain CNN and against
 MobileNetV2 trained from scratch, with subject-grouped, label-stratified 5-fold CV.
 
-Every fold of every model is one ``medlite train`` run (``split.folds: 5, split.fold: k``;
-the run's validation subjects come from the four training folds). Reports the paper's table:
-accuracy, sensitivity and specificity (macro over the three one-vs-rest classes) as mean and
-SD over folds, plus CPU training minutes.
+Every fold of every model is one run of the ``medlite train`` pipeline (``split.folds: 5,
+split.fold: k``: fold k is the run's test split, its validation subjects come from the four
+training folds; the two stages are two chained fits of the run's plan). Reports the paper's
+table: accuracy, sensitivity and specificity (macro over the three one-vs-rest classes) as
+mean and SD over folds, plus CPU training minutes.
 
     python benchmarks/bench_ph2_classification.py --out runs/bench-ph2-cls
 
@@ -22,8 +23,8 @@ from pathlib import Path
 import pandas as pd
 
 from medlite.runs import write_json
-from medlite.tasks.base import train_run
 from medlite.tasks.classification import ClassificationConfig, ClassificationDataConfig, StageConfig
+from medlite.training.runner import train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 PH2 = ROOT.parent / "shared" / "data" / "ph2"
@@ -96,8 +97,9 @@ def main() -> None:
         for fold in args.folds:
             config = variant_config(variant, manifest, args, fold)
             start = time.perf_counter()
-            metrics = train_run(config, args.out / variant / f"fold{fold}", overwrite=True,
-                                progress=False)
+            result = train_run(config, args.out / variant / f"fold{fold}", overwrite=True,
+                               progress=False)
+            metrics = result.metrics["classification"]
             rows.append({"variant": variant, "fold": fold,
                          "minutes": (time.perf_counter() - start) / 60,
                          "accuracy": metrics["accuracy"]["value"],

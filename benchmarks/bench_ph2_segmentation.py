@@ -1,9 +1,10 @@
 """PH2 lesion segmentation under a CPU time budget: TinyU-Net against the classic U-Net.
 
-Both models train through the same medlite pipeline (``train_run``) on the same
-subject-disjoint split of the 200 PH2 lesions at 256x256, each with the same wall-clock
-budget. The number of epochs is set from a measured throughput so that the cosine schedule
-ends when the budget does; ``trainer.max_time_minutes`` is the hard stop.
+Both models train through the same medlite pipeline (``medlite.training.runner.train_run``,
+as ``medlite train``) on the same subject-disjoint split of the 200 PH2 lesions at 256x256,
+each with the same wall-clock budget. The number of epochs is set from a measured
+throughput so that the cosine schedule ends when the budget does;
+``trainer.max_time_minutes`` is the hard stop.
 
     python benchmarks/bench_ph2_segmentation.py --budget-minutes 30 --out runs/bench-ph2
 
@@ -22,20 +23,20 @@ import math
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from medlite.data.manifest import index_segmentation
+from medlite.data.splits import split_samples
+from medlite.evaluation.external import evaluate_run
 from medlite.runs import write_json
 from medlite.tasks import get_task
-from medlite.tasks.base import (
-    load_trained_model,
-    split_samples,
-    train_run,
-    with_saved_splits,
-)
 from medlite.tasks.segmentation import SegmentationConfig, SegmentationDataConfig
+from medlite.training.runner import train_run
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "ph2"
+TTA_PP = ["inference.flip_tta=true", "inference.largest_component=true",
+          "inference.fill_holes=true"]
 
 
 def make_config(manifest: Path, model: str, lr: float, batch: int, seed: int) -> SegmentationConfig:
@@ -76,18 +77,11 @@ def seconds_per_epoch(config: SegmentationConfig, n_train: int, n_val: int) -> f
 
 
 def evaluate_with_tta_and_post_processing(run_dir: Path) -> dict:
-    """Test metrics of a trained run with flip TTA, largest component and hole filling."""
-    task, config, model = load_trained_model(run_dir)
-    config.inference.flip_tta = True
-    config.inference.largest_component = True
-    config.inference.fill_holes = True
-    samples = with_saved_splits(task.load_samples(config), run_dir)
-    test = samples[samples["split"] == "test"].reset_index(drop=True)
-    out_dir = run_dir / "evaluations" / "test-tta-pp"
-    evaluation = task.evaluate(model, config, test, out_dir)
-    write_json(out_dir / "metrics.json", {"n_samples": len(test),
-                                          "metrics": evaluation.metrics, **evaluation.extra})
-    return evaluation.metrics
+    """Test metrics of a trained run with flip TTA, largest component and hole filling
+    (written to ``run_dir/evaluations/test-tta-pp``)."""
+    result, _ = evaluate_run(run_dir, split="test", out=run_dir / "evaluations" / "test-tta-pp",
+                             overwrite=True, overrides=TTA_PP)
+    return result.metrics
 
 
 def main() -> None:
@@ -102,6 +96,9 @@ def main() -> None:
                         help="epochs per model instead of the throughput estimate (a timing "
                         "taken while the machine is busy underestimates what fits)")
     parser.add_argument("--ph2", type=Path, default=SHARED)
+    parser.add_argument("--skip-tta-pp", action="store_true",
+                        help="leave out the second test evaluation (flip TTA + "
+                        "post-processing); for quick checks")
     args = parser.parse_args()
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -113,7 +110,10 @@ def main() -> None:
     for position, model in enumerate(args.models):
         config = make_config(manifest, model, args.lr, args.batch, args.seed)
         task = get_task("segmentation")
-        samples = split_samples(task.load_samples(config), config, task, source=str(manifest))
+        # The split train_run makes (same seed and fractions), to size the epochs.
+        loaded = task.load_samples(config)
+        samples = split_samples(loaded, config.split, seed=config.seed,
+                                stratify=task.stratify_labels(loaded))
         counts = samples["split"].value_counts()
         per_epoch = seconds_per_epoch(config, counts["train"], counts["val"])
         # 10% of the budget is kept for evaluation overhead and the slower first epoch.
@@ -125,20 +125,20 @@ def main() -> None:
         print(f"{model}: ~{per_epoch:.0f} s/epoch -> {epochs} epochs "
               f"({counts['train']} train / {counts['val']} val / {counts['test']} test)")
         start = time.perf_counter()
-        metrics = train_run(config, args.out / model, overwrite=True, progress=False)
+        result = train_run(config, args.out / model, overwrite=True, progress=False)
         elapsed = time.perf_counter() - start
-        history = (args.out / model / "history.csv").read_text().strip().splitlines()
-        summary["models"][model] = {
-            "planned_epochs": epochs, "epochs_run": len(history) - 1,
-            "wall_minutes": round(elapsed / 60, 1), "test": metrics,
-            "test_tta_pp": evaluate_with_tta_and_post_processing(args.out / model),
-        }
+        history = pd.read_csv(args.out / model / "history.csv")
+        entry = {"planned_epochs": epochs, "epochs_run": len(history),
+                 "wall_minutes": round(elapsed / 60, 1), "test": result.metrics}
+        if not args.skip_tta_pp:
+            entry["test_tta_pp"] = evaluate_with_tta_and_post_processing(args.out / model)
+        summary["models"][model] = entry
         write_json(args.out / "summary.json", summary)
     print(json.dumps({f"{m} {variant}": {f"{g}.{k}": round(v[variant][g][k]["value"], 4)
                                          for g in ("per_image", "dataset")
                                          for k in ("dice_lesion", "iou_lesion")}
                       for m, v in summary["models"].items()
-                      for variant in ("test", "test_tta_pp")}, indent=1))
+                      for variant in ("test", "test_tta_pp") if variant in v}, indent=1))
 
 
 if __name__ == "__main__":
