@@ -1,31 +1,44 @@
-"""Precise BatchNorm: running statistics recomputed exactly over a pass of batches."""
+"""Precise BatchNorm after a PASI fit (torch.optim.swa_utils.update_bn): the running
+statistics become exactly those of the fit's training composites under the final weights."""
 
+import numpy as np
 import torch
 from torch import nn
 
-from medlite.training.batchnorm import recompute_batchnorm_statistics
+from medlite.data.transforms import normalize, to_tensor_image
+from medlite.data.visits import CompositeCache, read_visit_tables, visit_items
+from medlite.datasets.pasi_trial import write_pasi_trial
+from medlite.models.pasi_ensemble import StandardizedOutput
+from medlite.tasks.pasi import PasiConfig, PasiDataConfig
+from medlite.tasks.pasi.recipe import PasiTask
+from medlite.training.plan import Fit
 
 
-def test_running_statistics_become_the_average_over_the_batches():
+def test_precise_batchnorm_uses_the_unaugmented_training_composites(tmp_path):
+    photos, scores = write_pasi_trial(tmp_path / "data", n_subjects=3, visits_per_subject=(2, 2),
+                                      photo_size=16, seed=0)
+    rows = visit_items(read_visit_tables(photos, scores, check_images=False))
+    config = PasiConfig(data=PasiDataConfig(photos=photos, scores=scores, tile_size=8,
+                                            cache_dir=tmp_path / "cache"))
+    config.trainer.batch_size = len(rows)  # one batch: the statistics are its own
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4, momentum=0.01), nn.ReLU())
-    model.eval()
-    batches = [torch.randn(8, 3, 5, 5) * 3 + 2 for _ in range(4)]
-    assert recompute_batchnorm_statistics(model, batches) == 1
-    bn = model[1]
+    network = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, momentum=0.01),
+                            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 1))
+    model = StandardizedOutput(network, 1).eval()
+    fit = Fit("a-fold0", params={"head": "regional"})
+    assert PasiTask().finish_fit(model, config, rows, fit)
+    cache = CompositeCache(tmp_path / "cache")
+    images = torch.stack([normalize(to_tensor_image(cache.get(paths, 8)))
+                          for paths in rows["images"]])
     with torch.no_grad():
-        features = [model[0](b) for b in batches]
-    means = torch.stack([f.mean(dim=(0, 2, 3)) for f in features])
-    variances = torch.stack([f.var(dim=(0, 2, 3), unbiased=True) for f in features])
-    assert torch.allclose(bn.running_mean, means.mean(0), atol=1e-5)
-    assert torch.allclose(bn.running_var, variances.mean(0), atol=1e-4)
+        features = network[0](images)
+    bn = network[1]
+    assert torch.allclose(bn.running_mean, features.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert torch.allclose(bn.running_var, features.var(dim=(0, 2, 3)), atol=1e-4)
     assert bn.momentum == 0.01 and not model.training  # restored
-
-
-def test_max_batches_and_models_without_batchnorm():
-    model = nn.Sequential(nn.Conv2d(3, 2, 1), nn.BatchNorm2d(2))
-    seen = []
-    batches = (seen.append(i) or torch.randn(2, 3, 4, 4) for i in range(10))
-    recompute_batchnorm_statistics(model, batches, max_batches=3)
-    assert model[1].num_batches_tracked == 3
-    assert recompute_batchnorm_statistics(nn.Linear(2, 2), [torch.randn(1, 2)]) == 0
+    config.ensemble.precise_bn = False
+    assert not PasiTask().finish_fit(model, config, rows, fit)
+    no_bn = StandardizedOutput(nn.Sequential(nn.Flatten(), nn.LazyLinear(1)), 1)
+    config.ensemble.precise_bn = True
+    assert not PasiTask().finish_fit(no_bn, config, rows, fit)
+    assert np.isfinite(bn.running_var.numpy()).all()
