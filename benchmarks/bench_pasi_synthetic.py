@@ -3,9 +3,10 @@
 Trains the stacked ensemble (architectures x 5 folds + the four meta-learners) through the
 same pipeline as ``medlite train`` on a generated trial, then reports the base learner and
 the meta-learner with the lowest out-of-fold visit MAE (chosen on the training subjects
-only; each fold's fit stops early on an inner validation part of its training folds,
-``ensemble.inner_val_fraction``) and the deployed model, on the held-out subjects
-(visit-level PASI: MAE, Pearson, CCC with 95% subject-bootstrap CIs), the time per
+only; with this cosine schedule each fold's fit keeps its last epoch, so the held-out fold
+chooses nothing, see ``ensemble.inner_val_fraction``) and the deployed model, on the
+held-out subjects (visit-level PASI: MAE, Pearson, CCC with 95% subject-bootstrap CIs), the
+time per
 (architecture, fold) fit, the composite cache, and the wall time of the same plan with 2
 worker processes against 1.
 
@@ -28,6 +29,7 @@ from medlite.datasets.pasi_trial import write_pasi_trial
 from medlite.evaluation.evaluator import EvaluationResult
 from medlite.runs import read_json, write_json
 from medlite.tasks.pasi import PasiConfig, PasiDataConfig, PasiEnsembleConfig
+from medlite.tasks.pasi.config import inner_val_fraction
 from medlite.training.runner import train_run
 
 DEFAULT_ARCHITECTURES = ["mobilenet_v3_small", "shufflenet_v2_x0_5", "squeezenet1_1",
@@ -131,7 +133,7 @@ def main() -> None:
     cache_dir = Path(config.data.cache_dir or run / "cache" / "composites")
     n_composites = len(pd.read_csv(run / "splits.csv"))
     summary.update({
-        "inner_val_fraction": config.ensemble.inner_val_fraction,
+        "inner_val_fraction": inner_val_fraction(config),
         "wall_minutes": round(seconds / 60, 1),
         "seconds_per_job": {"median": round(fit_seconds.median(), 1),
                             "min": round(fit_seconds.min(), 1),

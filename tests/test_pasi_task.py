@@ -75,14 +75,15 @@ def test_run_holds_split_plan_leaderboard_figures_and_report(trained):
                                         f"{ARCH}-fold1", f"{ARCH}-components-fold1",
                                         "stacking"]
     assert plan[-1]["kind"] == "stacking" and len(plan[-1]["depends_on"]) == 4
-    # Each fit trains on its other fold minus an inner validation part, and predicts its own.
+    # With a cosine schedule and no early stopping each fit trains on its other fold, keeps
+    # its last epoch and only watches (and then predicts) its own.
     fold0 = pd.read_csv(run / "fits" / f"{ARCH}-fold0" / "samples.csv")
     train = splits[splits["split"] == "train"].set_index("sample")
     roles = fold0.assign(fold=train.loc[fold0["sample"], "fold"].to_numpy())
-    assert set(roles.loc[roles["role"] == "predict", "fold"]) == {0}
-    assert set(roles.loc[roles["role"].isin(["train", "val"]), "fold"]) == {1}
-    assert not set(roles.loc[roles["role"] == "train", "sample"]) & set(
-        roles.loc[roles["role"] == "val", "sample"])
+    assert set(roles.loc[roles["role"].isin(["predict", "val"]), "fold"]) == {0}
+    assert set(roles.loc[roles["role"] == "train", "fold"]) == {1}
+    assert plan[0]["params"]["keep"] == "last"
+    assert not (run / "fits" / f"{ARCH}-fold0" / "checkpoints").exists()
     fits = pd.read_csv(run / "fits.csv")
     assert len(fits) == 5 and (fits["status"] == "done").all()
 
@@ -278,3 +279,26 @@ def test_evaluation_without_intervals(trained, tmp_path):
         assert group["mae"]["ci_low"] is None and group["mae"]["resamples"] == 0
     board = pd.read_csv(tmp_path / "none" / "leaderboard.csv")
     assert board["mae_ci_low"].isna().all() and board["mae"].notna().all()
+
+
+def test_a_schedule_that_watches_validation_gets_an_inner_split(trial):
+    from medlite.errors import ConfigError
+    from medlite.tasks.pasi.recipe import PasiTask
+
+    config = tiny_config(trial / "data")
+    config.trainer.early_stopping_patience = 5  # watches validation: an inner split
+    task = PasiTask()
+    samples = task.split(task.load_samples(config), config)
+    plan = task.plan(config, samples)
+    fold = samples.set_index("sample")["fold"]
+    for fit in plan[:-1]:
+        k = fit.params["fold"]
+        assert fit.params["keep"] == "best"
+        assert set(fold.loc[list(fit.predict)]) == {k}
+        assert set(fold.loc[list(fit.train + fit.val)]) == {1 - k}
+        train_subjects = set(samples.set_index("sample").loc[list(fit.train), "subject"])
+        val_subjects = set(samples.set_index("sample").loc[list(fit.val), "subject"])
+        assert val_subjects and not train_subjects & val_subjects
+    config.ensemble.inner_val_fraction = 0.0
+    with pytest.raises(ConfigError, match="inner_val_fraction"):
+        task.plan(config, samples)

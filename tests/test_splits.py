@@ -117,7 +117,7 @@ def test_check_subject_disjoint_lists_every_offender():
 
 
 def test_check_subject_disjoint_ignores_unassigned_samples():
-    check_subject_disjoint(["a", "a", "a"], ["train", "", None], "m.csv")
+    assert check_subject_disjoint(["a", "a", "a"], ["train", "", None], "m.csv") is None
 
 
 # --- assign_folds ------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from medlite.config import BaseTaskConfig
-from medlite.errors import RunDirError
+from medlite.errors import ConfigError, RunDirError
 from medlite.runs import save_torch_atomic, write_text_atomic
 from medlite.training.checkpoint import (
     SAVED_MARKER,
@@ -60,6 +60,9 @@ class TrainingParts:
             (drawn with replacement); None shuffles.
         val_metrics, prediction_fn: see :class:`~medlite.training.module.TaskModule`.
         monitor, monitor_mode: the validation metric choosing the best epoch.
+        keep: ``best`` keeps the weights of the epoch with the best monitored metric;
+            ``last`` keeps the last epoch's and lets validation choose nothing (when the
+            validation samples must stay unseen, e.g. a held-out fold scored afterwards).
         extra_callbacks: more Lightning callbacks (e.g. frozen BatchNorm layers kept in eval).
     """
 
@@ -72,6 +75,7 @@ class TrainingParts:
     prediction_fn: object | None = None
     monitor: str = "val_loss"
     monitor_mode: str = "min"
+    keep: str = "best"
     extra_callbacks: list[Callback] = field(default_factory=list)
 
 
@@ -161,16 +165,23 @@ def fit(parts: TrainingParts, config: BaseTaskConfig, fit_dir: Path, *, seed: in
         prediction_fn=parts.prediction_fn, monitor=parts.monitor,
         monitor_mode=parts.monitor_mode, seed=seed,
     )
+    if parts.keep == "last" and (trainer_cfg.early_stopping_patience
+                                 or config.scheduler.name == "plateau"):
+        raise ConfigError("trainer.early_stopping_patience / scheduler.name: this fit keeps "
+                          "its last epoch so that its validation samples choose nothing; "
+                          "early stopping and the plateau scheduler would watch them")
     callbacks: list[Callback] = [
-        ModelCheckpoint(dirpath=checkpoint_dir, filename="best", monitor=parts.monitor,
-                        mode=parts.monitor_mode, save_top_k=1, save_last=False,
-                        save_on_train_epoch_end=True, enable_version_counter=False),
         ModelCheckpoint(dirpath=checkpoint_dir, filename="last", monitor=None, save_top_k=1,
                         every_n_epochs=1, save_on_train_epoch_end=True,
                         enable_version_counter=False),
         HistoryCallback(history_path),
         *parts.extra_callbacks,
     ]
+    if parts.keep == "best":
+        callbacks.insert(0, ModelCheckpoint(
+            dirpath=checkpoint_dir, filename="best", monitor=parts.monitor,
+            mode=parts.monitor_mode, save_top_k=1, save_last=False,
+            save_on_train_epoch_end=True, enable_version_counter=False))
     if trainer_cfg.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor=parts.monitor, mode=parts.monitor_mode,
                                        patience=trainer_cfg.early_stopping_patience,
@@ -203,7 +214,8 @@ def fit(parts: TrainingParts, config: BaseTaskConfig, fit_dir: Path, *, seed: in
         trainer.fit(module, train_loader, val_loader,
                     ckpt_path=last if last.is_file() else None, weights_only=True)
     best = checkpoint_dir / BEST_CHECKPOINT
-    state = model_state_from_checkpoint(best if best.is_file() else last)
+    state = model_state_from_checkpoint(best if parts.keep == "best" and best.is_file()
+                                        else last)
     save_torch_atomic(state, fit_dir / MODEL_FILE)
     return fit_dir / MODEL_FILE
 

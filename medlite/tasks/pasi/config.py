@@ -56,9 +56,11 @@ class PasiEnsembleConfig(StrictModel):
         default_factory=lambda: ["regional"], min_length=1,
         description="regional: one output, (E+I+S)xA (the paper); components: E, I, S, A.")
     folds: int = Field(5, ge=2)
-    inner_val_fraction: float = Field(0.15, gt=0, lt=0.5, description="Share of each fit's "
-                                      "training subjects that chooses its best epoch, so the "
-                                      "held-out fold stays unseen.")
+    inner_val_fraction: float | None = Field(
+        None, ge=0, lt=0.5, description="Share of each fit's training subjects that chooses "
+        "its best epoch (and stops it early), so the held-out fold stays unseen; 0: train on "
+        "every other fold and keep the last epoch (needs no early stopping and no plateau "
+        "scheduler); null: 0 when the schedule watches no validation metric, else 0.15.")
     meta_learners: list[str] = Field(default_factory=lambda: list(META_LEARNERS))
     deploy: str = Field("ridge_intercept", description="Meta-learner used by predict and "
                         "export, a base learner name such as resnet34, or best_meta / "
@@ -93,6 +95,14 @@ class PasiConfig(BaseTaskConfig):
         name="plateau", factor=0.1, threshold=1e-4, patience=10))
     trainer: TrainerConfig = Field(default_factory=lambda: TrainerConfig(
         max_epochs=100, batch_size=16, early_stopping_patience=50))
+
+
+def inner_val_fraction(config: PasiConfig) -> float:
+    """The share of each fit's training subjects held out to choose its epoch."""
+    if config.ensemble.inner_val_fraction is not None:
+        return config.ensemble.inner_val_fraction
+    watches = config.trainer.early_stopping_patience or config.scheduler.name == "plateau"
+    return 0.15 if watches else 0.0
 
 
 def base_columns(config: PasiConfig) -> dict[str, tuple[str, str]]:

@@ -11,9 +11,11 @@ The plan, as the paper: subjects split 90/10 into train/test by the greedy split
 the desquamation distribution balanced, the training subjects into 5 grouped folds; one fit
 per (architecture, head, fold) trains on four folds and predicts the fifth (out-of-fold);
 a ``stacking`` fit then fits the meta-learners on the out-of-fold matrix. Unlike the paper,
-each fit stops early on an inner validation part of its four folds
-(``ensemble.inner_val_fraction``), so its out-of-fold predictions are honest, and the best
-base and meta learner are chosen by out-of-fold visit MAE, never on test. The deployed run
+nothing a fit predicts out of fold chose anything in it: its epoch is chosen (and it stops
+early) on an inner validation part of its four folds (``ensemble.inner_val_fraction``), or,
+with a schedule that watches no validation metric, it keeps its last epoch and the held-out
+fold is only watched; and the best base and meta learner are chosen by out-of-fold visit
+MAE, never on test. The deployed run
 is one module, :class:`~medlite.models.pasi_ensemble.PasiEnsemble`.
 
 Deviation, for numerical stability with the paper's SGD lr 0.01: each network learns its
@@ -74,6 +76,7 @@ from medlite.tasks.pasi.config import (
     PasiEnsembleConfig,
     base_columns,
     fit_key,
+    inner_val_fraction,
     target_columns,
 )
 from medlite.training.loop import TrainingParts
@@ -173,20 +176,29 @@ class PasiTask(Task):
     def plan(self, config: PasiConfig, samples: pd.DataFrame) -> list[Fit]:
         train = samples[samples["split"] == "train"]
         fits = []
+        inner_fraction = inner_val_fraction(config)
+        if not inner_fraction and (config.trainer.early_stopping_patience
+                                   or config.scheduler.name == "plateau"):
+            raise ConfigError("ensemble.inner_val_fraction: 0 keeps each fit's last epoch, but "
+                              "early stopping or the plateau scheduler would watch the "
+                              "held-out fold; give a fraction (e.g. 0.15) or turn them off")
         for fold in range(config.ensemble.folds):
             held = train["fold"] == fold
             rest = train[~held]
-            inner = assign_splits(rest["subject"].astype(str).to_numpy(),
-                                  val_fraction=config.ensemble.inner_val_fraction,
-                                  test_fraction=0.0, seed=derive_seed("inner", config.seed,
-                                                                      fold))
+            if inner_fraction:  # an inner part of the training folds chooses the epoch
+                inner = assign_splits(rest["subject"].astype(str).to_numpy(),
+                                      val_fraction=inner_fraction, test_fraction=0.0,
+                                      seed=derive_seed("inner", config.seed, fold))
+                fit_ids, val_ids = rest.loc[inner == "train"], rest.loc[inner == "val"]
+            else:  # the held-out fold is watched, chooses nothing: the last epoch is kept
+                fit_ids, val_ids = rest, train[held]
             for column, (architecture, head) in base_columns(config).items():
-                fits.append(Fit(key=fit_key(column, fold),
-                                train=tuple(rest.loc[inner == "train", "sample"]),
-                                val=tuple(rest.loc[inner == "val", "sample"]),
+                fits.append(Fit(key=fit_key(column, fold), train=tuple(fit_ids["sample"]),
+                                val=tuple(val_ids["sample"]),
                                 predict=tuple(train.loc[held, "sample"]),
                                 params={"column": column, "architecture": architecture,
-                                        "head": head, "fold": fold}))
+                                        "head": head, "fold": fold,
+                                        "keep": "best" if inner_fraction else "last"}))
         return [*fits, Fit(key=STACKING_FIT, kind="stacking",
                            depends_on=tuple(f.key for f in fits))]
 
@@ -207,7 +219,8 @@ class PasiTask(Task):
             model=model, loss_fn=StandardizedMSELoss(model.std.clone()),
             train_data=CompositeDataset(train_rows, cache, tile, targets,
                                         train=config.data.augment),
-            val_data=CompositeDataset(val_rows, cache, tile, targets, train=False))
+            val_data=CompositeDataset(val_rows, cache, tile, targets, train=False),
+            keep=fit.params.get("keep", "best"))
 
     def finish_fit(self, model, config: PasiConfig, train_rows, fit) -> bool:
         """Precise BatchNorm: statistics averaged over the training composites (unaugmented)
