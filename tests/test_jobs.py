@@ -267,3 +267,15 @@ def _worker_job(job: Job, job_dir: Path) -> dict:
     if job.params.get("fail_once"):
         fails_once_job(job, job_dir)
     return worker_info_job(job, job_dir)
+
+
+def status_job(job: Job, job_dir: Path) -> dict:
+    """Returns the status table as this job sees it while it runs."""
+    table = pd.read_csv(job_dir.parent / "jobs.csv", keep_default_na=False)
+    return dict(zip(table["key"], table["status"], strict=True))
+
+
+def test_status_is_written_as_each_job_starts_and_ends(tmp_path):
+    results = run_jobs(jobs_of(1, 2, 3), status_job, tmp_path, progress=False)
+    assert results["job-2"] == {"job-1": "done", "job-2": "running", "job-3": "pending"}
+    assert results["job-3"]["job-2"] == "done"

@@ -357,6 +357,25 @@ def run_jobs(
     bar = tqdm(total=len(jobs), initial=len(results), desc="fits", unit="fit",
                disable=not progress)
     fn = functools.partial(_run_attempt, job_fn)
+
+    def finish(future) -> None:
+        job = running.pop(future)
+        job_dir = jobs_dir / job.key
+        error = future.exception()
+        if error is not None:
+            failures[job.key] = _one_line(error)
+            rows[job.key] = _row(job.key, "failed", None, _read_attempts(job_dir),
+                                 failures[job.key])
+            bar.set_postfix(failed=len(failures))
+        else:
+            outcome = future.result()
+            results[job.key] = outcome["result"]
+            rows[job.key] = _row(job.key, "done", outcome["seconds"], outcome["attempts"], "")
+            if after_done is not None:
+                after_done(job, job_dir)
+            bar.update(1)
+        _write_status(rows, status_file)
+
     try:
         while pending or running:
             for key in [k for k, job in pending.items()
@@ -372,28 +391,17 @@ def run_jobs(
                 job_dir = jobs_dir / job.key
                 job_dir.mkdir(exist_ok=True)
                 rows[job.key] = _row(job.key, "running", None, _read_attempts(job_dir), "")
+                _write_status(rows, status_file)
                 running[executor.submit(fn, job, job_dir)] = job
+                for future in [f for f in running if f.done()]:  # an in-process executor
+                    finish(future)
             _write_status(rows, status_file)
             if not running:
+                if ready:  # they finished where they were submitted: look again
+                    continue
                 break
             for future in executor.wait(running):
-                job = running.pop(future)
-                job_dir = jobs_dir / job.key
-                error = future.exception()
-                if error is not None:
-                    failures[job.key] = _one_line(error)
-                    rows[job.key] = _row(job.key, "failed", None, _read_attempts(job_dir),
-                                         failures[job.key])
-                    bar.set_postfix(failed=len(failures))
-                else:
-                    outcome = future.result()
-                    results[job.key] = outcome["result"]
-                    rows[job.key] = _row(job.key, "done", outcome["seconds"],
-                                         outcome["attempts"], "")
-                    if after_done is not None:
-                        after_done(job, job_dir)
-                    bar.update(1)
-            _write_status(rows, status_file)
+                finish(future)
     finally:
         bar.close()
         executor.close()
