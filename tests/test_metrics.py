@@ -337,7 +337,8 @@ def test_single_subject_gives_zero_width_interval_with_a_warning():
     values = np.array([1.0, 2.0, 6.0])
     with pytest.warns(RuntimeWarning, match="single subject"):
         result = metrics_with_ci(mean_of(values), ["p1", "p1", "p1"], n_resamples=50)
-    assert result["mean"] == {"value": 3.0, "ci_low": 3.0, "ci_high": 3.0}
+    assert result["mean"] == {"value": 3.0, "ci_low": 3.0, "ci_high": 3.0, "confidence": 0.95,
+                              "resamples": 50, "valid_resamples": 50}
 
 
 def test_nan_resamples_are_left_out_of_that_metric():
@@ -359,3 +360,10 @@ def test_bootstrap_rejects_bad_arguments():
         bootstrap_by_subject(mean_of(np.ones(3)), [0, 1, 2], confidence=95)
     with pytest.raises(ValueError, match="n_resamples"):
         bootstrap_by_subject(mean_of(np.ones(3)), [0, 1, 2], n_resamples=0)
+
+
+def test_no_resamples_means_no_interval():
+    values = np.arange(6.0)
+    result = metrics_with_ci(mean_of(values), list(range(6)), n_resamples=0)
+    assert result["mean"] == {"value": 2.5, "ci_low": None, "ci_high": None,
+                              "confidence": None, "resamples": 0, "valid_resamples": 0}

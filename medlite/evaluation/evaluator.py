@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from medlite.metrics.bootstrap import bootstrap_distribution
+from medlite.metrics.bootstrap import metrics_with_ci
 from medlite.runs import write_csv_atomic, write_json
 
 if TYPE_CHECKING:
@@ -68,7 +68,8 @@ class EvaluationResult:
 def metrics_with_intervals(statistic: NestedStatistic, subjects, evaluation: EvaluationConfig,
                            seed: int) -> dict[str, dict[str, dict]]:
     """Point estimates of a nested statistic on all rows, with subject-bootstrap percentile
-    intervals at ``evaluation.confidence`` from ``evaluation.bootstrap_resamples`` draws."""
+    intervals at ``evaluation.confidence`` from ``evaluation.bootstrap_resamples`` draws
+    (:func:`medlite.metrics.metrics_with_ci`)."""
     subjects = [str(s) for s in subjects]
     if not subjects:
         raise ValueError("no samples to evaluate")
@@ -80,24 +81,13 @@ def metrics_with_intervals(statistic: NestedStatistic, subjects, evaluation: Eva
                     for group, values in statistic(index).items()
                     for name, value in values.items()}
 
-    values = flat(np.arange(len(subjects)))
-    resamples = evaluation.bootstrap_resamples
-    confidence = evaluation.confidence
-    distribution = bootstrap_distribution(flat, subjects, resamples, seed) if resamples else {}
-    tail = 100.0 * (1.0 - confidence) / 2.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # one subject: zero-width intervals
+        entries = metrics_with_ci(flat, subjects, evaluation.bootstrap_resamples,
+                                  evaluation.confidence, seed)
     nested: dict[str, dict[str, dict]] = {}
-    for key, value in values.items():
+    for key, entry in entries.items():
         group, name = key.split(_SEPARATOR)
-        entry = {"value": value, "ci_low": None, "ci_high": None,
-                 "confidence": confidence if resamples else None,
-                 "resamples": resamples, "valid_resamples": 0}
-        if resamples:
-            draws = distribution[key]
-            valid = draws[np.isfinite(draws)]
-            entry["valid_resamples"] = int(valid.size)
-            if valid.size:
-                low, high = np.percentile(valid, [tail, 100.0 - tail])
-                entry["ci_low"], entry["ci_high"] = float(low), float(high)
         nested.setdefault(group, {})[name] = entry
     return nested
 

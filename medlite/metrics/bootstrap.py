@@ -164,23 +164,47 @@ def metrics_with_ci(
     n_resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, float | int | None]]:
     """Point estimate on all samples plus its subject-level bootstrap interval.
 
     Args:
-        statistic, subjects, n_resamples, confidence, seed: as in :func:`bootstrap_by_subject`.
+        statistic, subjects, confidence, seed: as in :func:`bootstrap_by_subject`.
+        n_resamples: number of bootstrap resamples; 0 computes no interval.
 
     Returns:
-        ``{name: {"value": v, "ci_low": lo, "ci_high": hi}}`` with ``v = statistic(all indices)``.
+        ``{name: {"value", "ci_low", "ci_high", "confidence", "resamples",
+        "valid_resamples"}}``: ``value = statistic(all indices)``; the percentile interval
+        over the resamples on which the metric is defined (``valid_resamples`` of them;
+        ``None`` bounds when there are none or ``n_resamples`` is 0).
     """
+    _check_arguments(len(subjects), max(n_resamples, 1), confidence)
     values = statistic(np.arange(len(subjects)))
-    intervals = bootstrap_by_subject(statistic, subjects, n_resamples, confidence, seed)
-    if set(values) != set(intervals):
+    if n_resamples and len(set(subjects)) == 1:
+        warnings.warn(
+            "bootstrap over a single subject: every resample is the whole set, "
+            "so the confidence interval has zero width",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    distribution = bootstrap_distribution(statistic, subjects, n_resamples, seed) \
+        if n_resamples else {}
+    if distribution and set(values) != set(distribution):
         raise ValueError(
             f"statistic returned keys {sorted(values)} on all samples "
-            f"but {sorted(intervals)} on resamples"
+            f"but {sorted(distribution)} on resamples"
         )
-    return {
-        name: {"value": float(value), "ci_low": intervals[name][0], "ci_high": intervals[name][1]}
-        for name, value in values.items()
-    }
+    tail = 100.0 * (1.0 - confidence) / 2.0
+    results = {}
+    for name, value in values.items():
+        entry = {"value": float(value), "ci_low": None, "ci_high": None,
+                 "confidence": confidence if n_resamples else None,
+                 "resamples": n_resamples, "valid_resamples": 0}
+        if n_resamples:
+            draws = distribution[name]
+            valid = draws[np.isfinite(draws)]
+            entry["valid_resamples"] = int(valid.size)
+            if valid.size:
+                low, high = np.percentile(valid, [tail, 100.0 - tail])
+                entry["ci_low"], entry["ci_high"] = float(low), float(high)
+        results[name] = entry
+    return results
