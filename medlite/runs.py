@@ -54,6 +54,8 @@ TRACKED_PACKAGES = (
 #: Config sections that may change after training: how a trained model is applied and
 #: scored, and where fits run (results do not depend on the executor).
 MUTABLE_AFTER_TRAINING = ("inference", "evaluation", "executor")
+#: Single keys that change where or how fast a run trains, never its numbers.
+MUTABLE_KEYS = ("trainer.num_workers", "trainer.keep_checkpoints")
 #: Keys that name a run rather than change it.
 NAMING_KEYS = ("name", "output_dir")
 
@@ -165,7 +167,7 @@ def config_differences(saved: Mapping, given: Mapping, *,
     before, after = flatten(saved), flatten(given)
     changed = []
     for key in sorted(set(before) | set(after)):
-        if key.split(".")[0] in (*MUTABLE_AFTER_TRAINING, *NAMING_KEYS):
+        if key.split(".")[0] in (*MUTABLE_AFTER_TRAINING, *NAMING_KEYS) or key in MUTABLE_KEYS:
             continue
         if key in derived and after.get(key) is None:
             continue
@@ -185,7 +187,8 @@ def check_resume_config(saved: Mapping, given: Mapping, source: str, *,
         raise ConfigError(
             f"{source}: --resume with a config that differs from the run's in "
             f"{', '.join(changed)}: {shown}{more}; only "
-            f"{', '.join(k + '.*' for k in MUTABLE_AFTER_TRAINING)} may change. Resume without "
+            f"{', '.join([*(k + '.*' for k in MUTABLE_AFTER_TRAINING), *MUTABLE_KEYS])} may "
+            "change. Resume without "
             "the changes, or train a new run", problems=changed)
 
 

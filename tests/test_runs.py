@@ -103,3 +103,13 @@ def test_resume_config_differences_name_the_keys():
         check_resume_config(saved, given, "run/config.yaml", derived=("data.class_names",))
     check_resume_config(saved, {**given, "trainer": saved["trainer"]}, "run/config.yaml",
                         derived=("data.class_names",))
+
+
+def test_resume_may_change_only_how_fast_a_run_trains():
+    saved = {"task": "segmentation", "trainer": {"max_epochs": 10, "num_workers": 0,
+                                                 "keep_checkpoints": False}}
+    given = {"task": "segmentation", "trainer": {"max_epochs": 10, "num_workers": 4,
+                                                 "keep_checkpoints": True}}
+    assert config_differences(saved, given) == []
+    given["trainer"]["max_epochs"] = 11
+    assert config_differences(saved, given) == ["trainer.max_epochs"]

@@ -232,3 +232,13 @@ def test_a_fit_that_finished_is_not_trained_again(trained, monkeypatch):
 
     again = train_run(load_run_config(run), run, resume=True, progress=False)
     assert again.metrics == result.metrics
+
+
+def test_dataloader_workers_change_nothing(tmp_path, manifest):
+    """Shuffling and augmentation depend on (seed, epoch, position) only, not on the process
+    that loads a sample."""
+    config = tiny_config(manifest, epochs=2)
+    reference = train_run(config, tmp_path / "in-process", progress=False)
+    config.trainer.num_workers = 2
+    with_workers = train_run(config, tmp_path / "workers", progress=False)
+    assert with_workers.metrics == reference.metrics

@@ -148,7 +148,7 @@ class RunContext:
 
     def rows(self, sample_ids: Sequence[str]) -> pd.DataFrame:
         """The sample rows of ``sample_ids``, in that order."""
-        return self.samples.loc[list(sample_ids)].reset_index()
+        return self.samples.loc[list(sample_ids)].reset_index(drop=True)
 
     def fit_dir(self, key: str) -> Path:
         return self.run_dir / FITS_DIR / key

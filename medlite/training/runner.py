@@ -20,6 +20,8 @@ from medlite.evaluation.evaluator import EvaluationResult, predict_table, record
 from medlite.inference.predictor import Predictor
 from medlite.runs import (
     CONFIG_FILE,
+    MUTABLE_AFTER_TRAINING,
+    MUTABLE_KEYS,
     RUN_RECORD,
     check_resume_config,
     environment_record,
@@ -102,8 +104,11 @@ def resumed_config(task: Task, given: BaseTaskConfig, run_dir: Path) -> BaseTask
     saved_raw = read_yaml(path)
     given_raw = given.model_dump(mode="json")
     check_resume_config(saved_raw, given_raw, str(path), derived=task.derived_keys)
-    merged = {**saved_raw, **{k: given_raw[k] for k in ("inference", "evaluation", "executor")
+    merged = {**saved_raw, **{k: given_raw[k] for k in MUTABLE_AFTER_TRAINING
                               if k in given_raw}}
+    for key in MUTABLE_KEYS:
+        section, name = key.split(".")
+        merged[section] = {**merged[section], name: given_raw[section][name]}
     config = validate_config(merged, task.config_class, str(path))
     if merged != saved_raw:
         save_config(config, run_dir)
