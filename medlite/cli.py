@@ -23,6 +23,7 @@ EPILOG = """examples:
   medlite predict runs/segmentation_ph2 photo.jpg photos/ --out masks/
   medlite export runs/segmentation_ph2 --format onnx
   medlite profile tinyunet --input-size 256 256 --json
+  medlite serve runs/segmentation_ph2 runs/pasi --port 8000
 """
 
 
@@ -165,6 +166,35 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--threads", type=int, default=2)
     profile.add_argument("--json", action="store_true", help="print JSON")
 
+    serve = sub.add_parser(
+        "serve", help="a web page and JSON API for trained runs",
+        description="Serve trained runs: one page (http://HOST:PORT/) with a section per run, "
+        "the JSON API under /api, its docs at /docs. Binds 127.0.0.1 unless told otherwise; "
+        "any other address needs an access token.")
+    serve.add_argument("runs", type=Path, nargs="+", help="finished run folders")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--token-file", type=Path,
+                       help="file holding the access token (else $MEDLITE_TOKEN); required "
+                       "off loopback")
+    serve.add_argument("--db", type=Path, help="SQLite file of stored PASI visits (default: "
+                       "medlite-visits.sqlite next to the first run)")
+    serve.add_argument("--threads", type=int, default=None,
+                       help="CPU threads for the models (default: all cores)")
+    serve.add_argument("--concurrency", type=int, default=1,
+                       help="model calls at a time; further requests wait their turn")
+    serve.add_argument("--fast", default="torch", choices=["none", "torch", "onnxruntime"],
+                       help="inference path (default torch: BatchNorm folded, channels-last)")
+    serve.add_argument("--max-upload-mb", type=float, default=50)
+    serve.add_argument("--max-pixels", type=int, default=40_000_000,
+                       help="largest image accepted, width x height")
+    serve.add_argument("--confidence-target", type=float, default=0.9,
+                       help="classifiers: flag predictions below the confidence at which "
+                       "validation accuracy reaches this (default 0.9)")
+    serve.add_argument("--cors-origin", action="append", default=[],
+                       help="allow cross-origin requests from this origin (repeatable; none "
+                       "by default)")
+
     models = sub.add_parser("models", help="list registered models")
     models.add_argument("--task", help="only models for this task")
     return parser
@@ -187,6 +217,8 @@ def cmd_demo(args) -> int:
         result = train_run(config, out, run_dir_ready=True)
         print(f"{name}: run in {out}; report {out / 'report.html'}")
         print(json.dumps(headline(result.metrics), indent=2))
+    runs = [args.out] if args.task else [args.out / name for name in names]
+    print("serve the demo runs: medlite serve " + " ".join(str(r) for r in runs))
     return 0
 
 
@@ -305,6 +337,40 @@ def cmd_profile(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    import logging
+
+    import torch
+    import uvicorn
+
+    from medlite.serve import (
+        ServeSettings,
+        UploadLimits,
+        create_app,
+        load_served_runs,
+        resolve_token,
+    )
+
+    token = resolve_token(args.host, args.token_file)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not 0 < args.confidence_target <= 1:
+        raise MedliteError(f"--confidence-target {args.confidence_target}: outside (0, 1]")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    runs = load_served_runs(args.runs, fast=args.fast, target_accuracy=args.confidence_target)
+    db = args.db or Path(args.runs[0]).resolve().parent / "medlite-visits.sqlite"
+    limits = UploadLimits(max_bytes=int(args.max_upload_mb * 2 ** 20),
+                          max_pixels=args.max_pixels)
+    app = create_app(runs, ServeSettings(db_path=db, token=token, limits=limits,
+                                         concurrency=args.concurrency,
+                                         cors_origins=args.cors_origin))
+    print(f"medlite: serving {len(runs)} run(s) at http://{args.host}:{args.port}/ "
+          f"(visits in {db})")
+    # No access log: request paths can hold subject ids; the app logs route templates.
+    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning")
+    return 0
+
+
 def cmd_models(args) -> int:
     from medlite.models import list_models
 
@@ -315,7 +381,7 @@ def cmd_models(args) -> int:
 
 COMMANDS = {"demo": cmd_demo, "data": cmd_data, "train": cmd_train, "configs": cmd_configs,
             "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export,
-            "profile": cmd_profile, "models": cmd_models}
+            "profile": cmd_profile, "models": cmd_models, "serve": cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -108,3 +108,65 @@ def history_rows(path: Path) -> int:
         return len(pd.read_csv(path)) if Path(path).is_file() else 0
     except (pd.errors.EmptyDataError, pd.errors.ParserError):
         return 0
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory) -> dict[str, Path]:
+    """One finished run of every task, as small and short as a run can be (for the service,
+    whose tests check what is served, not how well it learned): task -> run folder."""
+    from medlite.data.recordings import write_recordings
+    from medlite.datasets.ecg import make_ecg_study
+    from medlite.datasets.lesions import write_lesion_dataset
+    from medlite.datasets.pasi_trial import write_pasi_trial
+    from medlite.datasets.skin import write_skin_dataset
+    from medlite.tasks import get_task
+    from medlite.tasks.segmentation import SegmentationConfig, SegmentationDataConfig
+    from medlite.training.runner import train_run
+
+    root = tmp_path_factory.mktemp("tiny-runs")
+    configs = {}
+    seg = SegmentationConfig(name="segmentation", data=SegmentationDataConfig(
+        manifest=write_lesion_dataset(root / "lesions", n_subjects=10, images_per_subject=1,
+                                      size=(48, 48), seed=3), image_size=(48, 48)))
+    seg.model.kwargs = {"widths": [16, 16, 32, 32]}
+    configs["segmentation"] = seg
+    cls = get_task("classification").config_class.model_validate({
+        "task": "classification", "name": "classification",
+        "data": {"manifest": str(write_skin_dataset(root / "skin", n_subjects=12,
+                                                    images_per_subject=2, size=32, seed=0)),
+                 "class_names": ["normal", "early", "late"], "image_size": 32},
+        "model": {"name": "mobilenet_v2", "pretrained": False, "kwargs": {"head_hidden": 8}},
+        "stages": [{"name": "train", "epochs": 1, "lr": 1e-3, "trainable": "all"}],
+        "split": {"val_fraction": 0.25, "test_fraction": 0.25}})
+    configs["classification"] = cls
+    photos, scores = write_pasi_trial(root / "trial", n_subjects=16, visits_per_subject=(2, 2),
+                                      photo_size=48, seed=1)
+    configs["pasi"] = get_task("pasi").config_class.model_validate({
+        "task": "pasi", "name": "pasi",
+        "data": {"photos": str(photos), "scores": str(scores), "tile_size": 32,
+                 "check_images": False},
+        "ensemble": {"architectures": ["mobilenet_v3_small"],
+                     "heads": ["components"], "folds": 2, "test_fraction": 0.25,
+                     "split_trials": 3},
+        "model": {"name": "mobilenet_v3_small", "pretrained": False},
+        "scheduler": {"name": "cosine", "min_lr": 1e-5}})
+    recordings = make_ecg_study(n_subjects=3, minutes_per_condition=(0.5, 0.5, 0.5), fs=100.0,
+                                seed=1)
+    configs["stress"] = get_task("stress").config_class.model_validate({
+        "task": "stress", "name": "stress",
+        "data": {"recordings": str(write_recordings(recordings, root / "ecg"))},
+        "spectrogram": {"image_size": 32},
+        "model": {"name": "sonic", "pretrained": False,
+                  "kwargs": {"backbones": ["squeezenet1_1", "shufflenet_v2_x0_5"]}},
+        "cv": {"scheme": "subject", "folds": 2, "compare_window_cv": False}})
+    runs = {}
+    for task, config in configs.items():
+        config.seed = 5
+        config.trainer.max_epochs = 2
+        config.trainer.batch_size = 8
+        config.trainer.threads = 2
+        config.trainer.early_stopping_patience = None
+        config.evaluation.bootstrap_resamples = 20
+        runs[task] = root / task
+        train_run(config, runs[task], progress=False)
+    return runs

@@ -40,16 +40,23 @@ def _load(path: str | os.PathLike) -> Image.Image:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: {_missing_reason(path)}")
+    return _decode(lambda: Image.open(path), str(path))
+
+
+def _decode(opener, source: str, max_pixels: int | None = None) -> Image.Image:
     try:
         # verify() walks the chunk structure (PNG: catches a missing IEND that load() accepts);
         # the image object is unusable afterwards, hence the second open.
-        with Image.open(path) as probe:
+        with opener() as probe:
+            if max_pixels is not None and probe.width * probe.height > max_pixels:
+                raise DataError(f"{source}: {probe.width}x{probe.height} pixels is more than "
+                                f"the {max_pixels:,} allowed")
             probe.verify()
-        with Image.open(path) as img:
+        with opener() as img:
             img.load()
             return _oriented(img)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{path}: not a readable image ({_reason(exc)})") from exc
+        raise DataError(f"{source}: not a readable image ({_reason(exc)})") from exc
 
 
 def _missing_reason(path: Path) -> str:
@@ -111,6 +118,25 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise DataError(
             f"{Path(path)}: cannot convert image mode {img.mode} to RGB ({exc})"
         ) from exc
+
+
+def decode_image(data: bytes, source: str, *, max_pixels: int | None = None) -> np.ndarray:
+    """:func:`read_image` of a file's bytes (an upload), refusing images with more than
+    ``max_pixels`` pixels before any pixel is decoded (decompression bombs).
+
+    Returns:
+        ``uint8`` ``(H, W, 3)`` RGB, exactly as :func:`read_image` gives for the same file.
+
+    Raises:
+        DataError: not an image, truncated, or too many pixels; the message names ``source``.
+    """
+    import io
+
+    img = _decode(lambda: Image.open(io.BytesIO(data)), source, max_pixels)
+    try:
+        return _to_rgb_array(img)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{source}: cannot convert image mode {img.mode} to RGB ({exc})") from exc
 
 
 def decoded_image_size(path: str | os.PathLike) -> tuple[int, int]:

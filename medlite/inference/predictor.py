@@ -80,6 +80,7 @@ class Predictor:
                               or config.trainer.batch_size)
         self.network = model.eval()
         self.fast = fast
+        model = task.inference_network(model, config).eval()
         if fast != "none":
             if self.device.type != "cpu":
                 raise ConfigError(f"--fast {fast}: a CPU inference path; use device cpu")

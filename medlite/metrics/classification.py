@@ -293,3 +293,37 @@ def _roc_auc(labels: np.ndarray, probs: np.ndarray, classes: np.ndarray | None =
     # The per-class mean is sklearn's multi_class="ovr", average="macro", computed class by
     # class so that rows summing to 1 only within our tolerance are accepted.
     return float(np.mean([roc_auc_score(labels == k, probs[:, k]) for k in classes]))
+
+
+def selective_threshold(confidence: np.ndarray, correct: np.ndarray,
+                        target_accuracy: float) -> dict[str, float | None]:
+    """The lowest top-class probability above which predictions are at least
+    ``target_accuracy`` accurate (selective classification), calibrated on labelled data
+    (a validation split), so that predictions below it can be flagged for review.
+
+    Args:
+        confidence: float ``(N,)`` top-class probabilities.
+        correct: bool ``(N,)`` whether each prediction was right.
+        target_accuracy: accuracy wanted among the predictions kept, in (0, 1].
+
+    Returns:
+        ``threshold`` (None when no threshold reaches the target: flag everything),
+        ``coverage`` (share of the samples at or above it) and ``accuracy`` among them.
+    """
+    confidence = np.asarray(confidence, dtype=np.float64)
+    correct = np.asarray(correct, dtype=bool)
+    if confidence.shape != correct.shape or confidence.ndim != 1 or not len(confidence):
+        raise ValueError("confidence and correct: equal-length non-empty 1-D arrays needed")
+    if not 0 < target_accuracy <= 1:
+        raise ValueError(f"target_accuracy: {target_accuracy} is outside (0, 1]")
+    order = np.argsort(-confidence, kind="stable")
+    kept_accuracy = np.cumsum(correct[order]) / np.arange(1, len(order) + 1)
+    sorted_confidence = confidence[order]
+    # Only cut between distinct confidences: ties are kept or flagged together.
+    last_of_value = np.r_[sorted_confidence[1:] != sorted_confidence[:-1], True]
+    reaching = np.flatnonzero(last_of_value & (kept_accuracy >= target_accuracy - 1e-12))
+    if not len(reaching):
+        return {"threshold": None, "coverage": 0.0, "accuracy": None}
+    k = int(reaching[-1])
+    return {"threshold": float(sorted_confidence[k]), "coverage": (k + 1) / len(order),
+            "accuracy": float(kept_accuracy[k])}

@@ -108,6 +108,23 @@ class PasiEnsemble(nn.Module):
         return self.predict_parts(x)[0][:, : 1 + len(self.columns)]
 
 
+class PasiInferenceNetwork(nn.Module):
+    """Everything :meth:`PasiEnsemble.predict_parts` gives, as one tensor, so that the fast
+    inference paths (which run ``forward`` only) keep the meta-learners and components.
+
+    ``forward(composites (B, 3, 2T, 2T)) -> (B, 1 + M + K [+ 4])``: the deployed prediction,
+    the M base learners, the K meta-learners, then (with components heads) mean E, I, S, A.
+    """
+
+    def __init__(self, ensemble: PasiEnsemble):
+        super().__init__()
+        self.ensemble = ensemble
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        values, components = self.ensemble.predict_parts(x)
+        return values if components is None else torch.cat([values, components], dim=1)
+
+
 def module_key(column: str) -> str:
     """A base learner's name as a module key (no dots)."""
     return column.replace(".", "_")

@@ -10,12 +10,19 @@ from pathlib import Path
 
 import matplotlib
 import pandas as pd
+from matplotlib.figure import Figure
 
 from medlite.reports.style import CLASS_COLOURS, PAPER_STYLE, new_figure, save_figure
 
 
 def plot_probability_over_time(table: pd.DataFrame, names: list[str], path: Path,
                                title: str = "") -> Path:
+    """:func:`probability_figure` written to the PNG ``path`` (parent folders are created);
+    returns ``path``."""
+    return save_figure(probability_figure(table, names, title), path)
+
+
+def probability_figure(table: pd.DataFrame, names: list[str], title: str = "") -> Figure:
     """Class probabilities of each window against its centre time (minutes); true classes,
     when known, as coloured bands along the bottom.
 
@@ -26,11 +33,7 @@ def plot_probability_over_time(table: pd.DataFrame, names: list[str], path: Path
         names: class names in class-index order; class k is drawn in ``CLASS_COLOURS[k]``.
             With two classes only the ``stress`` curve is drawn when a class is so named
             (the other curve is its mirror image).
-        path: PNG to write (parent folders are created).
         title: optional axes title.
-
-    Returns:
-        ``path``.
     """
     centre_min = (table["start_s"] + table["end_s"]) / 120.0
     with matplotlib.rc_context(PAPER_STYLE):
@@ -54,4 +57,4 @@ def plot_probability_over_time(table: pd.DataFrame, names: list[str], path: Path
         if title:
             ax.set_title(title)
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
-    return save_figure(fig, path)
+    return fig

@@ -222,6 +222,11 @@ class Task:
     def example_input(self, config: BaseTaskConfig) -> torch.Tensor:
         raise NotImplementedError
 
+    def inference_network(self, model: nn.Module, config: BaseTaskConfig) -> nn.Module:
+        """The module the predictor runs (and the fast paths optimize): ``model`` itself
+        unless the task needs more than its ``forward`` gives."""
+        return model
+
     def prepare(self, item: Any, config: BaseTaskConfig) -> Prepared:
         """A typed input (:mod:`medlite.inference.types`) as network-input tensors."""
         raise NotImplementedError

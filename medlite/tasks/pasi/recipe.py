@@ -61,6 +61,7 @@ from medlite.inference.types import PasiOutput, VisitInput
 from medlite.models.pasi_ensemble import (
     COMPONENTS,
     PasiEnsemble,
+    PasiInferenceNetwork,
     build_base_model,
     module_key,
     regional_from_outputs,
@@ -316,21 +317,21 @@ class PasiTask(Task):
         tensors = [normalize(to_tensor_image(c)) for c in composites.values()]
         return Prepared(tensors, (list(composites), list(composites.values()), item))
 
-    def forward(self, model, batch, config):
-        return model.predict_parts(batch) if isinstance(model, PasiEnsemble) else model(batch)
+    def inference_network(self, model, config: PasiConfig):
+        return PasiInferenceNetwork(model) if isinstance(model, PasiEnsemble) else model
 
     def assemble(self, outputs, context, config: PasiConfig) -> PasiOutput:
         regions, composites, item = context
-        parts = [o if isinstance(o, tuple) else (o, None) for o in outputs]
-        values = torch.stack([p[0] for p in parts]).double().numpy()  # (regions, 1 + M + K)
+        # (regions, 1 + M + K [+ 4]): see PasiInferenceNetwork.
+        values = torch.stack(outputs).double().numpy()
         per_visit = config.data.score_level == "visit"
         names = ["deployed", *base_columns(config), *config.ensemble.meta_learners]
         members = {name: visit_value(regions, values[:, i], per_visit)
                    for i, name in enumerate(names[:values.shape[1]])}
         components = None
-        if parts[0][1] is not None:
-            components = {r: dict(zip(COMPONENTS, p[1].double().tolist(), strict=True))
-                          for r, p in zip(regions, parts, strict=True)}
+        if values.shape[1] == len(names) + len(COMPONENTS):
+            components = {r: dict(zip(COMPONENTS, row[len(names):].tolist(), strict=True))
+                          for r, row in zip(regions, values, strict=True)}
         pasi = members["deployed"]
         return PasiOutput(pasi=pasi, severity=severity_category(pasi, config.severity_thresholds),
                           regional=dict(zip(regions, values[:, 0].tolist(), strict=True)),
