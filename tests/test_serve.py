@@ -270,8 +270,10 @@ def test_bad_images_get_a_clear_4xx(client, upload, status, message):
 def test_bad_requests_name_the_problem(client, tiny_runs):
     image = ("x.png", lesion_image(tiny_runs).read_bytes())
     cases = [
-        (client.post("/api/runs/nope/segment", files={"file": image}), 404, "not served"),
-        (client.post("/api/runs/pasi/segment", files={"file": image}), 400, "is a pasi run"),
+        (client.post("/api/runs/nope/segment", files={"file": image}), 422,
+         "run: Input should be 'segmentation'"),
+        (client.post("/api/runs/pasi/segment", files={"file": image}), 422, "run: "),
+        (client.get("/api/runs/nope"), 422, "run: "),
         (client.post("/api/runs/segmentation/segment"), 422, "file"),
         (client.post("/api/runs/segmentation/segment", files={"file": image},
                      data={"pixel_spacing_mm": "-1"}), 400, "pixel_spacing_mm"),

@@ -6,8 +6,6 @@ waits its turn in one queue (``concurrency`` model calls at a time), so that man
 once never oversubscribe the CPU. Bad input gets a 4xx with a one-line ``detail``.
 """
 
-from __future__ import annotations
-
 import asyncio
 import base64
 import io
@@ -16,10 +14,11 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import Path as FastAPIPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -159,9 +158,20 @@ def _one_line(errors) -> str:
     return "; ".join(parts)
 
 
+def _names(names) -> type:
+    names = tuple(names)
+    return Literal[names] if names else str
+
+
 def create_app(runs: list[ServedRun], settings: ServeSettings) -> FastAPI:
     """The FastAPI application serving ``runs`` (see :mod:`medlite.serve`)."""
     by_name = {run.name: run for run in runs}
+    # Run names as enums in the schema, so clients (and the fuzzer) see which runs exist.
+    # Annotations are evaluated here, not postponed: FastAPI reads these local types.
+    AnyRun = _names(by_name)  # noqa: N806
+    SegmentationRun, ClassificationRun, PasiRun, StressRun = (  # noqa: N806
+        _names([r.name for r in runs if r.task == task])
+        for task in ("segmentation", "classification", "pasi", "stress"))
     store = VisitStore(settings.db_path)
     queue = asyncio.Semaphore(max(1, settings.concurrency))
     limits = settings.limits
@@ -239,7 +249,7 @@ def create_app(runs: list[ServedRun], settings: ServeSettings) -> FastAPI:
         return [r.card for r in runs]
 
     @app.get("/api/runs/{run}", summary="One run's model card")
-    async def card(run: str) -> dict:
+    async def card(run: AnyRun) -> dict:
         return served(run).card
 
     def segmentation_result(run: ServedRun, image: np.ndarray, spacing: float | None):
@@ -265,19 +275,20 @@ def create_app(runs: list[ServedRun], settings: ServeSettings) -> FastAPI:
             return await run_in_threadpool(segmentation_result, chosen, image, spacing)
 
     @app.post("/api/runs/{run}/segment", summary="Segment a lesion image")
-    async def segment(run: str, file: Annotated[UploadFile, File()],
+    async def segment(run: SegmentationRun, file: Annotated[UploadFile, File()],
                       pixel_spacing_mm: Annotated[float | None, Form()] = None
                       ) -> SegmentationResult:
         return (await segment_upload(run, file, pixel_spacing_mm))[1]
 
     @app.post("/api/runs/{run}/segment/mask.png", summary="The mask of a lesion image as PNG",
               response_class=Response, responses={200: {"content": {"image/png": {}}}})
-    async def segment_mask(run: str, file: Annotated[UploadFile, File()]):
+    async def segment_mask(run: SegmentationRun, file: Annotated[UploadFile, File()]):
         result = (await segment_upload(run, file, None))[1]
         return Response(base64.b64decode(result.mask_png), media_type="image/png")
 
     @app.post("/api/runs/{run}/classify", summary="Class probabilities of a skin image")
-    async def classify(run: str, file: Annotated[UploadFile, File()]) -> ClassificationResult:
+    async def classify(run: ClassificationRun, file: Annotated[UploadFile, File()]
+                       ) -> ClassificationResult:
         chosen = served(run, "classification")
         image = image_from_upload(await read(file, "file"), "file", limits)
         output = await predict(chosen, ImageInput(image, name="upload"))
@@ -303,7 +314,7 @@ def create_app(runs: list[ServedRun], settings: ServeSettings) -> FastAPI:
 
     @app.post("/api/runs/{run}/pasi",
               summary="PASI of a visit from its photos by region (head optional)")
-    async def pasi(run: str,
+    async def pasi(run: PasiRun,
                    upper: Annotated[list[UploadFile], File()],
                    trunk: Annotated[list[UploadFile], File()],
                    lower: Annotated[list[UploadFile], File()],
@@ -336,18 +347,19 @@ def create_app(runs: list[ServedRun], settings: ServeSettings) -> FastAPI:
 
     @app.get("/api/runs/{run}/subjects/{subject}/visits",
              summary="A subject's stored visits: PASI, % change from baseline, PASI50/75/90")
-    async def subject_visits(run: str, subject: str) -> list[VisitRecord]:
+    async def subject_visits(run: PasiRun, subject: str) -> list[VisitRecord]:
         served(run, "pasi")
         return trajectory(run, subject)
 
     @app.delete("/api/runs/{run}/subjects/{subject}/visits",
                 summary="Delete every stored visit of a subject")
-    async def delete_subject(run: str, subject: str) -> dict[str, int]:
+    async def delete_subject(run: PasiRun, subject: str) -> dict[str, int]:
         served(run, "pasi")
         return {"deleted": store.delete_subject(run, subject)}
 
     @app.delete("/api/visits/{visit_id}", summary="Delete one stored visit")
-    async def delete_visit(visit_id: int) -> dict[str, int]:
+    async def delete_visit(visit_id: Annotated[int, FastAPIPath(ge=1, le=2 ** 63 - 1)]
+                           ) -> dict[str, int]:
         if not store.delete(visit_id):
             raise HTTPException(404, f"no stored visit {visit_id}")
         return {"deleted": 1}
@@ -383,7 +395,7 @@ def create_app(runs: list[ServedRun], settings: ServeSettings) -> FastAPI:
 
     @app.post("/api/runs/{run}/stress",
               summary="Stress probability over time from an ECG recording")
-    async def stress(run: str, files: Annotated[list[UploadFile], File()],
+    async def stress(run: StressRun, files: Annotated[list[UploadFile], File()],
                      fs: Annotated[float | None, Form()] = None,
                      channel: Annotated[str | None, Form(max_length=64)] = None
                      ) -> StressResult:
@@ -410,7 +422,7 @@ def create_app(runs: list[ServedRun], settings: ServeSettings) -> FastAPI:
     @app.post("/api/runs/{run}/stress/windows.csv",
               summary="The per-window stress probabilities as CSV",
               response_class=PlainTextResponse)
-    async def stress_csv(run: str, files: Annotated[list[UploadFile], File()],
+    async def stress_csv(run: StressRun, files: Annotated[list[UploadFile], File()],
                          fs: Annotated[float | None, Form()] = None,
                          channel: Annotated[str | None, Form(max_length=64)] = None):
         _, output = await stress_output(run, files, fs, channel)
