@@ -132,8 +132,8 @@ def test_segmentation_equals_predict_and_measures_the_lesion(client, tiny_runs, 
     assert result["largest_diameter_mm"] == pytest.approx(
         result["largest_diameter_pixels"] * 0.05, abs=1e-3)
     overlay = decode_png(result["overlay_png"])
-    assert overlay.shape == (*expected.shape, 4)
-    np.testing.assert_array_equal(overlay[..., 3] > 0, expected > 0)
+    assert overlay.shape == expected.shape
+    np.testing.assert_array_equal(overlay > 0, expected > 0)  # palette index 1: lesion
     png = client.post("/api/runs/segmentation/segment/mask.png",
                       files={"file": ("x", image.read_bytes())})
     assert png.headers["content-type"] == "image/png"
@@ -414,3 +414,19 @@ def test_concurrent_requests_queue_for_the_model(served, tiny_runs, tmp_path):
     assert [r.status_code for r in replies] == [200] * 8
     assert peak == 1
     assert len({r.json()["mask_png"] for r in replies}) == 1
+
+
+def test_stress_reads_a_wesad_pickle_through_the_numpy_only_reader(client):
+    import pickle
+
+    from medlite.datasets.ecg import make_ecg
+
+    ecg = make_ecg(duration_s=120.0, fs=700.0, seed=2)
+    subject = {"signal": {"chest": {"ECG": ecg[:, None]}}, "label": np.ones(len(ecg), np.int64),
+               "subject": "S99"}
+    reply = client.post("/api/runs/stress/stress",
+                        files=[("files", ("anything.bin", pickle.dumps(subject, protocol=4)))])
+    assert reply.status_code == 200, reply.text
+    windows = reply.json()["windows"]
+    assert windows and all(w["end_s"] <= 120.0 for w in windows)
+    assert any(w["ok"] for w in windows)

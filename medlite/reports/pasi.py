@@ -65,11 +65,16 @@ def pasi_figures(table: pd.DataFrame, config, figure_dir: Path, extras: dict
         (f"PASI50/75/90/100 responders at the last visit ({deployed} vs physician)",
          responders.to_html(index=False, float_format="%.3f")),
     ]
+    from medlite.tasks.pasi.config import inner_val_fraction  # the recipe imports us
+
     info = {"aggregation": "one PASI per subject/visit (Equation 2 over the region composites); "
             "MAE/MSE in PASI points; severity_acc: same category (thresholds "
             f"{list(config.severity_thresholds)}); base and meta learners chosen by "
-            "out-of-fold visit MAE (each fold's fit stopped early on an inner validation "
-            "part, so out-of-fold predictions never chose an epoch)",
+            "out-of-fold visit MAE (" + (
+                "each fold's fit chose its epoch on an inner validation part of its training "
+                "folds" if inner_val_fraction(config) else
+                "each fold's fit kept its last epoch") + ", so the held-out fold chose "
+            "nothing)",
             "deployed": deployed, "selection": {k: selection.get(k) for k in
                                                 ("best_base", "best_meta",
                                                  "out_of_fold_error")},
