@@ -195,6 +195,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="allow cross-origin requests from this origin (repeatable; none "
                        "by default)")
 
+    cluster = sub.add_parser("cluster", help="batch-queue helpers for executor.name: dask")
+    cluster_sub = cluster.add_subparsers(dest="cluster_command", metavar="ACTION",
+                                         required=True)
+    script = cluster_sub.add_parser(
+        "script", help="print the sbatch script executor.cluster would submit per worker",
+        description="Print the SLURM job script that `medlite train CONFIG` with "
+        "executor.name=dask and an executor.cluster section submits for each Dask worker "
+        "(nothing is submitted). The scheduler address in it is a placeholder: at training "
+        "time it is the scheduler medlite starts.")
+    script.add_argument("config", help="a config file or a shipped config's name")
+    script.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE")
+
     models = sub.add_parser("models", help="list registered models")
     models.add_argument("--task", help="only models for this task")
     return parser
@@ -371,6 +384,19 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_cluster(args) -> int:
+    from medlite.errors import ConfigError
+    from medlite.tasks import load_config
+    from medlite.training.dask_executor import slurm_script
+
+    config = load_config(args.config, args.overrides)
+    if config.executor.cluster is None:
+        raise ConfigError(f"{args.config}: executor.cluster: not set (e.g. --set "
+                          "executor.cluster.queue=gpu)")
+    print(slurm_script(config.executor.cluster), end="")
+    return 0
+
+
 def cmd_models(args) -> int:
     from medlite.models import list_models
 
@@ -381,7 +407,8 @@ def cmd_models(args) -> int:
 
 COMMANDS = {"demo": cmd_demo, "data": cmd_data, "train": cmd_train, "configs": cmd_configs,
             "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export,
-            "profile": cmd_profile, "models": cmd_models, "serve": cmd_serve}
+            "profile": cmd_profile, "models": cmd_models, "serve": cmd_serve,
+            "cluster": cmd_cluster}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -86,17 +86,46 @@ class SplitConfig(StrictModel):
         return value
 
 
+class ClusterConfig(StrictModel):
+    """An HPC batch queue that Dask workers are submitted to (dask-jobqueue)."""
+
+    kind: Literal["slurm"] = "slurm"
+    queue: str | None = Field(None, description="Partition (#SBATCH -p).")
+    account: str | None = Field(None, description="Account to charge (#SBATCH -A).")
+    cores: int = Field(1, ge=1, description="CPU cores per job.")
+    memory: str = Field("4GB", description="Memory per job, e.g. 16GB.")
+    walltime: str = Field("01:00:00", description="Time limit per job (HH:MM:SS).")
+    jobs: int = Field(1, ge=1, description="Batch jobs (one Dask worker each).")
+    gpus: int = Field(0, ge=0, description="GPUs per job (#SBATCH --gres=gpu:N).")
+    interface: str | None = Field(
+        None, description="Network interface the scheduler and workers talk on (e.g. ib0); "
+        "default: the scheduler's host address.")
+    job_extra: list[str] = Field(default_factory=list,
+                                 description="More #SBATCH options, e.g. ['--qos=short'].")
+    prologue: list[str] = Field(default_factory=list,
+                                description="Shell lines before the worker starts (module "
+                                "load ..., source .venv/bin/activate).")
+
+
 class ExecutorConfig(StrictModel):
     """Where the fits of a run's plan are trained. Results do not depend on it: every fit is
     seeded from the config's seed and its key (give ``trainer.threads`` to fix the number of
     CPU threads per fit, since float sums split differently over other thread counts)."""
 
-    name: Literal["sequential", "processes"] = Field(
+    name: Literal["sequential", "processes", "dask"] = Field(
         "sequential", description="sequential: one fit after the other in this process; "
-        "processes: `workers` local processes.")
+        "processes: `workers` local processes; dask: a Dask cluster (local on 127.0.0.1, "
+        "`address` of a running scheduler, or `cluster` submitted to a batch queue).")
     workers: int = Field(1, ge=1, description="Fits trained at the same time.")
     threads_per_worker: int | None = Field(
         None, ge=1, description="torch CPU threads of each worker; default cores / workers.")
+    address: str | None = Field(
+        None, description="dask: a running scheduler, e.g. tcp://scheduler:8786 (its workers "
+        "must see the run folder at the same path).")
+    cluster: ClusterConfig | None = Field(None, description="dask: submit workers to a batch "
+                                          "queue instead of starting them here.")
+    retries: int = Field(0, ge=0, description="dask: times a fit is retried elsewhere when its "
+                         "worker dies (it resumes from its last checkpoint).")
 
 
 class EvaluationConfig(StrictModel):

@@ -16,7 +16,7 @@ from medlite.datasets.lesions import write_lesion_dataset
 
 SUBCOMMANDS = [["demo"], ["data"], ["data", "index"], ["data", "check"], ["train"],
                ["configs"], ["evaluate"], ["predict"], ["export"], ["profile"], ["models"],
-               ["serve"]]
+               ["serve"], ["cluster"], ["cluster", "script"]]
 
 
 @pytest.mark.parametrize("words", [[], *SUBCOMMANDS])
@@ -31,7 +31,7 @@ def test_parser_has_exactly_the_documented_commands():
     parser = build_parser()
     commands = next(a for a in parser._actions if a.dest == "command").choices
     assert set(commands) == {"demo", "data", "train", "configs", "evaluate", "predict",
-                             "export", "profile", "models", "serve"}
+                             "export", "profile", "models", "serve", "cluster"}
 
 
 def test_configs_lists_and_prints_the_shipped_configs(capsys):

@@ -201,17 +201,27 @@ def _check_picklable(fn: Callable, args: tuple) -> None:
 
 
 def make_executor(name: str = "sequential", workers: int = 1,
-                  threads_per_worker: int | None = None) -> Executor:
+                  threads_per_worker: int | None = None, *, address: str | None = None,
+                  cluster=None, retries: int = 0, shared_path: Path | None = None) -> Executor:
     """The executor an ``executor:`` config section names: ``sequential`` runs in this
-    process; ``processes`` in ``workers`` local processes."""
+    process; ``processes`` in ``workers`` local processes; ``dask`` on a Dask cluster
+    (:class:`~medlite.training.dask_executor.DaskExecutor`: local on 127.0.0.1, the
+    scheduler at ``address``, or a SLURM ``cluster``), whose workers must see
+    ``shared_path``."""
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
+    if name == "dask":
+        from medlite.training.dask_executor import DaskExecutor
+
+        return DaskExecutor(address=address, workers=workers,
+                            threads_per_worker=threads_per_worker, retries=retries,
+                            cluster=cluster, shared_path=shared_path)
     if name == "sequential" or (name == "processes" and workers == 1
                                 and threads_per_worker is None):
         return SequentialExecutor()
     if name == "processes":
         return ProcessExecutor(workers, threads_per_worker)
-    raise ValueError(f"unknown executor {name!r} (sequential or processes)")
+    raise ValueError(f"unknown executor {name!r} (sequential, processes or dask)")
 
 
 def _read_attempts(job_dir: Path) -> int:

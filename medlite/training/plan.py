@@ -219,9 +219,12 @@ def run_plan(context: RunContext, *, progress: bool = True) -> dict[str, dict]:
     plan = list(context.fits.values())
     write_json(run_dir / PLAN_FILE, [f.summary() for f in plan])
     jobs = [Job(f.key, {"digest": f.digest()}, f.depends_on) for f in plan]
-    executor = make_executor(config.executor.name, config.executor.workers,
-                             config.executor.threads_per_worker)
-    in_process = config.executor.name == "sequential" or config.executor.workers == 1
+    settings = config.executor
+    executor = make_executor(settings.name, settings.workers, settings.threads_per_worker,
+                             address=settings.address, cluster=settings.cluster,
+                             retries=settings.retries, shared_path=run_dir)
+    in_process = settings.name == "sequential" or (settings.name == "processes"
+                                                   and settings.workers == 1)
     job_fn = functools.partial(execute_fit, str(run_dir), progress and in_process)
     keep = config.trainer.keep_checkpoints
 

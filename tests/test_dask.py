@@ -1,0 +1,140 @@
+"""Fit plans on Dask distributed, on loopback only: a LocalCluster medlite starts, and a
+scheduler and workers started as separate commands, as a user would on a real cluster."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+import yaml
+
+from medlite.cli import main
+from medlite.errors import ConfigError
+from medlite.training.dask_executor import DaskExecutor
+
+FOLDS = ["subject-fold0", "subject-fold1"]
+
+
+def retrain_folds(trained: Path, run: Path, *settings: str) -> None:
+    """Copy a finished sequential run, delete its out-of-fold fits and train them again with
+    another executor (``--resume`` keeps every other fit)."""
+    shutil.copytree(trained, run)
+    for fold in FOLDS:
+        shutil.rmtree(run / "fits" / fold)
+    assert main(["train", str(run / "config.yaml"), "--out", str(run), "--resume",
+                 "--no-progress", *settings]) == 0
+
+
+def assert_same_fits(run: Path, trained: Path) -> None:
+    for fold in FOLDS:
+        assert (run / "fits" / fold / "predictions.csv").read_bytes() == \
+            (trained / "fits" / fold / "predictions.csv").read_bytes(), fold
+    assert (run / "per_sample.csv").read_bytes() == (trained / "per_sample.csv").read_bytes()
+
+
+def inet_addresses(processes: list[psutil.Process]) -> set[str]:
+    addresses = set()
+    for process in processes:
+        try:
+            for connection in process.net_connections(kind="inet"):
+                addresses.add(connection.laddr.ip)
+                if connection.raddr:
+                    addresses.add(connection.raddr.ip)
+        except psutil.Error:
+            continue
+    return addresses
+
+
+def test_local_cluster_listens_on_loopback_only(tmp_path):
+    with DaskExecutor(workers=2, threads_per_worker=1, shared_path=tmp_path) as executor:
+        pids = {executor.submit(os.getpid).result() for _ in range(6)}
+        assert executor.client.scheduler_info()["address"].startswith("tcp://127.0.0.1:")
+        tree = [psutil.Process(), *psutil.Process().children(recursive=True)]
+        assert pids <= {p.pid for p in tree}
+        addresses = inet_addresses(tree)
+    assert addresses and addresses <= {"127.0.0.1"}, addresses
+
+
+def test_a_run_folder_the_workers_cannot_see_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="not visible from Dask worker"), \
+            DaskExecutor(workers=1, shared_path=tmp_path / "elsewhere") as executor:
+        executor.client  # noqa: B018 (connecting runs the check)
+
+
+def test_dask_local_cluster_gives_the_sequential_out_of_fold_predictions(tiny_runs, tmp_path):
+    trained = tiny_runs["stress"]
+    run = tmp_path / "run"
+    retrain_folds(trained, run, "--set", "executor.name=dask", "--set", "executor.workers=2")
+    assert yaml.safe_load((run / "config.yaml").read_text())["executor"]["name"] == "dask"
+    assert (pd.read_csv(run / "fits.csv").set_index("key")["attempts"][FOLDS] == 1).all()
+    assert_same_fits(run, trained)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_scheduler_and_workers_started_apart_train_the_plan(tiny_runs, tmp_path):
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    common = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": tmp_path}
+    scheduler = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler",
+                                  "--host", "127.0.0.1", "--port", str(port),
+                                  "--no-dashboard"], **common)
+    workers = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address,
+                                 "--host", "127.0.0.1", "--nthreads", "1", "--no-dashboard",
+                                 "--name", f"node{i}"], **common) for i in range(2)]
+    try:
+        from distributed import Client
+
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with Client(address, timeout="5s") as client:
+                    if len(client.scheduler_info()["workers"]) == 2:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the workers did not join the scheduler"
+            time.sleep(1)
+        trained = tiny_runs["stress"]
+        run = tmp_path / "run"
+        retrain_folds(trained, run, "--set", "executor.name=dask",
+                      "--set", f"executor.address={address}")
+        assert_same_fits(run, trained)
+    finally:
+        for process in (*workers, scheduler):
+            process.terminate()
+        for process in (*workers, scheduler):
+            process.wait(timeout=30)
+
+
+def test_slurm_script_from_the_config(tmp_path, capsys):
+    config = tmp_path / "pasi.yaml"
+    config.write_text(yaml.safe_dump({
+        "task": "pasi", "data": {"photos": "photos.csv", "scores": "scores.csv"},
+        "executor": {"name": "dask", "cluster": {
+            "queue": "gpu", "account": "derm-lab", "cores": 4, "memory": "16GB",
+            "walltime": "02:00:00", "jobs": 10, "gpus": 1, "job_extra": ["--qos=short"],
+            "prologue": ["source /home/me/medlite/.venv/bin/activate"]}}}))
+    assert main(["cluster", "script", str(config)]) == 0
+    script = capsys.readouterr().out
+    for line in ("#SBATCH -J medlite", "#SBATCH -p gpu", "#SBATCH -A derm-lab",
+                 "#SBATCH --cpus-per-task=4", "#SBATCH -t 02:00:00", "#SBATCH --gres=gpu:1",
+                 "#SBATCH --qos=short", "source /home/me/medlite/.venv/bin/activate",
+                 "export OMP_NUM_THREADS=4"):
+        assert line in script.splitlines(), line
+    assert "--nthreads 1" in script  # one fit at a time per worker
+    config.write_text(yaml.safe_dump({"task": "pasi", "data": {"photos": "p.csv",
+                                                               "scores": "s.csv"}}))
+    assert main(["cluster", "script", str(config)]) == 2
