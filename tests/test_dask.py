@@ -138,3 +138,42 @@ def test_slurm_script_from_the_config(tmp_path, capsys):
     config.write_text(yaml.safe_dump({"task": "pasi", "data": {"photos": "p.csv",
                                                                "scores": "s.csv"}}))
     assert main(["cluster", "script", str(config)]) == 2
+
+
+def test_a_worker_killed_mid_fit_is_replaced_and_the_fit_resumes(tiny_runs, tmp_path):
+    """SIGKILL every worker process once the first out-of-fold fit has checkpointed an
+    epoch: Dask's nannies start new workers, the scheduler hands the fits to them, each
+    resumes from its last.ckpt, and the results are the uninterrupted run's."""
+    import signal
+    import threading
+
+    trained = tiny_runs["stress"]
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    for fold in FOLDS:
+        shutil.rmtree(run / "fits" / fold)
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    outcome = {}
+
+    def train():
+        outcome["code"] = main(["train", str(run / "config.yaml"), "--out", str(run),
+                                "--resume", "--no-progress", "--set", "executor.name=dask",
+                                "--set", "executor.workers=2"])
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    checkpoint = run / "fits" / FOLDS[0] / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and thread.is_alive():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    killed = 0
+    for process in psutil.Process().children(recursive=True):
+        if process.pid not in before and "spawn_main" in " ".join(process.cmdline()):
+            process.send_signal(signal.SIGKILL)
+            killed += 1
+    thread.join(timeout=600)
+    assert killed >= 1 and outcome["code"] == 0
+    attempts = pd.read_csv(run / "fits.csv").set_index("key")["attempts"]
+    assert attempts[FOLDS[0]] >= 2  # it was started again after the kill
+    assert_same_fits(run, trained)
