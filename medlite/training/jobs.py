@@ -376,7 +376,6 @@ def run_jobs(
             failures[job.key] = _one_line(error)
             rows[job.key] = _row(job.key, "failed", None, _read_attempts(job_dir),
                                  failures[job.key])
-            bar.set_postfix(failed=len(failures))
         else:
             outcome = future.result()
             results[job.key] = outcome["result"]
@@ -384,7 +383,11 @@ def run_jobs(
             if after_done is not None:
                 after_done(job, job_dir)
             bar.update(1)
+        show_state()
         _write_status(rows, status_file)
+
+    def show_state() -> None:
+        bar.set_postfix(running=len(running), failed=len(failures), refresh=True)
 
     try:
         while pending or running:
@@ -403,6 +406,7 @@ def run_jobs(
                 rows[job.key] = _row(job.key, "running", None, _read_attempts(job_dir), "")
                 _write_status(rows, status_file)
                 running[executor.submit(fn, job, job_dir)] = job
+                show_state()
                 for future in [f for f in running if f.done()]:  # an in-process executor
                     finish(future)
             _write_status(rows, status_file)
