@@ -39,7 +39,8 @@ DEFAULT_ARCHITECTURES = ["mobilenet_v3_small", "shufflenet_v2_x0_5", "squeezenet
 CORES = 2
 
 
-def make_config(data_dir: Path, args, architectures: list[str], workers: int) -> PasiConfig:
+def make_config(data_dir: Path, args, architectures: list[str], workers: int,
+                executor: str = "processes", threads: int | None = None) -> PasiConfig:
     config = PasiConfig(
         name="bench-pasi", seed=args.seed,
         data=PasiDataConfig(photos=data_dir / "photos.csv", scores=data_dir / "scores.csv",
@@ -53,10 +54,10 @@ def make_config(data_dir: Path, args, architectures: list[str], workers: int) ->
     config.trainer.max_epochs = args.epochs
     config.trainer.batch_size = 16
     config.trainer.early_stopping_patience = None
-    threads = max(1, CORES // workers)
+    threads = threads or max(1, CORES // workers)
     config.trainer.threads = threads
-    if workers > 1:
-        config.executor.name = "processes"
+    if workers > 1 or executor == "dask":
+        config.executor.name = executor
         config.executor.workers = workers
         config.executor.threads_per_worker = threads
     return config
@@ -113,6 +114,15 @@ def main() -> None:
     parser.add_argument("--architectures", nargs="+", default=DEFAULT_ARCHITECTURES)
     parser.add_argument("--skip-workers", action="store_true",
                         help="skip the 1-vs-2-worker timing")
+    parser.add_argument("--only-workers", action="store_true",
+                        help="only the 1-vs-2-worker timing")
+    parser.add_argument("--executor", choices=["processes", "dask"], default="processes",
+                        help="executor of the worker timing")
+    parser.add_argument("--worker-threads", type=int,
+                        help="torch threads per fit in the worker timing (default cores / "
+                        "workers)")
+    parser.add_argument("--worker-architectures", nargs="+",
+                        help="architectures of the worker timing (default: the first)")
     args = parser.parse_args()
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -124,6 +134,29 @@ def main() -> None:
     summary: dict = {"subjects": args.subjects, "tile": args.tile, "epochs": args.epochs,
                      "architectures": args.architectures, "lr": args.lr}
 
+    if not args.only_workers:
+        ensemble_summary(args, data_dir, summary)
+    if not args.skip_workers:
+        # The same fits (architectures x 5 folds), with 1 and then 2 workers.
+        chosen = args.worker_architectures or [args.architectures[0]]
+        walls = {}
+        for workers in (1, 2):
+            folder = args.out / f"{args.executor}-workers{workers}"
+            walls[workers], _ = timed_run(
+                make_config(data_dir, args, chosen, workers, args.executor,
+                            args.worker_threads), folder)
+        threads = {str(w): args.worker_threads or max(1, CORES // w) for w in (1, 2)}
+        summary[f"workers_{args.executor}"] = {
+            "architectures": chosen,
+            "fits": len(network_fit_seconds(args.out / f"{args.executor}-workers1")),
+            "threads_per_fit": threads, "seconds_1_worker": round(walls[1], 1),
+            "seconds_2_workers": round(walls[2], 1), "speedup": round(walls[1] / walls[2], 2)}
+        name = f"summary-{args.executor}-workers.json" if args.only_workers else "summary.json"
+        write_json(args.out / name, summary)
+    print(json.dumps(summary, indent=1))
+
+
+def ensemble_summary(args, data_dir: Path, summary: dict) -> None:
     run = args.out / "ensemble"
     config = make_config(data_dir, args, args.architectures, workers=1)
     seconds, result = timed_run(config, run)
@@ -150,21 +183,6 @@ def main() -> None:
         "test_visits": result.info["n_samples"], "test_subjects": result.info["n_subjects"],
     })
     write_json(args.out / "summary.json", summary)
-
-    if not args.skip_workers:
-        # The same 5 fits (one architecture x 5 folds), with 1 and then 2 worker processes.
-        one = [args.architectures[0]]
-        walls = {}
-        for workers in (1, 2):
-            walls[workers], _ = timed_run(make_config(data_dir, args, one, workers),
-                                          args.out / f"workers{workers}")
-        summary["workers"] = {"jobs": len(network_fit_seconds(args.out / "workers1")),
-                              "threads_per_fit": {"1": CORES, "2": CORES // 2},
-                              "seconds_1_worker": round(walls[1], 1),
-                              "seconds_2_workers": round(walls[2], 1),
-                              "speedup": round(walls[1] / walls[2], 2)}
-        write_json(args.out / "summary.json", summary)
-    print(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":
