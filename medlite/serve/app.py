@@ -40,6 +40,7 @@ from medlite.serve.uploads import (
     image_from_upload,
     recording_from_upload,
 )
+from medlite.tasks.segmentation import mask_to_png
 
 log = logging.getLogger("medlite.serve")
 HERE = Path(__file__).parent
@@ -214,8 +215,6 @@ def create_app(runs: list[ServedRun], settings: ServeSettings) -> FastAPI:
     app = FastAPI(title="medlite", version="0.1.0", docs_url=None, redoc_url=None,
                   description="Trained medlite runs: lesion segmentation, skin classification,"
                               " PASI from photos, stress from ECG.")
-    app.state.store = store
-    app.state.runs = by_name
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -224,7 +223,6 @@ def create_app(runs: list[ServedRun], settings: ServeSettings) -> FastAPI:
                            allow_methods=["GET", "POST", "DELETE"], allow_headers=["*"])
     app.add_middleware(TokenGate, token=settings.token)
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_bytes)
-
     app.add_middleware(RouteLog)
 
     @app.exception_handler(MedliteError)
@@ -278,37 +276,33 @@ def create_app(runs: list[ServedRun], settings: ServeSettings) -> FastAPI:
     async def card(run: AnyRun) -> dict:
         return served(run).card
 
-    def segmentation_result(run: ServedRun, image: np.ndarray, spacing: float | None):
-        from medlite.tasks.segmentation import mask_to_png
-
-        output = run.predictor.predict_one(ImageInput(image, name="upload"))
-        names = output.class_names
-        measured = lesion_measurements(output.mask, 1, spacing)
-        return output, SegmentationResult(
-            width=int(output.mask.shape[1]), height=int(output.mask.shape[0]), **measured,
-            pixels_per_class={c: output.area_pixels(k) for k, c in enumerate(names) if k},
-            mask_png=_b64(_png(mask_to_png(output.mask, len(names)))),
-            overlay_png=_b64(_overlay_png(output.mask)))
-
-    async def segment_upload(run: str, file: UploadFile, spacing: float | None):
+    async def segment_upload(run: str, file: UploadFile):
         chosen = served(run, "segmentation")
-        if spacing is not None and not (spacing > 0 and math.isfinite(spacing)):
-            raise DataError(f"pixel_spacing_mm: {spacing} must be a positive number")
         image = image_from_upload(await read(file, "file"), "file", limits)
-        async with queue:
-            return await run_in_threadpool(segmentation_result, chosen, image, spacing)
+        return await predict(chosen, ImageInput(image, name="upload"))
 
     @app.post("/api/runs/{run}/segment", summary="Segment a lesion image")
     async def segment(run: SegmentationRun, file: Annotated[UploadFile, File()],
                       pixel_spacing_mm: Annotated[float | None, Form()] = None
                       ) -> SegmentationResult:
-        return (await segment_upload(run, file, pixel_spacing_mm))[1]
+        spacing = pixel_spacing_mm
+        if spacing is not None and not (spacing > 0 and math.isfinite(spacing)):
+            raise DataError(f"pixel_spacing_mm: {spacing} must be a positive number")
+        output = await segment_upload(run, file)
+        names = output.class_names
+        return SegmentationResult(
+            width=int(output.mask.shape[1]), height=int(output.mask.shape[0]),
+            **lesion_measurements(output.mask, 1, spacing),
+            pixels_per_class={c: output.area_pixels(k) for k, c in enumerate(names) if k},
+            mask_png=_b64(_png(mask_to_png(output.mask, len(names)))),
+            overlay_png=_b64(_overlay_png(output.mask)))
 
     @app.post("/api/runs/{run}/segment/mask.png", summary="The mask of a lesion image as PNG",
               response_class=Response, responses={200: {"content": {"image/png": {}}}})
     async def segment_mask(run: SegmentationRun, file: Annotated[UploadFile, File()]):
-        result = (await segment_upload(run, file, None))[1]
-        return Response(base64.b64decode(result.mask_png), media_type="image/png")
+        output = await segment_upload(run, file)
+        return Response(_png(mask_to_png(output.mask, len(output.class_names))),
+                        media_type="image/png")
 
     @app.post("/api/runs/{run}/classify", summary="Class probabilities of a skin image")
     async def classify(run: ClassificationRun, file: Annotated[UploadFile, File()]
@@ -316,11 +310,12 @@ def create_app(runs: list[ServedRun], settings: ServeSettings) -> FastAPI:
         chosen = served(run, "classification")
         image = image_from_upload(await read(file, "file"), "file", limits)
         output = await predict(chosen, ImageInput(image, name="upload"))
-        threshold = (chosen.calibration or {}).get("threshold")
+        calibration = chosen.calibration or {}
+        threshold = calibration.get("threshold")
         low = threshold is None or output.confidence < threshold
         if threshold is None:
-            note = "no calibrated threshold: " + str((chosen.calibration or {}).get(
-                "reason", "unknown")) + "; review every prediction"
+            note = (f"no calibrated threshold: {calibration.get('reason', 'unknown')}; "
+                    "review every prediction")
         elif low:
             note = (f"top probability {output.confidence:.2f} is below the threshold "
                     f"{threshold:.2f} calibrated on validation; review this prediction")

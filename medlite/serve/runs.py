@@ -23,20 +23,24 @@ class ServedRun:
     Attributes:
         name: the run's name in URLs (its folder name, made unique).
         predictor: the loaded model (fast path as asked).
-        card: :func:`~medlite.reports.model_card.model_card`.
-        calibration: classifiers: :func:`~medlite.metrics.classification.selective_threshold`
-            on the validation split (``threshold`` None when it could not be computed, with
-            ``reason``).
+        card: :func:`~medlite.reports.model_card.model_card`; for classifiers with the
+            ``confidence_threshold`` of :func:`calibrate`.
     """
 
     name: str
     predictor: Predictor
     card: dict
-    calibration: dict | None = None
 
     @property
     def task(self) -> str:
         return self.predictor.config.task
+
+    @property
+    def calibration(self) -> dict | None:
+        """Classifiers: :func:`~medlite.metrics.classification.selective_threshold` on the
+        validation split (``threshold`` None when it could not be computed, with
+        ``reason``)."""
+        return self.card.get("confidence_threshold")
 
 
 def calibrate(predictor: Predictor, target_accuracy: float) -> dict:
@@ -81,11 +85,9 @@ def load_served_runs(run_dirs: list[Path], *, fast: Fast = "torch",
     for name, run_dir in zip(names, run_dirs, strict=True):
         predictor = load_run(run_dir, fast=fast)
         card = model_card(predictor.run_dir, predictor.config, predictor.class_names)
-        calibration = None
         if predictor.config.task == "classification":
-            calibration = calibrate(predictor, target_accuracy)
-            card["confidence_threshold"] = calibration
+            card["confidence_threshold"] = calibrate(predictor, target_accuracy)
         card["name"] = name
-        served.append(ServedRun(name, predictor, card, calibration))
+        served.append(ServedRun(name, predictor, card))
         log.info("loaded run %s (%s)", name, predictor.config.task)
     return served

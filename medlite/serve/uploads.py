@@ -194,7 +194,13 @@ class RecordingUpload:
     format: str
 
 
-_SUFFIX = {"text": ".csv", "npy": ".npy", "pickle": ".pkl", "zip": ".npz"}
+#: Content kind of a single-file recording -> (recording format, file written).
+_SINGLE_FILE = {"text": ("csv", "recording.csv"), "npy": ("npy", "recording.npy"),
+                "pickle": ("wesad", "recording.pkl"), "zip": ("npz", "recording.npz")}
+
+
+def _is_wfdb(files: dict[str, bytes]) -> bool:
+    return any(name.lower().endswith(".hea") for name in files)
 
 
 @contextmanager
@@ -209,27 +215,22 @@ def recording_from_upload(files: dict[str, bytes], field: str, limits: UploadLim
     """
     if not files:
         raise DataError(f"{field}: no file uploaded")
-    if len(files) == 1:
-        (name, data), = files.items()
-        kind = sniff(data)
-        if kind == "zip":
-            members = unzip(data, field, limits)
-            if any(n.lower().endswith(".hea") for n in members):
-                files = members
-            elif not all(n.endswith(".npy") for n in members):
-                raise DataError(f"{field}: the archive holds neither a WFDB record (.hea) "
-                                "nor NumPy arrays (.npz)")
-    if len(files) > 1 or any(n.lower().endswith(".hea") for n in files):
+    kind = sniff(next(iter(files.values()))) if len(files) == 1 else None
+    if kind == "zip":
+        members = unzip(next(iter(files.values())), field, limits)
+        if _is_wfdb(members):
+            files, kind = members, None
+        elif not all(n.endswith(".npy") for n in members):
+            raise DataError(f"{field}: the archive holds neither a WFDB record (.hea) "
+                            "nor NumPy arrays (.npz)")
+    if len(files) > 1 or _is_wfdb(files):
         written, fmt, main = _wfdb_files(files, field), "wfdb", f"{_WFDB_RECORD}.hea"
+    elif kind in _SINGLE_FILE:
+        fmt, main = _SINGLE_FILE[kind]
+        written = {main: next(iter(files.values()))}
     else:
-        (name, data), = files.items()
-        kind = sniff(data)
-        if kind not in _SUFFIX:
-            raise DataError(f"{field}: not a recording (the content is {kind}; send a CSV, "
-                            ".npy/.npz, a WESAD .pkl, or a WFDB .hea with its .dat)")
-        fmt = {"text": "csv", "npy": "npy", "pickle": "wesad", "zip": "npz"}[kind]
-        main = f"recording{_SUFFIX[kind]}"
-        written = {main: data}
+        raise DataError(f"{field}: not a recording (the content is {kind}; send a CSV, "
+                        ".npy/.npz, a WESAD .pkl, or a WFDB .hea with its .dat)")
     with tempfile.TemporaryDirectory(prefix="medlite-upload-") as folder:
         for name, data in written.items():
             (Path(folder) / name).write_bytes(data)

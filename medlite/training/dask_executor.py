@@ -16,19 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from medlite.errors import ConfigError
-from medlite.training.jobs import Executor
+from medlite.training.jobs import Executor, set_torch_threads
 
 LOOPBACK = "127.0.0.1"
-
-
-def _set_threads(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-def _sees(path: str) -> bool:
-    return os.path.isdir(path)
 
 
 def slurm_cluster(cluster, *, threads: int, host: str | None = None):
@@ -109,9 +99,9 @@ class DaskExecutor(Executor):
                     processes=True, dashboard_address=None, protocol="tcp",
                     silence_logs=logging.ERROR)
             self._client = Client(self._cluster)
-        self._client.run(_set_threads, self.threads)
+        self._client.run(set_torch_threads, self.threads)
         if self.shared_path is not None:
-            seen = self._client.run(_sees, str(self.shared_path))
+            seen = self._client.run(os.path.isdir, str(self.shared_path))
             blind = sorted(worker for worker, ok in seen.items() if not ok)
             if blind:
                 raise ConfigError(f"{self.shared_path}: not visible from Dask worker(s) "

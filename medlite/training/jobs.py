@@ -145,7 +145,7 @@ class SequentialExecutor(Executor):
         return future
 
 
-def _init_worker(threads: int) -> None:
+def set_torch_threads(threads: int) -> None:
     """Worker start-up: n workers x all cores each would oversubscribe the CPU."""
     import torch
 
@@ -178,7 +178,7 @@ class ProcessExecutor(Executor):
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
                 max_workers=self.n_workers, mp_context=get_context("spawn"),
-                initializer=_init_worker, initargs=(self.threads_per_worker,))
+                initializer=set_torch_threads, initargs=(self.threads_per_worker,))
         return self._pool.submit(fn, *args)
 
     def close(self) -> None:
