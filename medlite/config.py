@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from medlite.errors import ConfigError
 
@@ -57,7 +64,17 @@ class TrainerConfig(StrictModel):
     )
     max_time_minutes: float | None = Field(None, gt=0, description="Wall-clock training budget.")
     accelerator: str = Field("auto", description="cpu, gpu, mps or auto (a GPU when present).")
-    devices: int | str = Field("auto", description="Number of devices, or auto.")
+    devices: int | Literal["auto"] = Field(
+        "auto", description="Devices one fit trains on; more than 1 trains with DDP, one "
+        "process per device (on a CPU: processes on 127.0.0.1). auto: 1, or with strategy "
+        "ddp every GPU.")
+    strategy: Literal["auto", "ddp"] = Field(
+        "auto", description="ddp: data-parallel over trainer.devices; batch_size stays the "
+        "global batch, so the optimisation is the same as on one device.")
+    sync_batchnorm: bool = Field(
+        True, description="Under DDP, BatchNorm statistics over the global batch (as on one "
+        "device; one all-reduce per layer and step); false: each device's own share, faster "
+        "for small batches through many BatchNorm layers.")
     precision: str = Field("32-true", description="Lightning precision, e.g. 16-mixed on GPUs.")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all cores.")
@@ -66,6 +83,16 @@ class TrainerConfig(StrictModel):
                                 "CPU training is reproducible without it.")
     keep_checkpoints: bool = Field(False, description="Keep each fit's Lightning checkpoints "
                                    "after it finished (its model.pt always stays).")
+
+    @model_validator(mode="after")
+    def _batch_splits_over_devices(self):
+        if isinstance(self.devices, int) and self.devices < 1:
+            raise ValueError("devices: must be 1 or more, or auto")
+        if isinstance(self.devices, int) and self.devices > 1 \
+                and self.batch_size % self.devices:
+            raise ValueError(f"batch_size: the global batch {self.batch_size} does not split "
+                             f"evenly over {self.devices} devices")
+        return self
 
 
 class SplitConfig(StrictModel):
@@ -158,7 +185,14 @@ def _format_error(source: str, error: dict) -> str:
         return f"{source}: {location}: required key is missing"
     value = error.get("input")
     shown = f" (got {value!r})" if not isinstance(value, dict | list) else ""
-    return f"{source}: {location}: {error['msg']}{shown}"
+    message = error["msg"]
+    if kind == "value_error":
+        message = message.removeprefix("Value error, ")
+        # A section's validator names its field first ("batch_size: ..."): one dotted key.
+        field, sep, rest = message.partition(": ")
+        if sep and field.isidentifier() and isinstance(value, dict):
+            location, message = f"{location}.{field}" if location else field, rest
+    return f"{source}: {location}: {message}{shown}"
 
 
 def _suggest(error: dict, model_class: type[BaseModel]) -> str:

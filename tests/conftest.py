@@ -114,6 +114,18 @@ def history_rows(path: Path) -> int:
 def tiny_runs(tmp_path_factory) -> dict[str, Path]:
     """One finished run of every task, as small and short as a run can be (for the service,
     whose tests check what is served, not how well it learned): task -> run folder."""
+    from medlite.training.runner import train_run
+
+    root = tmp_path_factory.mktemp("tiny-runs")
+    runs = {}
+    for task, config in tiny_configs(root).items():
+        runs[task] = root / task
+        train_run(config, runs[task], progress=False)
+    return runs
+
+
+def tiny_configs(root: Path) -> dict:
+    """The configs of :func:`tiny_runs`, their data written under ``root``: task -> config."""
     from medlite.data.recordings import write_recordings
     from medlite.datasets.ecg import make_ecg_study
     from medlite.datasets.lesions import write_lesion_dataset
@@ -121,9 +133,7 @@ def tiny_runs(tmp_path_factory) -> dict[str, Path]:
     from medlite.datasets.skin import write_skin_dataset
     from medlite.tasks import get_task
     from medlite.tasks.segmentation import SegmentationConfig, SegmentationDataConfig
-    from medlite.training.runner import train_run
 
-    root = tmp_path_factory.mktemp("tiny-runs")
     configs = {}
     seg = SegmentationConfig(name="segmentation", data=SegmentationDataConfig(
         manifest=write_lesion_dataset(root / "lesions", n_subjects=10, images_per_subject=1,
@@ -159,14 +169,11 @@ def tiny_runs(tmp_path_factory) -> dict[str, Path]:
         "model": {"name": "sonic", "pretrained": False,
                   "kwargs": {"backbones": ["squeezenet1_1", "shufflenet_v2_x0_5"]}},
         "cv": {"scheme": "subject", "folds": 2, "compare_window_cv": False}})
-    runs = {}
-    for task, config in configs.items():
+    for config in configs.values():
         config.seed = 5
         config.trainer.max_epochs = 2
         config.trainer.batch_size = 8
         config.trainer.threads = 2
         config.trainer.early_stopping_patience = None
         config.evaluation.bootstrap_resamples = 20
-        runs[task] = root / task
-        train_run(config, runs[task], progress=False)
-    return runs
+    return configs

@@ -25,7 +25,9 @@ import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import torch
+from lightning.fabric.plugins.environments import LightningEnvironment
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -37,8 +39,9 @@ from medlite.training.checkpoint import (
     AtomicCheckpointIO,
     model_state_from_checkpoint,
 )
+from medlite.training.distributed import GlobalBatchNorm, Rank, check_batches
 from medlite.training.module import TaskModule
-from medlite.training.seeding import EpochShuffleSampler, SeededItems
+from medlite.training.seeding import EpochShuffleSampler, SeededItems, ShardSampler
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
@@ -125,26 +128,40 @@ def configure_threads(threads: int | None) -> int:
     return count
 
 
-def make_loaders(parts: TrainingParts, config: BaseTaskConfig, seed: int
-                 ) -> tuple[DataLoader, DataLoader]:
+def make_loaders(parts: TrainingParts, config: BaseTaskConfig, seed: int,
+                 rank: Rank | None = None) -> tuple[DataLoader, DataLoader]:
     """Training and validation loaders. Training order and augmentation depend only on
     ``(seed, epoch, position)``, so they are the same whatever the number of workers and
-    after a resume (see :mod:`medlite.training.seeding`)."""
+    after a resume (see :mod:`medlite.training.seeding`). Under DDP (``rank``) each rank
+    loads its share of every global batch and of the validation set."""
     batch, workers = config.trainer.batch_size, config.trainer.num_workers
     n_train = len(parts.train_data)
-    sampler = EpochShuffleSampler(n_train, seed, parts.sample_weights)
-    train = DataLoader(SeededItems(parts.train_data), batch_size=batch, sampler=sampler,
-                       drop_last=n_train > batch, num_workers=workers,
-                       persistent_workers=workers > 0)
-    val = DataLoader(parts.val_data, batch_size=batch, num_workers=workers,
+    if rank is None or rank.world_size == 1:
+        sampler = EpochShuffleSampler(n_train, seed, parts.sample_weights)
+        train = DataLoader(SeededItems(parts.train_data), batch_size=batch, sampler=sampler,
+                           drop_last=n_train > batch, num_workers=workers,
+                           persistent_workers=workers > 0)
+        val = DataLoader(parts.val_data, batch_size=batch, num_workers=workers,
+                         persistent_workers=workers > 0)
+        return train, val
+    share = check_batches(config.trainer, rank.world_size, n_train, len(parts.val_data))
+    sampler = EpochShuffleSampler(n_train, seed, parts.sample_weights, rank=rank.rank,
+                                  world_size=rank.world_size, global_batch=batch)
+    train = DataLoader(SeededItems(parts.train_data), batch_size=share, sampler=sampler,
+                       num_workers=workers, persistent_workers=workers > 0)
+    val = DataLoader(parts.val_data, batch_size=share, num_workers=workers,
+                     sampler=ShardSampler(len(parts.val_data), rank.rank, rank.world_size),
                      persistent_workers=workers > 0)
     return train, val
 
 
 def fit(parts: TrainingParts, config: BaseTaskConfig, fit_dir: Path, *, seed: int,
-        progress: bool = True) -> Path:
+        progress: bool = True, rank: Rank | None = None) -> Path:
     """Train ``parts`` with the config's trainer settings in ``fit_dir``; return the file of
     the best weights (``fit_dir/model.pt``).
+
+    With ``rank`` this process is one rank of a DDP fit whose processes were started by
+    :func:`medlite.training.distributed.launch_fit`; rank 0 writes the files.
 
     ``checkpoints/last.ckpt`` is written at the end of every epoch and training continues
     from it when it exists (an interrupted fit). A fit that was checkpointed but whose
@@ -188,7 +205,10 @@ def fit(parts: TrainingParts, config: BaseTaskConfig, fit_dir: Path, *, seed: in
                                        check_on_train_epoch_end=True))
     max_time = (timedelta(minutes=trainer_cfg.max_time_minutes)
                 if trainer_cfg.max_time_minutes else None)
-    train_loader, val_loader = make_loaders(parts, config, seed)
+    train_loader, val_loader = make_loaders(parts, config, seed, rank)
+    distributed = rank is not None and rank.world_size > 1
+    if distributed and trainer_cfg.sync_batchnorm:
+        module.model = GlobalBatchNorm.convert(module.model)
     with warnings.catch_warnings(), _quiet_lightning(not progress):
         warnings.filterwarnings("ignore", ".*isinstance.treespec, LeafSpec.*")
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -199,12 +219,12 @@ def fit(parts: TrainingParts, config: BaseTaskConfig, fit_dir: Path, *, seed: in
             max_epochs=trainer_cfg.max_epochs,
             max_time=max_time,
             accelerator=trainer_cfg.accelerator,
-            devices=trainer_cfg.devices,
+            **(_ddp_settings(rank) if distributed else {"devices": 1}),
             precision=trainer_cfg.precision,
             deterministic=trainer_cfg.deterministic,
             limit_train_batches=trainer_cfg.limit_train_batches,
             callbacks=callbacks,
-            plugins=[AtomicCheckpointIO()],
+            plugins=[AtomicCheckpointIO(), *([LightningEnvironment()] if distributed else [])],
             logger=False,
             enable_progress_bar=progress,
             enable_model_summary=False,
@@ -213,11 +233,23 @@ def fit(parts: TrainingParts, config: BaseTaskConfig, fit_dir: Path, *, seed: in
         )
         trainer.fit(module, train_loader, val_loader,
                     ckpt_path=last if last.is_file() else None, weights_only=True)
+    if not trainer.is_global_zero:
+        return fit_dir / MODEL_FILE
     best = checkpoint_dir / BEST_CHECKPOINT
     state = model_state_from_checkpoint(best if parts.keep == "best" and best.is_file()
                                         else last)
     save_torch_atomic(state, fit_dir / MODEL_FILE)
     return fit_dir / MODEL_FILE
+
+
+def _ddp_settings(rank: Rank) -> dict:
+    """Trainer arguments of one rank: processes started outside Lightning (it reads
+    ``LOCAL_RANK``) and medlite's own samplers (Lightning's would replace the seeded
+    order). With ``trainer.sync_batchnorm`` BatchNorm layers become
+    :class:`GlobalBatchNorm` in :func:`fit`."""
+    return {"devices": rank.world_size, "num_nodes": 1,
+            "strategy": DDPStrategy(),
+            "use_distributed_sampler": False}
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import lightning.pytorch as pl
 import torch
 from torch import nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 
 from medlite.config import OptimizerConfig, SchedulerConfig
 from medlite.training.seeding import derive_seed, seed_everything
@@ -84,23 +84,31 @@ class TaskModule(pl.LightningModule):
         self.seed = seed
         self.epoch_scheduler = None
         self._scheduler_state: dict | None = None
+        # Means over samples, reduced as sums over every DDP rank: exactly the loss of one
+        # process seeing the global batch, even when the ranks' validation shares differ.
+        self.train_loss_mean = MeanMetric()
+        self.val_loss_mean = MeanMetric()
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.model(inputs)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        seed_everything(derive_seed("batch", self.seed, self.current_epoch, batch_idx))
+        position = (self.seed, self.current_epoch, batch_idx)
+        if self.trainer.world_size > 1:  # each rank's dropout masks its own samples
+            position = (*position, self.global_rank)
+        seed_everything(derive_seed("batch", *position))
         outputs = self.model(batch["input"])
         loss = self.loss_fn(outputs, batch["target"])
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True,
-                 batch_size=len(batch["input"]))
+        self.train_loss_mean.update(loss.detach(), weight=len(batch["input"]))
+        self.log("train_loss", self.train_loss_mean, on_step=False, on_epoch=True,
+                 prog_bar=True)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         outputs = self.model(batch["input"])
         loss = self.loss_fn(outputs, batch["target"])
-        self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True,
-                 batch_size=len(batch["input"]))
+        self.val_loss_mean.update(loss, weight=len(batch["input"]))
+        self.log("val_loss", self.val_loss_mean, on_step=False, on_epoch=True, prog_bar=True)
         if self.val_metrics is not None:
             self.val_metrics.update(self.prediction_fn(outputs), batch["target"])
 

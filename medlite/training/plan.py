@@ -41,17 +41,26 @@ from medlite.runs import (
     write_csv_atomic,
     write_json,
 )
+from medlite.training.distributed import (
+    check_batches,
+    fit_world_size,
+    launch_fit,
+    threads_per_rank,
+)
 from medlite.training.jobs import Job, make_executor, run_jobs
 from medlite.training.loop import (
     CHECKPOINT_DIR,
     MODEL_FILE,
     FrozenBatchNormEval,
+    TrainingParts,
     fit,
     read_history,
 )
 from medlite.training.seeding import fit_seed, seed_everything
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from medlite.config import BaseTaskConfig
     from medlite.tasks.base import Task
 
@@ -250,11 +259,23 @@ def start_model(context: RunContext, fit_spec: Fit, config: BaseTaskConfig):
     return task.fit_model(config, fit_spec, for_training=fit_spec.start == START_FROM_CONFIG)
 
 
-def train_network(context: RunContext, fit_spec: Fit, fit_dir: Path, *,
-                  progress: bool = False) -> dict:
-    """Train one ``network`` fit with the shared loop: seed, start weights, frozen layers,
-    the task's loaders and loss, best weights to ``model.pt``, then the task's finishing
-    step and the predictions of ``fit.predict``."""
+@dataclass
+class PreparedFit:
+    """A ``network`` fit ready for the loop: its config, seed, network and training parts."""
+
+    config: BaseTaskConfig
+    seed: int
+    model: nn.Module
+    parts: TrainingParts
+    trainable: dict
+    frozen_batchnorm_layers: int
+    train_rows: pd.DataFrame
+    val_rows: pd.DataFrame
+
+
+def prepare_network(context: RunContext, fit_spec: Fit) -> PreparedFit:
+    """Seed, start weights, frozen layers and the task's data and loss for one fit: the same
+    in every process that trains it (each DDP rank builds its own)."""
     import torch
 
     from medlite.models.freezing import apply_trainable, trainable_record
@@ -270,21 +291,42 @@ def train_network(context: RunContext, fit_spec: Fit, fit_dir: Path, *,
         frozen_bn = apply_trainable(model, fit_spec.trainable, fit_spec.freeze_first_n_layers)
     except ValueError as exc:
         raise ConfigError(f"fit {fit_spec.key}: {exc}") from None
-    trainable = trainable_record(model)
     train_rows, val_rows = context.rows(fit_spec.train), context.rows(fit_spec.val)
-    roles = [(s, role) for role in ("train", "val", "predict") for s in getattr(fit_spec, role)]
-    write_csv_atomic(pd.DataFrame(roles, columns=["sample", "role"]), fit_dir / SAMPLES_FILE)
     parts = task.training_parts(config, train_rows, val_rows, model, fit_spec)
     if frozen_bn:
         parts.extra_callbacks.append(FrozenBatchNormEval())
-    fit(parts, config, fit_dir, seed=seed, progress=progress)
+    return PreparedFit(config, seed, model, parts, trainable_record(model), len(frozen_bn),
+                       train_rows, val_rows)
+
+
+def train_network(context: RunContext, fit_spec: Fit, fit_dir: Path, *,
+                  progress: bool = False) -> dict:
+    """Train one ``network`` fit with the shared loop (on ``trainer.devices`` devices with
+    DDP when more than one): best weights to ``model.pt``, then the task's finishing step
+    and the predictions of ``fit.predict``."""
+    task = context.task
+    prepared = prepare_network(context, fit_spec)
+    config, model, parts = prepared.config, prepared.model, prepared.parts
+    train_rows, val_rows = prepared.train_rows, prepared.val_rows
+    roles = [(s, role) for role in ("train", "val", "predict") for s in getattr(fit_spec, role)]
+    write_csv_atomic(pd.DataFrame(roles, columns=["sample", "role"]), fit_dir / SAMPLES_FILE)
+    world_size = fit_world_size(config.trainer)
+    if world_size > 1:
+        check_batches(config.trainer, world_size, len(parts.train_data), len(parts.val_data))
+        launch_fit(context.run_dir, fit_spec.key, fit_dir, world_size,
+                   threads_per_rank(config.trainer, world_size), progress=progress)
+    else:
+        fit(parts, config, fit_dir, seed=prepared.seed, progress=progress)
     model.load_state_dict(load_state_dict(fit_dir / MODEL_FILE))
     if task.finish_fit(model, config, train_rows, fit_spec):
         save_torch_atomic(model.state_dict(), fit_dir / MODEL_FILE)
     history = read_history(fit_dir)
     result: dict[str, Any] = {"epochs": len(history), "n_train": len(train_rows),
-                              "n_val": len(val_rows), "seed": seed, **trainable,
-                              "frozen_batchnorm_layers": len(frozen_bn)}
+                              "n_val": len(val_rows), "seed": prepared.seed,
+                              **prepared.trainable,
+                              "frozen_batchnorm_layers": prepared.frozen_batchnorm_layers}
+    if world_size > 1:
+        result["devices"] = world_size
     if parts.monitor in history and len(history):
         column = history[parts.monitor]
         result[f"best_{parts.monitor}"] = float(column.min() if parts.monitor_mode == "min"

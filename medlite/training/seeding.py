@@ -50,27 +50,44 @@ class EpochShuffleSampler(Sampler):
 
     Yields ``(index, item_seed)`` pairs for :class:`SeededItems`.
 
+    Under DDP every rank draws the same order and takes its share of each global batch:
+    rank ``r`` of ``R`` gets items ``[k*B + r*B/R, k*B + (r+1)*B/R)`` of global batch
+    ``k`` (``B = global_batch``), and the last incomplete global batch is dropped, so the
+    ranks' batches together are the batches of one process with batch size ``B``.
+
     Args:
         n_items: dataset length N.
         seed: the fit's seed.
         weights: ``(N,)`` non-negative sampling weights (a class-balanced sampler); None
             shuffles without replacement.
+        rank, world_size: this process's place in a DDP fit (0 of 1 without DDP).
+        global_batch: the batch size over all ranks; needed when ``world_size > 1``.
     """
 
-    def __init__(self, n_items: int, seed: int, weights: np.ndarray | None = None):
+    def __init__(self, n_items: int, seed: int, weights: np.ndarray | None = None, *,
+                 rank: int = 0, world_size: int = 1, global_batch: int | None = None):
         self.n_items = int(n_items)
         self.seed = int(seed)
         self.weights = (None if weights is None
                         else torch.as_tensor(np.asarray(weights, dtype=np.float64)))
         if self.weights is not None and len(self.weights) != self.n_items:
             raise ValueError(f"{len(self.weights)} weights for {self.n_items} items")
+        if world_size > 1 and (global_batch is None or global_batch % world_size):
+            raise ValueError(f"global batch {global_batch} does not split over {world_size} "
+                             "ranks")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.global_batch = global_batch
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return self.n_items
+        if self.world_size == 1:
+            return self.n_items
+        return self.n_items // self.global_batch * (self.global_batch // self.world_size)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         generator = torch.Generator().manual_seed(derive_seed("order", self.seed, self.epoch))
@@ -80,7 +97,29 @@ class EpochShuffleSampler(Sampler):
             order = torch.multinomial(self.weights, self.n_items, replacement=True,
                                       generator=generator)
         item_seeds = torch.randint(0, _SEED_MODULUS, (self.n_items,), generator=generator)
-        yield from zip(order.tolist(), item_seeds.tolist(), strict=True)
+        pairs = list(zip(order.tolist(), item_seeds.tolist(), strict=True))
+        if self.world_size == 1:
+            yield from pairs
+            return
+        share = self.global_batch // self.world_size
+        for start in range(0, len(pairs) - self.global_batch + 1, self.global_batch):
+            first = start + self.rank * share
+            yield from pairs[first:first + share]
+
+
+class ShardSampler(Sampler):
+    """Rank ``rank``'s share of ``n_items`` evaluation items (every ``world_size``-th one,
+    no padding): the ranks together see each item exactly once, so metrics reduced over
+    them are the metrics of the whole set."""
+
+    def __init__(self, n_items: int, rank: int = 0, world_size: int = 1):
+        self.indices = range(rank, int(n_items), world_size)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
 
 
 class SeededItems(Dataset):
