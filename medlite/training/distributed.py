@@ -68,8 +68,8 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     torch's ``SyncBatchNorm`` refuses CPU modules, so a CPU fit of several processes would
     normalise each rank's share on its own statistics and drift from the single-process
-    loop. Here every rank adds its per-channel sums, sums of squares and counts (in float64)
-    in one all-reduce that autograd sees through, so the forward and the gradients are those of one
+    loop. Here every rank adds its per-channel sums, sums of squares and counts in one
+    all-reduce that autograd sees through, so the forward and the gradients are those of one
     process normalising the whole batch. Eval mode and frozen layers use the running
     statistics and need no communication. The state dict is a plain BatchNorm's.
 
@@ -88,14 +88,20 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         self._check_input_dim(input)
         channels = input.shape[1]
         dims = [0, *range(2, input.dim())]
+        shape = (1, channels) + (1,) * (input.dim() - 2)
+        # Sums in the input's precision, around the running mean (the same on every rank)
+        # so that E[x^2] - E[x]^2 does not cancel; combined over ranks in float64.
+        centre = (self.running_mean.detach() if self.running_mean is not None
+                  else input.new_zeros(channels))
+        shifted = input - centre.to(input.dtype).view(shape)
         count = torch.full((1,), input.numel() / channels, dtype=torch.float64,
                            device=input.device)
         totals = _SumOverRanks.apply(torch.cat([
-            input.sum(dims, dtype=torch.float64),
-            (input * input).sum(dims, dtype=torch.float64), count]))
+            shifted.sum(dims).double(), (shifted * shifted).sum(dims).double(), count]))
         n = totals[-1]
-        mean = totals[:channels] / n
-        var = (totals[channels:2 * channels] / n - mean * mean).clamp_min(0)
+        offset = totals[:channels] / n
+        mean = centre.double() + offset
+        var = (totals[channels:2 * channels] / n - offset * offset).clamp_min(0)
         if self.training and self.track_running_stats:
             self._update_running_stats(mean.detach(), var.detach() * n / max(n - 1, 1))
         scale = torch.rsqrt(var + self.eps)
@@ -103,7 +109,6 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         if self.affine:
             scale = scale * self.weight
             shift = shift * self.weight + self.bias
-        shape = (1, channels) + (1,) * (input.dim() - 2)
         return input * scale.to(input.dtype).view(shape) + shift.to(input.dtype).view(shape)
 
     @torch.no_grad()
