@@ -21,22 +21,30 @@ from medlite.errors import ConfigError
 from medlite.training.dask_executor import DaskExecutor
 
 FOLDS = ["subject-fold0", "subject-fold1"]
+# The fits each task's test trains again, and the files that must come out the same.
+RETRAINED = {
+    "stress": (FOLDS, [f"fits/{fold}/predictions.csv" for fold in FOLDS]),
+    "pasi": (["mobilenet_v3_small-components-fold0", "mobilenet_v3_small-components-fold1",
+              "stacking"],
+             ["fits/mobilenet_v3_small-components-fold0/predictions.csv",
+              "fits/mobilenet_v3_small-components-fold1/predictions.csv",
+              "fits/stacking/out_of_fold.csv", "fits/stacking/ensemble.json"]),
+}
 
 
-def retrain_folds(trained: Path, run: Path, *settings: str) -> None:
+def retrain_folds(trained: Path, run: Path, *settings: str, task: str = "stress") -> None:
     """Copy a finished sequential run, delete its out-of-fold fits and train them again with
     another executor (``--resume`` keeps every other fit)."""
     shutil.copytree(trained, run)
-    for fold in FOLDS:
-        shutil.rmtree(run / "fits" / fold)
+    for key in RETRAINED[task][0]:
+        shutil.rmtree(run / "fits" / key)
     assert main(["train", str(run / "config.yaml"), "--out", str(run), "--resume",
                  "--no-progress", *settings]) == 0
 
 
-def assert_same_fits(run: Path, trained: Path) -> None:
-    for fold in FOLDS:
-        assert (run / "fits" / fold / "predictions.csv").read_bytes() == \
-            (trained / "fits" / fold / "predictions.csv").read_bytes(), fold
+def assert_same_fits(run: Path, trained: Path, task: str = "stress") -> None:
+    for name in RETRAINED[task][1]:
+        assert (run / name).read_bytes() == (trained / name).read_bytes(), name
     assert (run / "per_sample.csv").read_bytes() == (trained / "per_sample.csv").read_bytes()
 
 
@@ -69,13 +77,17 @@ def test_a_run_folder_the_workers_cannot_see_is_a_clear_error(tmp_path):
         executor.client  # noqa: B018 (connecting runs the check)
 
 
-def test_dask_local_cluster_gives_the_sequential_out_of_fold_predictions(tiny_runs, tmp_path):
-    trained = tiny_runs["stress"]
+@pytest.mark.parametrize("task", ["stress", "pasi"])
+def test_dask_local_cluster_gives_the_sequential_out_of_fold_predictions(tiny_runs, tmp_path,
+                                                                         task):
+    trained = tiny_runs[task]
     run = tmp_path / "run"
-    retrain_folds(trained, run, "--set", "executor.name=dask", "--set", "executor.workers=2")
+    retrain_folds(trained, run, "--set", "executor.name=dask", "--set", "executor.workers=2",
+                  task=task)
     assert yaml.safe_load((run / "config.yaml").read_text())["executor"]["name"] == "dask"
-    assert (pd.read_csv(run / "fits.csv").set_index("key")["attempts"][FOLDS] == 1).all()
-    assert_same_fits(run, trained)
+    keys = RETRAINED[task][0]
+    assert (pd.read_csv(run / "fits.csv").set_index("key")["attempts"][keys] == 1).all()
+    assert_same_fits(run, trained, task)
 
 
 def free_port() -> int:
@@ -176,4 +188,41 @@ def test_a_worker_killed_mid_fit_is_replaced_and_the_fit_resumes(tiny_runs, tmp_
     assert killed >= 1 and outcome["code"] == 0
     attempts = pd.read_csv(run / "fits.csv").set_index("key")["attempts"]
     assert attempts[FOLDS[0]] >= 2  # it was started again after the kill
+    assert_same_fits(run, trained)
+
+
+def test_the_driver_killed_mid_plan_leaves_no_worker_and_resume_finishes_it(tiny_runs,
+                                                                           tmp_path):
+    """SIGKILL of ``medlite train`` while its LocalCluster trains: the worker processes
+    exit with it (nothing trains on unseen), and ``--resume`` on a new cluster trains only
+    the unfinished fits, to the uninterrupted results."""
+    import signal
+
+    trained = tiny_runs["stress"]
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    for fold in FOLDS:
+        shutil.rmtree(run / "fits" / fold)
+    settings = ["--set", "executor.name=dask", "--set", "executor.workers=2"]
+    driver = subprocess.Popen([sys.executable, "-m", "medlite.cli", "train",
+                               str(run / "config.yaml"), "--out", str(run), "--resume",
+                               "--no-progress", *settings],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = run / "fits" / FOLDS[0] / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and driver.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert driver.poll() is None, "the run finished before it could be killed"
+    workers = psutil.Process(driver.pid).children(recursive=True)
+    assert workers
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=30)
+    assert not alive, f"{len(alive)} worker processes outlived the driver"
+    assert not (run / "fits" / FOLDS[0] / "done.json").exists()
+    assert main(["train", str(run / "config.yaml"), "--out", str(run), "--resume",
+                 "--no-progress", *settings]) == 0
+    attempts = pd.read_csv(run / "fits.csv").set_index("key")["attempts"]
+    assert attempts[FOLDS[0]] == 2 and attempts["final"] == 1
     assert_same_fits(run, trained)

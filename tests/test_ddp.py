@@ -2,7 +2,7 @@
 
 With the global batch fixed, 2 processes follow the loss curve of 1; BatchNorm statistics
 are those of the global batch; the driver killed mid-fit leaves no orphan rank, and
-``--resume`` ends exactly where an uninterrupted DDP run does."""
+``--resume`` continues the fit from its checkpoint."""
 
 from __future__ import annotations
 
@@ -127,43 +127,6 @@ def train(config_path: Path, run: Path, *settings: str) -> Path:
     return run
 
 
-@pytest.fixture(scope="module")
-def single_and_ddp(config_path, tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("runs")
-    return (train(config_path, root / "one"),
-            train(config_path, root / "two", "--set", "trainer.devices=2"))
-
-
-def history(run: Path) -> pd.DataFrame:
-    return pd.read_csv(run / "fits" / FIT / "history.csv")
-
-
-def test_two_processes_follow_the_loss_curve_of_one(single_and_ddp):
-    one, two = (history(run) for run in single_and_ddp)
-    ddp_run = single_and_ddp[1]
-    assert len(one) == len(two) == EPOCHS
-    np.testing.assert_allclose(two["train_loss"], one["train_loss"], rtol=5e-3)
-    np.testing.assert_allclose(two["val_loss"], one["val_loss"], rtol=5e-3)
-    assert one["train_loss"].iloc[-1] < 0.7 * one["train_loss"].iloc[0]  # it learns
-    assert one["val_loss"].is_monotonic_decreasing
-    done = json.loads((ddp_run / "fits" / FIT / "done.json").read_text())
-    assert done["result"]["devices"] == 2
-    logs = sorted((ddp_run / "fits" / FIT / "ddp").glob("rank*.log"))
-    assert [log.name for log in logs] == ["rank0.log", "rank1.log"]
-
-
-def test_the_ddp_weights_are_the_single_process_weights(single_and_ddp):
-    one, two = (load_state_dict(run / "model.pt") for run in single_and_ddp)
-    assert one.keys() == two.keys()
-    # As one vector: Adam moves parameters whose gradient is float noise (a BatchNorm bias
-    # before another BatchNorm) by up to lr per step either way, so no single one is exact.
-    first, second = (torch.cat([state[k].flatten() for k in one
-                                if state[k].is_floating_point()]) for state in (one, two))
-    assert float((second - first).norm() / first.norm()) < 1e-3
-    tables = [pd.read_csv(run / "per_sample.csv") for run in single_and_ddp]
-    np.testing.assert_allclose(tables[1]["dice_lesion"], tables[0]["dice_lesion"], atol=0.02)
-
-
 def rank_processes(run: Path) -> list[psutil.Process]:
     found = []
     for process in psutil.process_iter(["cmdline"]):
@@ -173,22 +136,61 @@ def rank_processes(run: Path) -> list[psutil.Process]:
     return found
 
 
-def test_driver_killed_mid_ddp_fit_leaves_no_rank_and_resume_matches(config_path,
-                                                                      single_and_ddp,
-                                                                      tmp_path):
-    reference = single_and_ddp[1]
-    run = tmp_path / "killed"
-    fit_history = run / "fits" / FIT / "history.csv"
-    kill_when(["train", config_path, "--out", run, "--no-progress",
+@pytest.fixture(scope="module")
+def single_and_ddp(config_path, tmp_path_factory) -> tuple[Path, Path, pd.DataFrame]:
+    """The fit on one process, and on two whose driver was SIGKILLed after two epochs and
+    then resumed; with the DDP fit's history as it was at the kill."""
+    root = tmp_path_factory.mktemp("runs")
+    one = train(config_path, root / "one")
+    two = root / "two"
+    fit_history = two / "fits" / FIT / "history.csv"
+    kill_when(["train", config_path, "--out", two, "--no-progress",
                "--set", "trainer.devices=2"], lambda: history_rows(fit_history) >= 2)
-    assert history_rows(fit_history) < EPOCHS and not (run / "metrics.json").exists()
+    at_kill = pd.read_csv(fit_history)
+    assert len(at_kill) < EPOCHS and not (two / "metrics.json").exists()
     deadline = time.time() + 20
-    while rank_processes(run) and time.time() < deadline:
+    while rank_processes(two) and time.time() < deadline:
         time.sleep(0.2)
-    assert not rank_processes(run), "rank processes outlived the killed driver"
-    train(config_path, run, "--resume", "--set", "trainer.devices=2")
-    assert history(run).equals(history(reference))
-    assert (run / "per_sample.csv").read_text() == (reference / "per_sample.csv").read_text()
+    assert not rank_processes(two), "rank processes outlived the killed driver"
+    train(config_path, two, "--resume", "--set", "trainer.devices=2")
+    return one, two, at_kill
+
+
+def history(run: Path) -> pd.DataFrame:
+    return pd.read_csv(run / "fits" / FIT / "history.csv")
+
+
+def test_two_processes_follow_the_loss_curve_of_one(single_and_ddp):
+    one, two = (history(run) for run in single_and_ddp[:2])
+    assert len(one) == len(two) == EPOCHS
+    np.testing.assert_allclose(two["train_loss"], one["train_loss"], rtol=5e-3)
+    np.testing.assert_allclose(two["val_loss"], one["val_loss"], rtol=5e-3)
+    assert one["train_loss"].iloc[-1] < 0.7 * one["train_loss"].iloc[0]  # it learns
+    assert one["val_loss"].is_monotonic_decreasing
+    ddp_run = single_and_ddp[1]
+    done = json.loads((ddp_run / "fits" / FIT / "done.json").read_text())
+    assert done["result"]["devices"] == 2
+    logs = sorted((ddp_run / "fits" / FIT / "ddp").glob("rank*.log"))
+    assert [log.name for log in logs] == ["rank0.log", "rank1.log"]
+
+
+def test_the_killed_ddp_fit_continued_from_its_checkpoint(single_and_ddp):
+    _, two, at_kill = single_and_ddp
+    done = json.loads((two / "fits" / FIT / "done.json").read_text())
+    assert done["attempts"] == 2
+    pd.testing.assert_frame_equal(history(two).iloc[:len(at_kill)], at_kill)
+
+
+def test_the_ddp_weights_are_the_single_process_weights(single_and_ddp):
+    one, two = (load_state_dict(run / "model.pt") for run in single_and_ddp[:2])
+    assert one.keys() == two.keys()
+    # As one vector: Adam moves parameters whose gradient is float noise (a BatchNorm bias
+    # before another BatchNorm) by up to lr per step either way, so no single one is exact.
+    first, second = (torch.cat([state[k].flatten() for k in one
+                                if state[k].is_floating_point()]) for state in (one, two))
+    assert float((second - first).norm() / first.norm()) < 1e-3
+    tables = [pd.read_csv(run / "per_sample.csv") for run in single_and_ddp[:2]]
+    np.testing.assert_allclose(tables[1]["dice_lesion"], tables[0]["dice_lesion"], atol=0.02)
 
 
 def test_a_global_batch_that_does_not_split_is_a_clear_error(config_path, tmp_path, capsys):

@@ -279,3 +279,27 @@ def test_status_is_written_as_each_job_starts_and_ends(tmp_path):
     results = run_jobs(jobs_of(1, 2, 3), status_job, tmp_path, progress=False)
     assert results["job-2"] == {"job-1": "done", "job-2": "running", "job-3": "pending"}
     assert results["job-3"]["job-2"] == "done"
+
+
+def test_an_overlapping_attempt_waits_for_the_first_and_does_not_run_again(tmp_path):
+    """The driver killed and resumed while a worker still runs the first attempt: the
+    second attempt waits on the job's lock and returns what the first wrote."""
+    import threading
+    import time
+
+    from medlite.training.jobs import _attempt, _run_attempt, job_lock
+
+    job = Job("fold0", {"x": 3})
+    job_dir = tmp_path / "fold0"
+    job_dir.mkdir()
+    outcome = {}
+    with job_lock(job_dir):  # the first attempt, still running
+        second = threading.Thread(
+            target=lambda: outcome.update(record=_run_attempt(square_job, job, job_dir)))
+        second.start()
+        time.sleep(0.5)
+        assert second.is_alive() and calls(job_dir) == 0
+        first = _attempt(square_job, job, job_dir)
+    second.join(timeout=10)
+    assert outcome["record"] == first and outcome["record"]["result"] == {"square": 9}
+    assert calls(job_dir) == 1

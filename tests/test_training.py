@@ -220,6 +220,17 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".saved", "last.ckpt"]
 
 
+def test_only_last_ckpt_marks_a_fit_resumable(tmp_path):
+    """Lightning writes best.ckpt before last.ckpt at the end of an epoch. Killed between
+    the two, the fit has no epoch to resume from and starts again (the same seeded result);
+    it must not be refused as a fit whose last.ckpt vanished."""
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"epoch": 0}, tmp_path / "best.ckpt")
+    assert not (tmp_path / ".saved").exists()
+    io.save_checkpoint({"epoch": 0}, tmp_path / "last.ckpt")
+    assert (tmp_path / ".saved").exists()
+
+
 def test_a_fit_that_finished_is_not_trained_again(trained, monkeypatch):
     run, result = trained
     task = get_task("segmentation")

@@ -334,5 +334,7 @@ def with_saved_splits(samples: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
     samples = samples.copy()
     samples["split"] = saved.loc[samples["sample"], "split"].to_numpy()
     if "fold" in saved:
-        samples["fold"] = saved.loc[samples["sample"], "fold"].to_numpy()
+        # .array keeps the nullable Int64 (test samples are in no fold); numpy would make
+        # the folds floats, and a reopened run would write "1.0" where a fresh one has "1".
+        samples["fold"] = saved.loc[samples["sample"], "fold"].array
     return samples

@@ -11,6 +11,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from medlite.runs import save_torch_atomic
 
 SAVED_MARKER = ".saved"
+LAST_CHECKPOINT = "last.ckpt"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -25,9 +26,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         path = Path(path)
         save_torch_atomic(checkpoint, path)
-        # Remembers that this fit has had a checkpoint: one that disappears later is an
-        # error on resume, not a reason to start again silently.
-        (path.parent / SAVED_MARKER).touch()
+        if path.name == LAST_CHECKPOINT:
+            # Remembers that this fit has had a checkpoint to resume from: one that
+            # disappears later is an error on resume, not a reason to start again silently.
+            # (best.ckpt is written first in an epoch, so a kill between the two is a fit
+            # without a resumable epoch, which starts again: the same seeded result.)
+            (path.parent / SAVED_MARKER).touch()
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)

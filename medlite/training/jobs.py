@@ -13,8 +13,8 @@ keys it ``depends_on``. Its outputs live in ``jobs_dir / job.key /``::
         error.log           traceback of the last failed attempt (removed on success)
         ...                 anything the job function writes (checkpoints, predictions)
 
-The names ``done.json``, ``attempts.json`` and ``error.log`` belong to the runner; the job
-function owns everything else in its folder.
+The names ``done.json``, ``attempts.json``, ``error.log`` and ``.lock`` belong to the
+runner; the job function owns everything else in its folder.
 
 Contract for the job function ``job_fn(job, job_dir) -> dict``:
 
@@ -50,6 +50,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor
 from concurrent.futures import wait as wait_futures
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from multiprocessing import get_context
@@ -65,6 +66,7 @@ from medlite.runs import atomic_target, read_json, write_json, write_text_atomic
 DONE_FILE = "done.json"
 ATTEMPTS_FILE = "attempts.json"
 ERROR_FILE = "error.log"
+LOCK_FILE = ".lock"
 STATUS_COLUMNS = ("key", "status", "seconds", "attempts", "error")
 
 # Letters, digits, '.', '_', '-'; not starting with '.' so a key is never hidden or '..'.
@@ -229,9 +231,39 @@ def _read_attempts(job_dir: Path) -> int:
     return int(read_json(path)["attempts"]) if path.is_file() else 0
 
 
+@contextmanager
+def job_lock(job_dir: Path):
+    """Hold the job's lock (``job_dir/.lock``, an exclusive ``flock``) for the block.
+
+    Two attempts of one job can overlap: the driver killed and resumed while a remote Dask
+    worker still trains the first attempt (Dask cannot stop a running task). The second
+    waits here for the first instead of writing the same files; NFS emulates ``flock``
+    with POSIX locks, so this holds across the nodes of a cluster too. Without ``fcntl``
+    (Windows) there is no lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover (Windows)
+        yield
+        return
+    with open(Path(job_dir) / LOCK_FILE, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _run_attempt(job_fn: JobFn, job: Job, job_dir: Path) -> dict:
-    """One attempt of ``job``, where it runs: count it, time it, and on success write
-    ``done.json`` (the record returned); on failure keep the traceback in ``error.log``."""
+    """One attempt of ``job``, where it runs, under the job's lock: count it, time it, and on
+    success write ``done.json`` (the record returned); on failure keep the traceback in
+    ``error.log``. A job an overlapping attempt finished meanwhile is not run again."""
+    with job_lock(job_dir):
+        record = read_done(job, job_dir)
+        return record if record is not None else _attempt(job_fn, job, job_dir)
+
+
+def _attempt(job_fn: JobFn, job: Job, job_dir: Path) -> dict:
     attempts = _read_attempts(job_dir) + 1
     write_json(job_dir / ATTEMPTS_FILE, {"attempts": attempts})
     start = time.perf_counter()

@@ -35,6 +35,7 @@ from medlite.config import BaseTaskConfig
 from medlite.errors import ConfigError, RunDirError
 from medlite.runs import save_torch_atomic, write_text_atomic
 from medlite.training.checkpoint import (
+    LAST_CHECKPOINT,
     SAVED_MARKER,
     AtomicCheckpointIO,
     model_state_from_checkpoint,
@@ -44,7 +45,6 @@ from medlite.training.module import TaskModule
 from medlite.training.seeding import EpochShuffleSampler, SeededItems, ShardSampler
 
 CHECKPOINT_DIR = "checkpoints"
-LAST_CHECKPOINT = "last.ckpt"
 BEST_CHECKPOINT = "best.ckpt"
 MODEL_FILE = "model.pt"
 HISTORY_FILE = "history.csv"
