@@ -102,6 +102,21 @@ def network_fit_seconds(run: Path) -> pd.Series:
     return fits.loc[fits["key"].map(kinds) == "network", "seconds"]
 
 
+def plan_span_seconds(run: Path) -> float:
+    """Seconds from the start of the first network fit to the end of the last (the fits
+    alone: no composites, cluster start or evaluation), from each fit's ``done.json``."""
+    kinds = {fit["key"]: fit["kind"] for fit in read_json(run / "plan.json")}
+    starts, ends = [], []
+    for key, kind in kinds.items():
+        if kind != "network":
+            continue
+        record = read_json(run / "fits" / key / "done.json")
+        end = pd.Timestamp(record["finished"])
+        starts.append(end - pd.Timedelta(seconds=record["seconds"]))
+        ends.append(end)
+    return (max(ends) - min(starts)).total_seconds()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/bench-pasi"))
@@ -151,6 +166,14 @@ def main() -> None:
             "fits": len(network_fit_seconds(args.out / f"{args.executor}-workers1")),
             "threads_per_fit": threads, "seconds_1_worker": round(walls[1], 1),
             "seconds_2_workers": round(walls[2], 1), "speedup": round(walls[1] / walls[2], 2)}
+        spans = {w: plan_span_seconds(args.out / f"{args.executor}-workers{w}") for w in (1, 2)}
+        summary[f"workers_{args.executor}"].update({
+            "fit_seconds_1_worker": network_fit_seconds(
+                args.out / f"{args.executor}-workers1").round(1).tolist(),
+            "fit_seconds_2_workers": network_fit_seconds(
+                args.out / f"{args.executor}-workers2").round(1).tolist(),
+            "fits_span_1_worker": round(spans[1], 1), "fits_span_2_workers": round(spans[2], 1),
+            "fits_speedup": round(spans[1] / spans[2], 2)})
         name = f"summary-{args.executor}-workers.json" if args.only_workers else "summary.json"
         write_json(args.out / name, summary)
     print(json.dumps(summary, indent=1))

@@ -134,6 +134,17 @@ class ClusterConfig(StrictModel):
                                 "load ..., source .venv/bin/activate).")
 
 
+class FitResourcesConfig(StrictModel):
+    """What one fit needs from a Dask worker. Fits go only to workers that declare at least
+    this (local and SLURM workers declare their cores and GPUs; workers started by hand
+    with ``dask worker ... --resources "cpus=4,gpus=1"``). A worker trains one fit at a
+    time, with all of its cores."""
+
+    cpus: int = Field(1, ge=1, description="CPU cores a fit needs on its worker.")
+    gpus: int = Field(0, ge=0, description="GPUs a fit needs; more than 0 sends fits only to "
+                      "GPU workers.")
+
+
 class ExecutorConfig(StrictModel):
     """Where the fits of a run's plan are trained. Results do not depend on it: every fit is
     seeded from the config's seed and its key (give ``trainer.threads`` to fix the number of
@@ -153,6 +164,9 @@ class ExecutorConfig(StrictModel):
                                           "queue instead of starting them here.")
     retries: int = Field(0, ge=0, description="dask: times a fit is retried elsewhere when its "
                          "worker dies (it resumes from its last checkpoint).")
+    resources_per_fit: FitResourcesConfig = Field(
+        default_factory=FitResourcesConfig, description="dask: what a worker must have to "
+        "take a fit; checked against the workers at start.")
 
 
 class EvaluationConfig(StrictModel):

@@ -3,6 +3,7 @@ scheduler and workers started as separate commands, as a user would on a real cl
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -71,6 +72,15 @@ def test_local_cluster_listens_on_loopback_only(tmp_path):
     assert addresses and addresses <= {"127.0.0.1"}, addresses
 
 
+@pytest.mark.parametrize("needs", [{"cpus": 2}, {"gpus": 1}])
+def test_fits_no_worker_can_take_are_refused_at_start(tmp_path, needs):
+    with pytest.raises(ConfigError, match="resources_per_fit: no Dask worker has") as info, \
+            DaskExecutor(workers=1, threads_per_worker=1, shared_path=tmp_path,
+                         resources=needs) as executor:
+        executor.client  # noqa: B018 (connecting runs the check)
+    assert "cpus=1" in str(info.value)  # what the workers have
+
+
 def test_a_run_folder_the_workers_cannot_see_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="not visible from Dask worker"), \
             DaskExecutor(workers=1, shared_path=tmp_path / "elsewhere") as executor:
@@ -97,6 +107,7 @@ def free_port() -> int:
 
 
 def test_a_scheduler_and_workers_started_apart_train_the_plan(tiny_runs, tmp_path):
+    """Two "nodes", one of which declares 2 cores: fits that need 2 cores all go there."""
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     common = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": tmp_path}
@@ -105,7 +116,8 @@ def test_a_scheduler_and_workers_started_apart_train_the_plan(tiny_runs, tmp_pat
                                   "--no-dashboard"], **common)
     workers = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address,
                                  "--host", "127.0.0.1", "--nthreads", "1", "--no-dashboard",
-                                 "--name", f"node{i}"], **common) for i in range(2)]
+                                 "--name", f"node{i}", "--resources", f"cpus={i + 1}"],
+                                **common) for i in range(2)]
     try:
         from distributed import Client
 
@@ -122,8 +134,14 @@ def test_a_scheduler_and_workers_started_apart_train_the_plan(tiny_runs, tmp_pat
         trained = tiny_runs["stress"]
         run = tmp_path / "run"
         retrain_folds(trained, run, "--set", "executor.name=dask",
-                      "--set", f"executor.address={address}")
+                      "--set", f"executor.address={address}",
+                      "--set", "executor.resources_per_fit.cpus=2")
         assert_same_fits(run, trained)
+        two_cores = {p.pid for p in psutil.Process(workers[1].pid).children(recursive=True)}
+        two_cores.add(workers[1].pid)
+        for fold in FOLDS:
+            assert json.loads((run / "fits" / fold / "done.json").read_text())["pid"] \
+                in two_cores, fold
     finally:
         for process in (*workers, scheduler):
             process.terminate()
@@ -147,6 +165,7 @@ def test_slurm_script_from_the_config(tmp_path, capsys):
                  "export OMP_NUM_THREADS=4"):
         assert line in script.splitlines(), line
     assert "--nthreads 1" in script  # one fit at a time per worker
+    assert "--resources cpus=4,gpus=1" in script
     config.write_text(yaml.safe_dump({"task": "pasi", "data": {"photos": "p.csv",
                                                                "scores": "s.csv"}}))
     assert main(["cluster", "script", str(config)]) == 2

@@ -303,3 +303,68 @@ def test_an_overlapping_attempt_waits_for_the_first_and_does_not_run_again(tmp_p
     second.join(timeout=10)
     assert outcome["record"] == first and outcome["record"]["result"] == {"square": 9}
     assert calls(job_dir) == 1
+
+
+def slow_job(job: Job, job_dir: Path) -> dict:
+    import time
+
+    time.sleep(job.params["seconds"])
+    return {}
+
+
+def test_jobs_waiting_for_a_free_worker_show_as_queued(tmp_path, monkeypatch):
+    """One worker, two jobs: while the first runs the second is queued, not running."""
+    import threading
+    import time
+
+    import medlite.training.jobs as jobs_module
+
+    monkeypatch.setattr(jobs_module, "STATUS_POLL_SECONDS", 0.2)
+    seen = set()
+    status = tmp_path / "jobs.csv"
+
+    def watch():
+        while not stop.is_set():
+            if status.is_file():
+                try:
+                    table = pd.read_csv(status)
+                except (pd.errors.EmptyDataError, pd.errors.ParserError):
+                    continue
+                seen.add(tuple(table["status"]))
+            time.sleep(0.05)
+
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    with ProcessExecutor(1, 1) as executor:
+        run_jobs([Job(f"job-{i}", {"seconds": 3}) for i in range(2)], slow_job, tmp_path,
+                 executor=executor, progress=False, status_file=status)
+    stop.set()
+    watcher.join()
+    assert ("running", "queued") in seen
+    assert ("done", "running") in seen
+    assert pd.read_csv(status)["status"].tolist() == ["done", "done"]
+
+
+def warning_job(job: Job, job_dir: Path) -> dict:
+    import logging
+    import warnings
+
+    warnings.warn("few samples in this fold", UserWarning, stacklevel=1)
+    logging.getLogger("lightning.pytorch").warning("lightning says hello")
+    if job.params.get("fail"):
+        raise ValueError("broken fold")
+    return {}
+
+
+def test_each_job_keeps_a_log_of_its_attempts(tmp_path):
+    with pytest.raises(JobsFailed):
+        run_jobs([Job("ok", {}), Job("bad", {"fail": True})], warning_job, tmp_path,
+                 progress=False)
+    good = (tmp_path / "ok" / "fit.log").read_text()
+    assert "attempt 1 of ok on" in good and "done in" in good
+    assert "few samples in this fold" in good and "lightning says hello" in good
+    bad = (tmp_path / "bad" / "fit.log").read_text()
+    assert "attempt 1 failed" in bad and "ValueError: broken fold" in bad
+    run_jobs([Job("ok", {})], warning_job, tmp_path, progress=False)  # done: not run again
+    assert (tmp_path / "ok" / "fit.log").read_text() == good

@@ -19,11 +19,13 @@ from medlite.errors import ConfigError
 from medlite.training.jobs import Executor, set_torch_threads
 
 LOOPBACK = "127.0.0.1"
+DEFAULT_RESOURCES = {"cpus": 1, "gpus": 0}
 
 
 def slurm_cluster(cluster, *, threads: int, host: str | None = None):
     """A dask-jobqueue ``SLURMCluster`` for an ``executor.cluster`` config: one Dask worker
-    per batch job, running one fit at a time (no job is submitted until it is scaled)."""
+    per batch job, running one fit at a time and declaring the job's cores and GPUs as
+    resources (no job is submitted until it is scaled)."""
     from dask_jobqueue import SLURMCluster
 
     extra = list(cluster.job_extra)
@@ -35,6 +37,7 @@ def slurm_cluster(cluster, *, threads: int, host: str | None = None):
         processes=1,
         memory=cluster.memory, walltime=cluster.walltime, interface=cluster.interface,
         job_extra_directives=extra, job_script_prologue=prologue, job_name="medlite",
+        worker_extra_args=["--resources", f"cpus={cluster.cores},gpus={cluster.gpus}"],
         scheduler_options={"host": host} if host else {})
 
 
@@ -58,12 +61,16 @@ class DaskExecutor(Executor):
         retries: times a fit whose worker died is run again on another worker.
         cluster: an ``executor.cluster`` config (SLURM) instead of local workers.
         shared_path: a folder every worker must see (the run folder); checked at start.
+        resources: what each fit needs, ``{"cpus": n, "gpus": m}``; fits go only to workers
+            that declare as much, and a cluster where no worker does is an error at start
+            (not a plan that waits forever). The default (1 CPU, no GPU) fits any worker.
     """
 
     def __init__(self, *, address: str | None = None, workers: int = 1,
                  threads_per_worker: int | None = None, retries: int = 0, cluster=None,
-                 shared_path: Path | None = None):
+                 shared_path: Path | None = None, resources: dict[str, int] | None = None):
         self.address = address
+        self.resources = {**DEFAULT_RESOURCES, **(resources or {})}
         self.workers = workers
         default = cluster.cores if cluster is not None else max(1, (os.cpu_count() or 1)
                                                                    // workers)
@@ -97,7 +104,7 @@ class DaskExecutor(Executor):
                 self._cluster = LocalCluster(
                     host=LOOPBACK, n_workers=self.workers, threads_per_worker=1,
                     processes=True, dashboard_address=None, protocol="tcp",
-                    silence_logs=logging.ERROR)
+                    silence_logs=logging.ERROR, resources=self._local_resources())
             self._client = Client(self._cluster)
         self._client.run(set_torch_threads, self.threads)
         if self.shared_path is not None:
@@ -107,14 +114,54 @@ class DaskExecutor(Executor):
                 raise ConfigError(f"{self.shared_path}: not visible from Dask worker(s) "
                                   f"{', '.join(blind)}; the run folder must be on storage "
                                   "every worker sees at the same path")
+        self._check_resources()
+
+    def _local_resources(self) -> dict[str, int]:
+        """What each local worker declares: its torch threads, and its share of the GPUs."""
+        import torch
+
+        gpus = torch.cuda.device_count() // self.workers if torch.cuda.is_available() else 0
+        return {"cpus": self.threads, "gpus": gpus}
+
+    @property
+    def _needs_resources(self) -> bool:
+        return self.resources != DEFAULT_RESOURCES
+
+    def _check_resources(self) -> None:
+        if not self._needs_resources:
+            return
+        if self.cluster_config is not None:  # its workers may not have started yet
+            declared = {"each SLURM job": {"cpus": self.cluster_config.cores,
+                                           "gpus": self.cluster_config.gpus}}
+        else:
+            workers = self._client.scheduler_info()["workers"]
+            declared = {address: info.get("resources") or {}
+                        for address, info in workers.items()}
+        if any(all(have.get(name, 0) >= need for name, need in self.resources.items())
+               for have in declared.values()):
+            return
+        wanted = ",".join(f"{name}={need}" for name, need in self.resources.items())
+        seen = "; ".join(f"{address}: " + (",".join(f"{k}={v:g}" for k, v in have.items())
+                                           or "none declared")
+                         for address, have in sorted(declared.items())) or "no workers"
+        raise ConfigError(f"executor.resources_per_fit: no Dask worker has {wanted} ({seen}); "
+                          "lower it, or start workers with dask worker ADDRESS --resources "
+                          f'"{wanted}"')
 
     def submit(self, fn: Callable, *args: Any):
-        return self.client.submit(fn, *args, pure=False, retries=self.retries)
+        # Without a stated need, no resources are asked for: workers started by hand
+        # without --resources take fits too.
+        resources = self.resources if self._needs_resources else None
+        return self.client.submit(fn, *args, pure=False, retries=self.retries,
+                                  resources=resources)
 
-    def wait(self, futures: Iterable[Any]) -> set:
+    def wait(self, futures: Iterable[Any], timeout: float | None = None) -> set:
         from distributed import wait
 
-        return set(wait(list(futures), return_when="FIRST_COMPLETED").done)
+        try:
+            return set(wait(list(futures), timeout=timeout, return_when="FIRST_COMPLETED").done)
+        except TimeoutError:
+            return set()
 
     def close(self) -> None:
         if self._client is not None:

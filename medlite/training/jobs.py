@@ -5,16 +5,19 @@ Each :class:`Job` has a unique, filesystem-safe ``key``, JSON-serialisable ``par
 keys it ``depends_on``. Its outputs live in ``jobs_dir / job.key /``::
 
     jobs_dir/
-      <status csv>          key, status (pending/done/failed/blocked), seconds, attempts, error
+      <status csv>          key, status, seconds, attempts, error; status is pending
+                            (waiting for its dependencies), queued (submitted), running,
+                            done, failed or blocked (a dependency failed)
       resnet18-fold2/
         done.json           written when the job function returned: key, params, result,
-                            seconds, attempts, finished (UTC)
+                            seconds, attempts, finished (UTC), host and pid that ran it
         attempts.json       {"attempts": n}: how many times the job was started
         error.log           traceback of the last failed attempt (removed on success)
+        fit.log             what every attempt logged: start (host, pid), warnings, end
         ...                 anything the job function writes (checkpoints, predictions)
 
-The names ``done.json``, ``attempts.json``, ``error.log`` and ``.lock`` belong to the
-runner; the job function owns everything else in its folder.
+The names ``done.json``, ``attempts.json``, ``error.log``, ``fit.log`` and ``.lock``
+belong to the runner; the job function owns everything else in its folder.
 
 Contract for the job function ``job_fn(job, job_dir) -> dict``:
 
@@ -40,11 +43,14 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import pickle
+import platform
 import re
 import time
 import traceback
+import warnings
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -67,7 +73,9 @@ DONE_FILE = "done.json"
 ATTEMPTS_FILE = "attempts.json"
 ERROR_FILE = "error.log"
 LOCK_FILE = ".lock"
+LOG_FILE = "fit.log"
 STATUS_COLUMNS = ("key", "status", "seconds", "attempts", "error")
+STATUS_POLL_SECONDS = 2.0  # how often queued jobs are checked for having started
 
 # Letters, digits, '.', '_', '-'; not starting with '.' so a key is never hidden or '..'.
 _KEY_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
@@ -116,13 +124,18 @@ class Job:
 class Executor(ABC):
     """Runs ``fn(*args)`` somewhere and hands back a future; see the module docstring."""
 
+    #: Whether ``submit`` starts the work at once (so a submitted job is running, not
+    #: queued behind busy workers).
+    starts_at_submit = False
+
     @abstractmethod
     def submit(self, fn: Callable, *args: Any) -> Any:
         """Start ``fn(*args)``; return a future (``result()``, ``exception()``, ``done()``)."""
 
-    def wait(self, futures: Iterable[Any]) -> set:
-        """Block until at least one of ``futures`` is done; return the done ones."""
-        done, _ = wait_futures(list(futures), return_when=FIRST_COMPLETED)
+    def wait(self, futures: Iterable[Any], timeout: float | None = None) -> set:
+        """Block until at least one of ``futures`` is done, or ``timeout`` seconds passed;
+        return the done ones (none after a timeout)."""
+        done, _ = wait_futures(list(futures), timeout=timeout, return_when=FIRST_COMPLETED)
         return set(done)
 
     def close(self) -> None:  # noqa: B027 (optional: executors without workers keep it)
@@ -137,6 +150,8 @@ class Executor(ABC):
 
 class SequentialExecutor(Executor):
     """Runs each job at submission, in this process (debugging, a single CPU)."""
+
+    starts_at_submit = True
 
     def submit(self, fn: Callable, *args: Any) -> Future:
         future: Future = Future()
@@ -204,12 +219,13 @@ def _check_picklable(fn: Callable, args: tuple) -> None:
 
 def make_executor(name: str = "sequential", workers: int = 1,
                   threads_per_worker: int | None = None, *, address: str | None = None,
-                  cluster=None, retries: int = 0, shared_path: Path | None = None) -> Executor:
+                  cluster=None, retries: int = 0, shared_path: Path | None = None,
+                  resources: dict[str, int] | None = None) -> Executor:
     """The executor an ``executor:`` config section names: ``sequential`` runs in this
     process; ``processes`` in ``workers`` local processes; ``dask`` on a Dask cluster
     (:class:`~medlite.training.dask_executor.DaskExecutor`: local on 127.0.0.1, the
     scheduler at ``address``, or a SLURM ``cluster``), whose workers must see
-    ``shared_path``."""
+    ``shared_path`` and have ``resources`` (``{"cpus": n, "gpus": m}`` per fit)."""
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     if name == "dask":
@@ -217,7 +233,7 @@ def make_executor(name: str = "sequential", workers: int = 1,
 
         return DaskExecutor(address=address, workers=workers,
                             threads_per_worker=threads_per_worker, retries=retries,
-                            cluster=cluster, shared_path=shared_path)
+                            cluster=cluster, shared_path=shared_path, resources=resources)
     if name == "sequential" or (name == "processes" and workers == 1
                                 and threads_per_worker is None):
         return SequentialExecutor()
@@ -267,28 +283,68 @@ def _attempt(job_fn: JobFn, job: Job, job_dir: Path) -> dict:
     attempts = _read_attempts(job_dir) + 1
     write_json(job_dir / ATTEMPTS_FILE, {"attempts": attempts})
     start = time.perf_counter()
-    try:
-        result = job_fn(job, job_dir)
-        if not isinstance(result, dict):
-            raise TypeError(
-                f"job function returned {type(result).__name__}, expected a JSON-serialisable dict"
-            )
-        # Round trip so a fresh run returns exactly what a resumed run reads back.
-        result = json.loads(json.dumps(result, default=_to_builtin))
-    except Exception:
-        write_text_atomic(job_dir / ERROR_FILE, traceback.format_exc())
-        raise
+    with job_log(job_dir / LOG_FILE) as log:
+        log.info("attempt %d of %s on %s (pid %d)", attempts, job.key, platform.node(),
+                 os.getpid())
+        try:
+            result = job_fn(job, job_dir)
+            if not isinstance(result, dict):
+                raise TypeError(f"job function returned {type(result).__name__}, expected a "
+                                "JSON-serialisable dict")
+            # Round trip so a fresh run returns exactly what a resumed run reads back.
+            result = json.loads(json.dumps(result, default=_to_builtin))
+        except Exception:
+            write_text_atomic(job_dir / ERROR_FILE, traceback.format_exc())
+            log.exception("attempt %d failed after %.1f s", attempts,
+                          time.perf_counter() - start)
+            raise
+        seconds = round(time.perf_counter() - start, 3)
+        log.info("attempt %d done in %.1f s", attempts, seconds)
     record = {
         "key": job.key,
         "params": job.params,
         "result": result,
-        "seconds": round(time.perf_counter() - start, 3),
+        "seconds": seconds,
         "attempts": attempts,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "pid": os.getpid(),
     }
     write_json(job_dir / DONE_FILE, record)
     (job_dir / ERROR_FILE).unlink(missing_ok=True)
     return record
+
+
+@contextmanager
+def job_log(path: Path):
+    """Append what is logged while a job runs in this process (its start and end, Python
+    warnings, Lightning's and medlite's messages, a failure's traceback) to the job's
+    ``path``; yields the job's logger. The console shows what it showed before."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # Lightning's loggers do not propagate to the root logger.
+    loggers = [logging.getLogger(name) for name in ("", "lightning.pytorch", "lightning.fabric")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    job_logger = logging.getLogger("medlite.jobs")
+    level = job_logger.level
+    job_logger.setLevel(logging.INFO)
+    show_warning = warnings.showwarning
+
+    def log_and_show(message, category, filename, lineno, file=None, line=None):
+        job_logger.warning("%s", warnings.formatwarning(message, category, filename, lineno,
+                                                        line).rstrip())
+        show_warning(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = log_and_show
+    try:
+        yield job_logger
+    finally:
+        warnings.showwarning = show_warning
+        job_logger.setLevel(level)
+        for logger in loggers:
+            logger.removeHandler(handler)
+        handler.close()
 
 
 def _to_builtin(value: Any) -> Any:
@@ -395,7 +451,8 @@ def run_jobs(
     _write_status(rows, status_file)
 
     failures: dict[str, str] = {}
-    running: dict[Any, Job] = {}
+    running: dict[Any, Job] = {}  # submitted and not finished: queued or running
+    started: dict[str, int] = {}  # attempts a submitted job had when it was submitted
     bar = tqdm(total=len(jobs), initial=len(results), desc="fits", unit="fit",
                disable=not progress)
     fn = functools.partial(_run_attempt, job_fn)
@@ -419,7 +476,22 @@ def run_jobs(
         _write_status(rows, status_file)
 
     def show_state() -> None:
-        bar.set_postfix(running=len(running), failed=len(failures), refresh=True)
+        active = sum(rows[job.key]["status"] == "running" for job in running.values())
+        bar.set_postfix(running=active, queued=len(running) - active, failed=len(failures),
+                        refresh=True)
+
+    def notice_starts() -> bool:
+        """A submitted job has started when its attempt count went up (the worker counts
+        it first): queued -> running. Returns whether any did."""
+        changed = False
+        for job in running.values():
+            row = rows[job.key]
+            if row["status"] == "queued":
+                attempts = _read_attempts(jobs_dir / job.key)
+                if attempts > started[job.key]:
+                    rows[job.key] = _row(job.key, "running", None, attempts, "")
+                    changed = True
+        return changed
 
     try:
         while pending or running:
@@ -435,7 +507,9 @@ def run_jobs(
                 del pending[job.key]
                 job_dir = jobs_dir / job.key
                 job_dir.mkdir(exist_ok=True)
-                rows[job.key] = _row(job.key, "running", None, _read_attempts(job_dir), "")
+                started[job.key] = _read_attempts(job_dir)
+                rows[job.key] = _row(job.key, "running" if executor.starts_at_submit
+                                     else "queued", None, started[job.key], "")
                 _write_status(rows, status_file)
                 running[executor.submit(fn, job, job_dir)] = job
                 show_state()
@@ -446,8 +520,12 @@ def run_jobs(
                 if ready:  # they finished where they were submitted: look again
                     continue
                 break
-            for future in executor.wait(running):
+            finished = executor.wait(running, timeout=STATUS_POLL_SECONDS)
+            for future in finished:
                 finish(future)
+            if not finished and notice_starts():
+                show_state()
+                _write_status(rows, status_file)
     finally:
         bar.close()
         executor.close()

@@ -231,7 +231,8 @@ def run_plan(context: RunContext, *, progress: bool = True) -> dict[str, dict]:
     settings = config.executor
     executor = make_executor(settings.name, settings.workers, settings.threads_per_worker,
                              address=settings.address, cluster=settings.cluster,
-                             retries=settings.retries, shared_path=run_dir)
+                             retries=settings.retries, shared_path=run_dir,
+                             resources=settings.resources_per_fit.model_dump())
     in_process = settings.name == "sequential" or (settings.name == "processes"
                                                    and settings.workers == 1)
     job_fn = functools.partial(execute_fit, str(run_dir), progress and in_process)
