@@ -151,7 +151,9 @@ class DaskExecutor(Executor):
     def submit(self, fn: Callable, *args: Any):
         # Without a stated need, no resources are asked for: workers started by hand
         # without --resources take fits too.
-        resources = self.resources if self._needs_resources else None
+        # Dask finds no worker for a resource that none declares, even a need of 0.
+        resources = ({name: need for name, need in self.resources.items() if need > 0}
+                     if self._needs_resources else None)
         return self.client.submit(fn, *args, pure=False, retries=self.retries,
                                   resources=resources)
 
