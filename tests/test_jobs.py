@@ -13,6 +13,7 @@ import torch
 
 from medlite.errors import MedliteError, RunDirError
 from medlite.training.jobs import (
+    Executor,
     Job,
     JobsFailed,
     ProcessExecutor,
@@ -312,6 +313,21 @@ def slow_job(job: Job, job_dir: Path) -> dict:
     return {}
 
 
+class OneThreadExecutor(Executor):
+    """One worker (a thread): the second job waits for the first, as on a busy cluster."""
+
+    def __init__(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(max_workers=1)
+
+    def submit(self, fn, *args):
+        return self.pool.submit(fn, *args)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
 def test_jobs_waiting_for_a_free_worker_show_as_queued(tmp_path, monkeypatch):
     """One worker, two jobs: while the first runs the second is queued, not running."""
     import threading
@@ -319,7 +335,7 @@ def test_jobs_waiting_for_a_free_worker_show_as_queued(tmp_path, monkeypatch):
 
     import medlite.training.jobs as jobs_module
 
-    monkeypatch.setattr(jobs_module, "STATUS_POLL_SECONDS", 0.2)
+    monkeypatch.setattr(jobs_module, "STATUS_POLL_SECONDS", 0.1)
     seen = set()
     status = tmp_path / "jobs.csv"
 
@@ -336,8 +352,8 @@ def test_jobs_waiting_for_a_free_worker_show_as_queued(tmp_path, monkeypatch):
     stop = threading.Event()
     watcher = threading.Thread(target=watch)
     watcher.start()
-    with ProcessExecutor(1, 1) as executor:
-        run_jobs([Job(f"job-{i}", {"seconds": 3}) for i in range(2)], slow_job, tmp_path,
+    with OneThreadExecutor() as executor:
+        run_jobs([Job(f"job-{i}", {"seconds": 1.5}) for i in range(2)], slow_job, tmp_path,
                  executor=executor, progress=False, status_file=status)
     stop.set()
     watcher.join()
