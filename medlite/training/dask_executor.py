@@ -15,11 +15,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from medlite.config import FitResourcesConfig
 from medlite.errors import ConfigError
 from medlite.training.jobs import Executor, set_torch_threads
 
 LOOPBACK = "127.0.0.1"
-DEFAULT_RESOURCES = {"cpus": 1, "gpus": 0}
+DEFAULT_RESOURCES = FitResourcesConfig().model_dump()
 
 
 def slurm_cluster(cluster, *, threads: int, host: str | None = None):
@@ -149,9 +150,9 @@ class DaskExecutor(Executor):
                           f'"{wanted}"')
 
     def submit(self, fn: Callable, *args: Any):
-        # Without a stated need, no resources are asked for: workers started by hand
-        # without --resources take fits too.
-        # Dask finds no worker for a resource that none declares, even a need of 0.
+        # Without a stated need nothing is asked for, so workers started by hand without
+        # --resources take fits too; and never a need of 0, which Dask cannot match on
+        # workers that do not declare that resource.
         resources = ({name: need for name, need in self.resources.items() if need > 0}
                      if self._needs_resources else None)
         return self.client.submit(fn, *args, pure=False, retries=self.retries,

@@ -227,10 +227,9 @@ def launch_fit(run_dir: Path, fit_key: str, fit_dir: Path, world_size: int, thre
                     rank, world_size, port, threads), stdin=subprocess.DEVNULL,
                     stdout=None if show else log, stderr=None if show else subprocess.STDOUT)
             ranks.append((process, log_path))
-        while any(process.poll() is None for process, _ in ranks):
-            failed = [(p, log) for p, log in ranks if p.returncode not in (None, 0)]
-            if failed:
-                break
+        # Until all have exited, or one has failed (the others would wait for it forever).
+        while any(process.poll() is None for process, _ in ranks) and not any(
+                process.returncode not in (None, 0) for process, _ in ranks):
             time.sleep(poll_seconds)
     finally:
         for process, _ in ranks:

@@ -135,23 +135,20 @@ def make_loaders(parts: TrainingParts, config: BaseTaskConfig, seed: int,
     after a resume (see :mod:`medlite.training.seeding`). Under DDP (``rank``) each rank
     loads its share of every global batch and of the validation set."""
     batch, workers = config.trainer.batch_size, config.trainer.num_workers
-    n_train = len(parts.train_data)
+    n_train, n_val = len(parts.train_data), len(parts.val_data)
     if rank is None or rank.world_size == 1:
+        share, drop_last, val_sampler = batch, n_train > batch, None
         sampler = EpochShuffleSampler(n_train, seed, parts.sample_weights)
-        train = DataLoader(SeededItems(parts.train_data), batch_size=batch, sampler=sampler,
-                           drop_last=n_train > batch, num_workers=workers,
-                           persistent_workers=workers > 0)
-        val = DataLoader(parts.val_data, batch_size=batch, num_workers=workers,
-                         persistent_workers=workers > 0)
-        return train, val
-    share = check_batches(config.trainer, rank.world_size, n_train, len(parts.val_data))
-    sampler = EpochShuffleSampler(n_train, seed, parts.sample_weights, rank=rank.rank,
-                                  world_size=rank.world_size, global_batch=batch)
+    else:  # the sampler drops the incomplete global batch itself
+        share, drop_last = check_batches(config.trainer, rank.world_size, n_train, n_val), False
+        sampler = EpochShuffleSampler(n_train, seed, parts.sample_weights, rank=rank.rank,
+                                      world_size=rank.world_size, global_batch=batch)
+        val_sampler = ShardSampler(n_val, rank.rank, rank.world_size)
     train = DataLoader(SeededItems(parts.train_data), batch_size=share, sampler=sampler,
-                       num_workers=workers, persistent_workers=workers > 0)
-    val = DataLoader(parts.val_data, batch_size=share, num_workers=workers,
-                     sampler=ShardSampler(len(parts.val_data), rank.rank, rank.world_size),
-                     persistent_workers=workers > 0)
+                       drop_last=drop_last, num_workers=workers,
+                       persistent_workers=workers > 0)
+    val = DataLoader(parts.val_data, batch_size=share, sampler=val_sampler,
+                     num_workers=workers, persistent_workers=workers > 0)
     return train, val
 
 
