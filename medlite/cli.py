@@ -127,14 +127,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--allow-overlap", action="store_true",
                           help="evaluate even when --data shares subjects or images with the "
                           "run's training or validation data (the report says so)")
+    evaluate.add_argument("--fast", default="none", choices=["none", "torch", "onnxruntime",
+                                                             "int8"],
+                          help="evaluate through a CPU fast path (as predict --fast), e.g. "
+                          "to measure what int8 quantization costs")
     _add_inference_overrides(evaluate)
 
     predict = sub.add_parser("predict", help="predict on new files with a trained run",
                              description="Predict with a trained run into a new folder: one "
                              "set of files per input (named so that inputs with the same stem "
                              "never overwrite each other) and predictions.csv indexing them.")
-    predict.add_argument("run", type=Path)
+    predict.add_argument("run", type=Path, nargs="?",
+                         help="a run folder (or, with --model, the first input)")
     predict.add_argument("inputs", type=Path, nargs="*", help="files or folders")
+    predict.add_argument("--model", help="a model shipped with medlite instead of a run, "
+                         "e.g. dermoscopy-lesion (no training needed)")
     predict.add_argument("--visit", type=Path, action="append", default=[],
                          help="pasi: a visit folder holding upper/, trunk/, lower/ (and "
                          "optionally head/) photo folders; repeat for several visits, in "
@@ -143,9 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--overwrite", action="store_true",
                          help="replace an earlier predictions folder (only one medlite made)")
     predict.add_argument("--fast", nargs="?", const="torch", default="none",
-                         choices=["none", "torch", "onnxruntime"],
+                         choices=["none", "torch", "onnxruntime", "int8"],
                          help="CPU fast path: torch (optimize_for_inference: BatchNorm "
-                         "folding, channels-last) or onnxruntime; outputs within 1e-4")
+                         "folding, channels-last) or onnxruntime, outputs within 1e-4; int8: "
+                         "ONNX Runtime int8, calibrated on the run's validation images")
     _add_inference_overrides(predict)
 
     export = sub.add_parser("export", help="export a trained model (ONNX)",
@@ -171,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve trained runs: one page (http://HOST:PORT/) with a section per run, "
         "the JSON API under /api, its docs at /docs. Binds 127.0.0.1 unless told otherwise; "
         "any other address needs an access token.")
-    serve.add_argument("runs", type=Path, nargs="+", help="finished run folders")
+    serve.add_argument("runs", type=Path, nargs="+", help="finished run folders, or names of "
+                       "models shipped with medlite (dermoscopy-lesion)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--token-file", type=Path,
@@ -183,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="CPU threads for the models (default: all cores)")
     serve.add_argument("--concurrency", type=int, default=1,
                        help="model calls at a time; further requests wait their turn")
-    serve.add_argument("--fast", default="torch", choices=["none", "torch", "onnxruntime"],
+    serve.add_argument("--fast", default="torch",
+                       choices=["none", "torch", "onnxruntime", "int8"],
                        help="inference path (default torch: BatchNorm folded, channels-last)")
     serve.add_argument("--max-upload-mb", type=float, default=50)
     serve.add_argument("--max-pixels", type=int, default=40_000_000,
@@ -297,7 +307,8 @@ def cmd_evaluate(args) -> int:
 
     result, out_dir = evaluate_run(args.run, data=args.data, scores=args.scores,
                                    split=args.split, out=args.out, overwrite=args.overwrite,
-                                   allow_overlap=args.allow_overlap, overrides=args.overrides)
+                                   allow_overlap=args.allow_overlap, overrides=args.overrides,
+                                   fast=args.fast)
     print(f"wrote {out_dir / METRICS_FILE} and {out_dir / REPORT_FILE}")
     print(json.dumps(headline(result.metrics), indent=2))
     return 0
@@ -306,12 +317,18 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     from medlite.inference.predictor import load_run
     from medlite.inference.writer import OutputWriter, unique_names
+    from medlite.pretrained import shipped_model_dir
 
-    if not args.inputs and not args.visit:
+    run, inputs = args.run, list(args.inputs)
+    if args.model is not None:
+        run, inputs = shipped_model_dir(args.model), [p for p in (args.run, *inputs) if p]
+    if run is None:
+        raise MedliteError("predict: give a run folder (or --model NAME) and the inputs")
+    if not inputs and not args.visit:
         raise MedliteError("predict: give files or folders (or --visit folders for pasi)")
-    predictor = load_run(args.run, overrides=args.overrides, fast=args.fast)
+    predictor = load_run(run, overrides=args.overrides, fast=args.fast)
     task, config = predictor.task, predictor.config
-    inputs = task.parse_inputs(list(args.inputs), list(args.visit), config)
+    inputs = task.parse_inputs(inputs, list(args.visit), config)
     writer = OutputWriter(args.out, overwrite=args.overwrite)
     names = unique_names([item.source for item in inputs])
     count = 0

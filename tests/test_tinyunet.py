@@ -212,14 +212,32 @@ def test_tinyunet_matches_the_reference_implementation(mode):
     with torch.no_grad():
         out_ours, out_reference = ours(x), reference(x)
     assert out_ours.shape == (2, 2, 32, 32)
-    torch.testing.assert_close(out_ours, out_reference, rtol=0, atol=1e-6)
+    # Not bit-identical: the decoders upsample after pwconv1's convolution (same function).
+    torch.testing.assert_close(out_ours, out_reference, rtol=0, atol=1e-5)
     # A train-mode forward moves BatchNorm running statistics; they must move alike.
     for (key, ours_value), reference_value in zip(
         ours.state_dict().items(), reference.state_dict().values(), strict=True
     ):
-        torch.testing.assert_close(ours_value, reference_value, rtol=0, atol=1e-7, msg=key)
+        torch.testing.assert_close(ours_value, reference_value, rtol=0, atol=1e-6, msg=key)
     moved = not torch.equal(mean_before, ours.encoder1.cmrf.pwconv1.bn.running_mean)
     assert moved == (mode == "train")
+
+
+def test_tinyunet_trains_like_the_reference_implementation():
+    """The decoders upsample after the first 1x1 convolution (faster): the gradients of a
+    training step must still be the reference's."""
+    torch.manual_seed(0)
+    ours = randomise_batchnorm(TinyUNet(3, 2))
+    reference = RefTinyUNet(3, 2)
+    copy_by_order_and_shape(ours, reference)
+    x, target = torch.randn(2, 3, 32, 48), torch.randint(0, 2, (2, 32, 48))
+    for model in (ours, reference):
+        F.cross_entropy(model.train()(x), target).backward()
+    for (name, ours_param), reference_param in zip(
+        ours.named_parameters(), reference.parameters(), strict=True
+    ):
+        torch.testing.assert_close(ours_param.grad, reference_param.grad, rtol=1e-4,
+                                   atol=1e-6, msg=name)
 
 
 def test_tinyunet_small_widths_and_input_checks():

@@ -27,6 +27,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from medlite.evaluation.subgroups import (
+    SUBGROUP_KEY,
+    attach_subgroup_columns,
+    subgroup_metrics,
+    subgroup_report_html,
+)
 from medlite.metrics.bootstrap import metrics_with_ci
 from medlite.runs import write_csv_atomic, write_json
 
@@ -109,16 +115,26 @@ def predict_table(predictor: Predictor, rows: pd.DataFrame, out_dir: Path | None
 
 def summarize(task: Task, config: BaseTaskConfig, table: pd.DataFrame, out_dir: Path, *,
               evaluated: str, note: str | None = None,
-              extras: Mapping[str, Any] | None = None) -> EvaluationResult:
-    """Metrics with intervals, figures and report sections of a per-sample table."""
+              extras: Mapping[str, Any] | None = None,
+              samples: pd.DataFrame | None = None) -> EvaluationResult:
+    """Metrics with intervals, figures and report sections of a per-sample table; with
+    ``evaluation.subgroups``, also per subgroup (columns missing from ``table`` are taken
+    from ``samples``, the data's rows)."""
     if table.empty:
         raise ValueError(f"{evaluated}: nothing to evaluate")
     extras = dict(extras or {})
-    statistic = task.statistic(table, config, extras)
+    subgroups = config.evaluation.subgroups
+    if subgroups:
+        table = attach_subgroup_columns(table, samples, subgroups)
     # A task may resample other clusters than subjects (one ECG subject: blocks of time).
     clustered = GROUP_COLUMN in table
-    groups = table[GROUP_COLUMN] if clustered else table["subject"]
-    metrics = metrics_with_intervals(statistic, groups, config.evaluation, config.seed)
+
+    def metrics_of(rows: pd.DataFrame) -> dict[str, dict[str, dict]]:
+        groups = rows[GROUP_COLUMN] if clustered else rows["subject"]
+        return metrics_with_intervals(task.statistic(rows, config, extras), groups,
+                                      config.evaluation, config.seed)
+
+    metrics = metrics_of(table)
     # Groups the task scored on other tables (a comparison scheme's out-of-fold predictions).
     metrics.update(extras.get("metric_groups", {}))
     extras["metrics"] = metrics
@@ -129,6 +145,11 @@ def summarize(task: Task, config: BaseTaskConfig, table: pd.DataFrame, out_dir: 
             "confidence": config.evaluation.confidence,
             "bootstrap_resamples": config.evaluation.bootstrap_resamples,
             "bootstrap_unit": "cluster" if clustered else "subject", **more}
+    if subgroups:
+        info[SUBGROUP_KEY] = subgroup_metrics(table, subgroups, metrics_of, metrics,
+                                              config.evaluation.subgroup_min_subjects)
+        sections = [*sections, ("Subgroups", subgroup_report_html(
+            info[SUBGROUP_KEY], metrics, config.evaluation.confidence))]
     return EvaluationResult(metrics=metrics, per_sample=table, figures=figures, info=info,
                             sections=sections)
 

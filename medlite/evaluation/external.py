@@ -45,11 +45,12 @@ def training_overlap(run_dir: Path, samples: pd.DataFrame, fingerprints: list[st
 
 def evaluate_run(run_dir: Path, *, data: Path | None = None, scores: Path | None = None,
                  split: str = "test", out: Path | None = None, overwrite: bool = False,
-                 allow_overlap: bool = False, overrides: list[str] | None = None
-                 ) -> tuple[EvaluationResult, Path]:
+                 allow_overlap: bool = False, overrides: list[str] | None = None,
+                 fast: str = "none") -> tuple[EvaluationResult, Path]:
     """Evaluate run ``run_dir`` on ``data`` (a manifest, folder or recordings), or again on
-    its own ``split``; returns the evaluation and the folder it was written to."""
-    predictor = load_run(run_dir, overrides=overrides)
+    its own ``split``, through the ``fast`` inference path; returns the evaluation and the
+    folder it was written to."""
+    predictor = load_run(run_dir, overrides=overrides, fast=fast)
     task, config = predictor.task, predictor.config
     run_dir = Path(run_dir)
     if scores is not None:
@@ -88,7 +89,8 @@ def evaluate_run(run_dir: Path, *, data: Path | None = None, scores: Path | None
                               overwrite=overwrite)
     table = predict_table(predictor, samples, out_dir)
     result = summarize(task, config, table, out_dir, evaluated=evaluated, note=note,
-                       extras=extras)
+                       extras=extras, samples=samples)
+    result.info["inference_path"] = fast
     if "overlap" in extras:
         result.info["overlap"] = {k: extras["overlap"][k] for k in ("n", "by_subject",
                                                                      "by_content")}

@@ -8,10 +8,13 @@ PyTorch on a batch, so a graph that only works for one image is caught.
 
 from __future__ import annotations
 
+import tempfile
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 from torch import nn
 
@@ -72,3 +75,48 @@ def onnx_parity(model: nn.Module, source: Path | bytes, inputs: torch.Tensor) ->
         raise MedliteError(f"{source if isinstance(source, Path) else 'ONNX model'}: output "
                            f"shape {actual.shape} differs from PyTorch's {expected.shape}")
     return float(np.abs(actual - expected).max())
+
+
+class _Batches:
+    """ONNX Runtime's calibration reader over float32 arrays (N, C, H, W)."""
+
+    def __init__(self, input_name: str, batches: Iterable[np.ndarray]):
+        self.input_name = input_name
+        self.batches = iter(batches)
+
+    def get_next(self) -> dict | None:
+        batch = next(self.batches, None)
+        return None if batch is None else {self.input_name: np.ascontiguousarray(
+            batch, dtype=np.float32)}
+
+
+def quantize_int8(onnx_model: bytes, calibration: Iterable[np.ndarray], *,
+                  per_channel: bool = True) -> bytes:
+    """Static post-training int8 quantization of a float ONNX model (ONNX Runtime).
+
+    Weights become int8 (per output channel with ``per_channel``) and activations uint8,
+    with scales from the min/max of the activations over ``calibration`` (float32 batches
+    shaped as the model's input: real, preprocessed images of the data, e.g. the run's
+    validation split), in the QDQ format, which ONNX Runtime's CPU provider fuses into int8
+    kernels (VNNI on AVX-512 CPUs).
+    """
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    model = onnx.load_from_string(onnx_model)
+    input_name = model.graph.input[0].name
+    with tempfile.TemporaryDirectory(prefix="medlite-int8-") as tmp:
+        source, prepared, quantized = (Path(tmp) / name for name in
+                                       ("float.onnx", "prepared.onnx", "int8.onnx"))
+        source.write_bytes(onnx_model)
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        quantize_static(str(prepared), str(quantized), _Batches(input_name, calibration),
+                        quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+        return quantized.read_bytes()

@@ -7,102 +7,16 @@ inference on the CPU. See its docstring for what it does and what each step buys
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from medlite.inference.export import onnx_bytes, onnx_session
-from medlite.models.layers import ConvBNAct
+from medlite.inference.export import onnx_bytes, onnx_session, quantize_int8
+from medlite.models.layers import BicubicUpsample2x, ConvBNAct, is_bicubic_x2
 from medlite.models.tinyunet import CMRF, DecoderStage
 from medlite.models.unet import UpStage
-
-# Keys's cubic convolution constant used by PyTorch (and OpenCV) for bicubic resizing.
-BICUBIC_A = -0.75
-
-
-def cubic_kernel(distance: float, a: float = BICUBIC_A) -> float:
-    """Keys's cubic convolution weight at ``|distance|`` pixels (0 beyond 2)."""
-    d = abs(distance)
-    if d <= 1:
-        return ((a + 2) * d - (a + 3)) * d * d + 1
-    if d < 2:
-        return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
-    return 0.0
-
-
-def bicubic_x2_taps(a: float = BICUBIC_A) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """5-tap filters over input pixels ``i-2 .. i+2`` giving output pixels ``2i`` and ``2i+1``.
-
-    With ``align_corners=False`` and scale 2, output pixel ``o`` samples the input at
-    ``o / 2 - 0.25``: fractional offset 0.75 from ``i-1`` for ``o = 2i`` and 0.25 from ``i``
-    for ``o = 2i+1``, so both output phases are fixed 4-tap filters.
-    """
-    even = (cubic_kernel(1.75, a), cubic_kernel(0.75, a), cubic_kernel(0.25, a),
-            cubic_kernel(1.25, a), 0.0)
-    odd = tuple(reversed(even))
-    return even, odd
-
-
-def bicubic_x2_weight(channels: int, dtype: torch.dtype = torch.float32,
-                      device: torch.device | str | None = None) -> Tensor:
-    """Depthwise conv weight (4 * channels, 1, 5, 5): for each channel the four output
-    phases ``(row parity, column parity)`` in :func:`torch.nn.functional.pixel_shuffle` order."""
-    even, odd = (torch.tensor(taps, dtype=torch.float64) for taps in bicubic_x2_taps())
-    phases = [torch.outer(rows, cols) for rows in (even, odd) for cols in (even, odd)]
-    weight = torch.stack(phases).unsqueeze(1).to(dtype=dtype, device=device)
-    return weight.repeat(channels, 1, 1, 1)
-
-
-def bicubic_upsample_x2(x: Tensor, weight: Tensor | None = None) -> Tensor:
-    """Same result as ``F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False)``.
-
-    PyTorch clamps source indices at the border, which is replicate padding; each output
-    phase is then a fixed separable filter, computed here as one depthwise conv with four
-    outputs per channel and interleaved with ``pixel_shuffle``.
-
-    Shapes: (N, C, H, W) float -> (N, C, 2H, 2W); ``weight`` is
-    :func:`bicubic_x2_weight` for C channels (built when None).
-    """
-    channels = x.shape[1]
-    if weight is None:
-        weight = bicubic_x2_weight(channels, x.dtype, x.device)
-    padded = F.pad(x, (2, 2, 2, 2), mode="replicate")
-    phases = F.conv2d(padded, weight, groups=channels)
-    return F.pixel_shuffle(phases, 2)
-
-
-class BicubicUpsample2x(nn.Module):
-    """Drop-in for ``nn.Upsample(scale_factor=2, mode="bicubic", align_corners=False)``
-    computed by :func:`bicubic_upsample_x2`.
-
-    With ``channels`` the depthwise weight is built once (and the module exports to ONNX);
-    without, it is repeated for the input's channel count on each call.
-    """
-
-    def __init__(self, channels: int | None = None):
-        super().__init__()
-        self.channels = channels
-        weight = bicubic_x2_weight(1 if channels is None else channels)
-        self.register_buffer("weight", weight, persistent=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        weight = self.weight.to(x.dtype)
-        if self.channels is None:
-            weight = weight.repeat(x.shape[1], 1, 1, 1)
-        return bicubic_upsample_x2(x, weight)
-
-
-def is_bicubic_x2(module: nn.Module) -> bool:
-    """True for ``nn.Upsample(scale_factor=2, mode="bicubic", align_corners=False)``."""
-    return (
-        isinstance(module, nn.Upsample)
-        and module.mode == "bicubic"
-        and not module.align_corners
-        and module.size is None
-        and module.scale_factor in (2, 2.0, (2.0, 2.0), (2, 2))
-    )
 
 
 class ConvAct(nn.Module):
@@ -265,7 +179,7 @@ def _decoder_parts(stage: nn.Module) -> tuple[nn.Module, CMRF, int] | None:
         return None
     if isinstance(upsample, nn.ConvTranspose2d) and upsample.groups == 1:
         return upsample, block, stage.upsampled_channels
-    if isinstance(upsample, nn.Upsample):
+    if isinstance(upsample, nn.Upsample | BicubicUpsample2x):
         return upsample, block, stage.upsampled_channels
     return None
 
@@ -279,7 +193,7 @@ def _inference_form(module: nn.Module) -> nn.Module | None:
         return InferenceCMRF(module)
     if isinstance(module, ConvBNAct):
         return fold_conv_bn_act(module)
-    if is_bicubic_x2(module):
+    if is_bicubic_x2(module) and not isinstance(module, BicubicUpsample2x):
         return BicubicUpsample2x()
     if isinstance(module, nn.Sequential):
         return fold_sequential(module)
@@ -335,9 +249,13 @@ class OnnxRuntimeModel(nn.Module):
         return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
 
 
+BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8")
+
+
 def optimize_for_inference(model: nn.Module, example_input: Tensor | None = None, *,
                            backend: str = "torch", channels_last: bool = True,
-                           threads: int | None = None, atol: float = 1e-4) -> nn.Module:
+                           threads: int | None = None, atol: float = 1e-4,
+                           calibration: Iterable[Tensor] | None = None) -> nn.Module:
     """A faster equivalent of ``model`` (eval mode) for CPU inference; ``model`` is untouched.
 
     What it does, all exact up to float rounding (max abs logit difference ~1e-7):
@@ -357,6 +275,10 @@ def optimize_for_inference(model: nn.Module, example_input: Tensor | None = None
       grad);
     * ``backend="onnxruntime"``: the rewritten model exported to ONNX (dynamic batch, H, W)
       and run by an ONNX Runtime CPU session with ``threads`` threads.
+    * ``backend="onnxruntime-int8"``: that ONNX model quantized to int8 weights and uint8
+      activations (:func:`~medlite.inference.export.quantize_int8`), activation ranges from
+      ``calibration`` (input batches from the data). Not exact: its accuracy is measured in
+      BENCHMARKS.md and not checked against ``atol`` here.
 
     Measured with ``benchmarks/bench_inference.py`` (TinyU-Net, 1x3x256x256, 2 threads of an
     AMD EPYC with AVX-512, torch 2.14, median of 30 interleaved rounds): eager 258 ms;
@@ -380,14 +302,19 @@ def optimize_for_inference(model: nn.Module, example_input: Tensor | None = None
 
     Returns an ``nn.Module`` taking and returning what ``model`` does.
     """
-    if backend not in ("torch", "onnxruntime"):
-        raise ValueError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     rewritten = rewrite_for_inference(copy.deepcopy(model).eval())
-    if backend == "onnxruntime":
+    if backend.startswith("onnxruntime"):
         if example_input is None:
-            raise ValueError("backend='onnxruntime' needs an example_input to export with")
-        optimized = OnnxRuntimeModel(onnx_bytes(rewritten, example_input, dynamic_spatial=True),
-                                     threads or torch.get_num_threads())
+            raise ValueError(f"backend={backend!r} needs an example_input to export with")
+        graph = onnx_bytes(rewritten, example_input, dynamic_spatial=True)
+        if backend == "onnxruntime-int8":
+            if calibration is None:
+                raise ValueError("backend='onnxruntime-int8' needs calibration inputs")
+            graph = quantize_int8(graph, (batch.detach().cpu().numpy() for batch in calibration))
+            return OnnxRuntimeModel(graph, threads or torch.get_num_threads())
+        optimized = OnnxRuntimeModel(graph, threads or torch.get_num_threads())
     else:
         if channels_last:
             rewritten = rewritten.to(memory_format=torch.channels_last)

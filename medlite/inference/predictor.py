@@ -22,13 +22,18 @@ from torch import nn
 
 from medlite.config import apply_overrides, validate_config
 from medlite.errors import ConfigError, DataError
+from medlite.evaluation.conformal import load_calibration
+from medlite.inference.types import ClassificationOutput, PasiOutput
 from medlite.runs import find_run, load_state_dict
 
 if TYPE_CHECKING:
     from medlite.config import BaseTaskConfig
     from medlite.tasks.base import Task
 
-Fast = Literal["none", "torch", "onnxruntime"]
+Fast = Literal["none", "torch", "onnxruntime", "int8"]
+FAST_PATHS = ("none", "torch", "onnxruntime", "int8")
+#: Validation inputs that calibrate int8 activation ranges.
+INT8_CALIBRATION_INPUTS = 64
 MODEL_FILE = "model.pt"
 
 
@@ -63,13 +68,17 @@ class Predictor:
             ``inference.batch_size`` when it has one, else ``trainer.batch_size``).
         fast: ``"torch"`` runs :func:`~medlite.inference.fast.optimize_for_inference`
             (BatchNorm folding, channels-last; outputs within 1e-4), ``"onnxruntime"`` an ONNX
-            Runtime session of that model; both CPU only.
-        run_dir: the run the model came from (None for a model in memory).
+            Runtime session of that model, ``"int8"`` that session quantized to int8 with
+            activation ranges calibrated on ``calibration`` network inputs (default: the
+            first 64 of the run's validation split); all CPU only.
+        run_dir: the run the model came from (None for a model in memory); its
+            ``conformal.json`` adds prediction sets or intervals at the config's
+            ``evaluation.conformal_coverage`` to the outputs.
     """
 
     def __init__(self, task: Task, config: BaseTaskConfig, model: nn.Module, *,
                  device: str = "cpu", batch_size: int | None = None, fast: Fast = "none",
-                 run_dir: Path | None = None):
+                 run_dir: Path | None = None, calibration: list[torch.Tensor] | None = None):
         self.task = task
         self.config = config
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -80,6 +89,9 @@ class Predictor:
                               or config.trainer.batch_size)
         self.network = model.eval()
         self.fast = fast
+        coverage = config.evaluation.conformal_coverage
+        self.calibration = load_calibration(self.run_dir) if coverage is not None else None
+        self.coverage = coverage if self.calibration is not None else None
         model = task.inference_network(model, config).eval()
         if fast != "none":
             if self.device.type != "cpu":
@@ -87,10 +99,34 @@ class Predictor:
             from medlite.inference.fast import optimize_for_inference
 
             example = task.example_input(config)
-            backend = "onnxruntime" if fast == "onnxruntime" else "torch"
-            self.model = optimize_for_inference(model, example, backend=backend)
+            backend = {"onnxruntime": "onnxruntime", "int8": "onnxruntime-int8"}.get(
+                fast, "torch")
+            if fast == "int8" and calibration is None:
+                calibration = self._validation_inputs(INT8_CALIBRATION_INPUTS)
+            self.model = optimize_for_inference(model, example, backend=backend,
+                                                calibration=calibration)
         else:
             self.model = model.to(self.device).eval()
+
+    def _validation_inputs(self, limit: int) -> list[torch.Tensor]:
+        """Up to ``limit`` network inputs (1, C, H, W) of the run's validation split."""
+        from medlite.errors import MedliteError
+
+        task, config = self.task, self.config
+        if self.run_dir is None:
+            raise ConfigError("--fast int8: give calibration inputs for a model without a run")
+        try:
+            samples = task.load_run_samples(config, self.run_dir)
+            rows = samples[samples["split"] == "val"]
+            inputs = [tensor[None] for _, item in task.evaluation_inputs(rows, config)
+                      for tensor in task.prepare(item, config).items]
+        except (MedliteError, OSError) as error:
+            raise ConfigError(f"--fast int8: calibration needs the run's validation images, "
+                              f"which cannot be read here ({error})") from None
+        if not inputs:
+            raise ConfigError("--fast int8: the run has no validation samples to calibrate "
+                              "int8 activation ranges on")
+        return inputs[:limit]
 
     @property
     def class_names(self) -> list[str] | None:
@@ -115,7 +151,8 @@ class Predictor:
         def ready() -> Iterator[Any]:
             while queue and queue[0].finished:
                 pending = queue.popleft()
-                yield self.task.assemble(pending.outputs, pending.context, self.config)
+                output = self.task.assemble(pending.outputs, pending.context, self.config)
+                yield self._with_uncertainty(output)
 
         for item in inputs:
             prepared = self.task.prepare(item, self.config)
@@ -132,6 +169,20 @@ class Predictor:
             yield from ready()
         flush()
         yield from ready()
+
+    def _with_uncertainty(self, output: Any) -> Any:
+        """``output`` with its conformal set (classes) or interval (PASI), when calibrated."""
+        calibration, coverage = self.calibration, self.coverage
+        if calibration is None:
+            return output
+        if isinstance(output, ClassificationOutput) and calibration.kind == "classification":
+            output.prediction_set = calibration.class_set(output.probabilities,
+                                                          output.class_names, coverage)
+            output.coverage = coverage
+        elif isinstance(output, PasiOutput) and calibration.kind == "regression":
+            output.interval = calibration.interval(output.pasi, coverage)
+            output.coverage = coverage
+        return output
 
     def predict_one(self, item: Any) -> Any:
         return next(iter(self.predict([item])))
@@ -180,9 +231,10 @@ def load_run(run_dir: Path | str, *, device: str = "cpu", batch_size: int | None
         RunDirError: not a run; DataError: the run has no trained weights; ConfigError: an
         override of another key.
     """
+    from medlite.pretrained import resolve_run
     from medlite.tasks import get_task, load_run_config
 
-    run_dir = find_run(Path(run_dir))
+    run_dir = find_run(resolve_run(run_dir))
     config = with_inference_overrides(load_run_config(run_dir), overrides or [])
     task = get_task(config.task)
     weights = run_dir / MODEL_FILE

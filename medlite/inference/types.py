@@ -107,6 +107,9 @@ class ClassificationOutput:
     class_names: list[str]
     source: str = ""
     image: np.ndarray | None = None
+    #: Split-conformal prediction set at ``coverage`` (None: the run has no calibration).
+    prediction_set: list[str] | None = None
+    coverage: float | None = None
 
     @property
     def predicted(self) -> str:
@@ -129,6 +132,8 @@ class PasiOutput:
         severity: the severity category of ``pasi``.
         members: every base and meta learner's PASI for the visit (the deployed one under
             ``"deployed"``).
+        interval: split-conformal ``(low, high)`` PASI interval at ``coverage`` (None: the
+            run has no calibration).
     """
 
     pasi: float
@@ -140,6 +145,8 @@ class PasiOutput:
     visit: str | None = None
     source: str = ""
     composites: dict[str, np.ndarray] = field(default_factory=dict)
+    interval: tuple[float, float] | None = None
+    coverage: float | None = None
 
 
 @dataclass

@@ -8,7 +8,9 @@ Two FLOP conventions are given because papers mix them:
   thop counts convolutions (no bias), Linear layers and BatchNorm (4 ops per output element
   when affine, 2 otherwise) and, as in the reference code where upsampling is a plain
   ``F.interpolate`` call, no upsampling. It is reproduced here with forward hooks, so thop
-  is not needed.
+  is not needed. TinyU-Net's decoders compute their first 1x1 convolution in a cheaper
+  order (:class:`~medlite.models.tinyunet.DecoderStage`); it is counted as the reference
+  code computes it, on the full-resolution concatenation.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from medlite.models.tinyunet import DecoderStage
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _TRANSPOSED_CONVS = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -44,6 +48,10 @@ def _macs_of(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> i
         return output.numel() * module.in_features
     if isinstance(module, _BATCHNORMS):
         return output.numel() * (4 if module.affine else 2)
+    if isinstance(module, DecoderStage):
+        conv = module.cmrf.pwconv1.conv
+        return inputs[1].shape[0] * math.prod(inputs[1].shape[2:]) * conv.out_channels \
+            * conv.in_channels
     return 0
 
 
@@ -60,7 +68,7 @@ def count_thop_flops(model: nn.Module, example_input: Tensor) -> int:
         nonlocal total
         total += _macs_of(module, inputs, output)
 
-    counted = (*_CONVS, *_TRANSPOSED_CONVS, nn.Linear, *_BATCHNORMS)
+    counted = (*_CONVS, *_TRANSPOSED_CONVS, nn.Linear, *_BATCHNORMS, DecoderStage)
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, counted)]
     try:
         with torch.no_grad():

@@ -95,6 +95,8 @@ class ClassificationResult(BaseModel):
     threshold: float | None
     low_confidence: bool
     note: str | None
+    prediction_set: list[str] | None = None
+    coverage: float | None = None
 
 
 class VisitRecord(BaseModel):
@@ -118,6 +120,8 @@ class PasiResult(BaseModel):
     members: dict[str, float]
     visit_id: int | None
     trajectory: list[VisitRecord]
+    interval: tuple[float, float] | None = None
+    coverage: float | None = None
 
 
 class StressWindow(BaseModel):
@@ -325,7 +329,8 @@ def create_app(runs: list[ServedRun], settings: ServeSettings) -> FastAPI:
             predicted=output.predicted, confidence=output.confidence,
             probabilities={c: float(p) for c, p in zip(output.class_names,
                                                        output.probabilities, strict=True)},
-            threshold=threshold, low_confidence=low, note=note)
+            threshold=threshold, low_confidence=low, note=note,
+            prediction_set=output.prediction_set, coverage=output.coverage)
 
     def trajectory(run: str, subject: str) -> list[VisitRecord]:
         return [VisitRecord(**{k: v[k] for k in VisitRecord.model_fields})
@@ -362,7 +367,8 @@ def create_app(runs: list[ServedRun], settings: ServeSettings) -> FastAPI:
         return PasiResult(pasi=output.pasi, severity=output.severity, regional=output.regional,
                           components=output.components, members=output.members,
                           visit_id=visit_id,
-                          trajectory=trajectory(run, subject) if subject else [])
+                          trajectory=trajectory(run, subject) if subject else [],
+                          interval=output.interval, coverage=output.coverage)
 
     @app.get("/api/runs/{run}/subjects/{subject}/visits",
              summary="A subject's stored visits: PASI, % change from baseline, PASI50/75/90")

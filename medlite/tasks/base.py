@@ -30,6 +30,7 @@ from medlite.training.seeding import derive_seed
 if TYPE_CHECKING:
     import torch
 
+    from medlite.evaluation.conformal import ConformalCalibration
     from medlite.inference.predictor import Prepared
     from medlite.training.loop import TrainingParts
     from medlite.training.plan import RunContext
@@ -183,6 +184,12 @@ class Task:
         key = self.deployed_fit(context)
         model.load_state_dict(load_state_dict(context.fit_dir(key) / "model.pt"))
         return model.eval()
+
+    def conformal_calibration(self, context: RunContext, model: nn.Module,
+                              results: dict[str, dict]) -> ConformalCalibration | None:
+        """Nonconformity scores of the deployed model on held-out data it never trained on
+        (see :mod:`medlite.evaluation.conformal`); None: no intervals or sets."""
+        return None
 
     def run_fit(self, context: RunContext, fit: Fit, fit_dir: Path, *,
                 progress: bool = False) -> dict:

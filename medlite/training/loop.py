@@ -177,7 +177,7 @@ def fit(parts: TrainingParts, config: BaseTaskConfig, fit_dir: Path, *, seed: in
         parts.model, parts.loss_fn, optimizer=config.optimizer, scheduler=config.scheduler,
         max_epochs=trainer_cfg.max_epochs, val_metrics=parts.val_metrics,
         prediction_fn=parts.prediction_fn, monitor=parts.monitor,
-        monitor_mode=parts.monitor_mode, seed=seed,
+        monitor_mode=parts.monitor_mode, seed=seed, channels_last=trainer_cfg.channels_last,
     )
     if parts.keep == "last" and (trainer_cfg.early_stopping_patience
                                  or config.scheduler.name == "plateau"):

@@ -24,12 +24,13 @@ from medlite.training.seeding import derive_seed, seed_everything
 
 
 def build_optimizer(params, config: OptimizerConfig) -> torch.optim.Optimizer:
+    fused = config.fused or None  # None: torch's default (foreach)
     if config.name == "adam":
         return torch.optim.Adam(params, lr=config.lr, betas=config.betas,
-                                weight_decay=config.weight_decay)
+                                weight_decay=config.weight_decay, fused=fused)
     if config.name == "adamw":
         return torch.optim.AdamW(params, lr=config.lr, betas=config.betas,
-                                 weight_decay=config.weight_decay)
+                                 weight_decay=config.weight_decay, fused=fused)
     return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
                            weight_decay=config.weight_decay)
 
@@ -64,15 +65,19 @@ class TaskModule(pl.LightningModule):
             scheduler follow.
         seed: the fit's seed; dropout in batch ``b`` of epoch ``e`` draws from a generator
             seeded with ``(seed, e, b)`` (see :mod:`medlite.training.seeding`).
+        channels_last: keep the network's 4-D weights and image batches in the channels-last
+            memory layout, which oneDNN's CPU convolutions run faster on.
     """
 
     def __init__(self, model: nn.Module, loss_fn: nn.Module | Callable, *,
                  optimizer: OptimizerConfig, scheduler: SchedulerConfig, max_epochs: int,
                  val_metrics: MetricCollection | None = None,
                  prediction_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 monitor: str = "val_loss", monitor_mode: str = "min", seed: int = 0):
+                 monitor: str = "val_loss", monitor_mode: str = "min", seed: int = 0,
+                 channels_last: bool = False):
         super().__init__()
-        self.model = model
+        self.channels_last = channels_last
+        self.model = model.to(memory_format=torch.channels_last) if channels_last else model
         self.loss_fn = loss_fn
         self.optimizer_config = optimizer
         self.scheduler_config = scheduler
@@ -90,14 +95,19 @@ class TaskModule(pl.LightningModule):
         self.val_loss_mean = MeanMetric()
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.model(inputs)
+        return self.model(self._laid_out(inputs))
+
+    def _laid_out(self, inputs):
+        if self.channels_last and isinstance(inputs, torch.Tensor) and inputs.ndim == 4:
+            return inputs.contiguous(memory_format=torch.channels_last)
+        return inputs
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         position = (self.seed, self.current_epoch, batch_idx)
         if self.trainer.world_size > 1:  # each rank's dropout masks its own samples
             position = (*position, self.global_rank)
         seed_everything(derive_seed("batch", *position))
-        outputs = self.model(batch["input"])
+        outputs = self(batch["input"])
         loss = self.loss_fn(outputs, batch["target"])
         self.train_loss_mean.update(loss.detach(), weight=len(batch["input"]))
         self.log("train_loss", self.train_loss_mean, on_step=False, on_epoch=True,
@@ -105,7 +115,7 @@ class TaskModule(pl.LightningModule):
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        outputs = self.model(batch["input"])
+        outputs = self(batch["input"])
         loss = self.loss_fn(outputs, batch["target"])
         self.val_loss_mean.update(loss, weight=len(batch["input"]))
         self.log("val_loss", self.val_loss_mean, on_step=False, on_epoch=True, prog_bar=True)

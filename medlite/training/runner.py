@@ -84,6 +84,9 @@ def train_run(config: BaseTaskConfig, run_dir: Path, *, resume: bool = False,
 
     model = task.deploy(context, results)
     save_torch_atomic(model.state_dict(), run_dir / MODEL_FILE)
+    calibration = task.conformal_calibration(context, model, results)
+    if calibration is not None:
+        calibration.save(run_dir)
     history = deployed_history(task, context)
     if not history.empty:
         write_csv_atomic(history, run_dir / HISTORY_FILE)
@@ -165,7 +168,8 @@ def evaluate_training(task: Task, context: RunContext, model: nn.Module,
         folds = len(oof_keys)
         return summarize(task, config, table, run_dir,
                          evaluated=f"out-of-fold predictions ({folds} folds): every sample "
-                         "scored by the fit that did not train on it", extras=extras)
+                         "scored by the fit that did not train on it", extras=extras,
+                         samples=samples)
     rows, evaluated, note = test, "test split", None
     if test.empty:
         rows, evaluated, note = samples[samples["split"] == "val"], "validation split", \
@@ -173,4 +177,4 @@ def evaluate_training(task: Task, context: RunContext, model: nn.Module,
     predictor = Predictor(task, config, model, run_dir=run_dir)
     table = predict_table(predictor, rows, run_dir)
     return summarize(task, config, table, run_dir, evaluated=evaluated, note=note,
-                     extras=extras)
+                     extras=extras, samples=samples)

@@ -60,8 +60,12 @@ const show = {
   },
 
   classify(section, data) {
-    section.querySelector(".predicted").textContent =
-      `Predicted: ${data.predicted} (probability ${number(data.confidence)})`;
+    let text = `Predicted: ${data.predicted} (probability ${number(data.confidence)})`;
+    if (data.prediction_set) {
+      text += `; ${Math.round(100 * data.coverage)}% prediction set: ` +
+        `{${data.prediction_set.join(", ")}}`;
+    }
+    section.querySelector(".predicted").textContent = text;
     const bars = section.querySelector(".bars");
     bars.replaceChildren();
     for (const [name, p] of Object.entries(data.probabilities)) {
@@ -81,8 +85,12 @@ const show = {
   },
 
   pasi(section, data) {
-    section.querySelector(".pasi-score").textContent =
-      `PASI ${number(data.pasi, 1)} (${data.severity})`;
+    let score = `PASI ${number(data.pasi, 1)}`;
+    if (data.interval) {
+      score += `, ${Math.round(100 * data.coverage)}% interval ` +
+        `${number(data.interval[0], 1)}–${number(data.interval[1], 1)}`;
+    }
+    section.querySelector(".pasi-score").textContent = `${score} (${data.severity})`;
     const regions = Object.keys(data.regional);
     const header = ["region", "regional score"];
     const components = data.components || {};

@@ -47,6 +47,7 @@ from medlite.data.classification import (
 from medlite.data.io import image_files
 from medlite.data.transforms import to_tensor_image
 from medlite.errors import ConfigError, DataError
+from medlite.evaluation.conformal import conformal_columns, conformal_statistic
 from medlite.inference.predictor import Prepared
 from medlite.inference.types import ClassificationOutput, ImageInput
 from medlite.metrics import classification_metrics
@@ -173,7 +174,7 @@ class ClassificationTask(Task):
     def stages(self, config: ClassificationConfig) -> list[Stage]:
         first = config.stages[0]
         if first.trainable != "all" and not (config.model.pretrained
-                                             or config.model.weights_path):
+                                             or config.model.initial_weights()):
             warnings.warn(f"stages.0 ({first.name}) freezes layers of a model that starts from "
                           "random weights (model.pretrained is false, no model.weights_path); "
                           "those layers will never learn", UserWarning, stacklevel=2)
@@ -200,7 +201,7 @@ class ClassificationTask(Task):
         return create_model(
             config.model.name, task="classification", num_classes=len(names),
             pretrained=config.model.pretrained and for_training,
-            weights_path=config.model.weights_path if for_training else None,
+            weights_path=config.model.initial_weights() if for_training else None,
             **config.model.kwargs)
 
     def training_parts(self, config: ClassificationConfig, train_rows, val_rows, model, fit):
@@ -252,6 +253,7 @@ class ClassificationTask(Task):
 
     def write_prediction(self, output: ClassificationOutput, name: str, writer):
         return [], {"predicted": output.predicted, "confidence": output.confidence,
+                    **conformal_columns(output),
                     **{f"p_{c}": float(p) for c, p in zip(output.class_names,
                                                           output.probabilities, strict=True)}}
 
@@ -265,6 +267,23 @@ class ClassificationTask(Task):
                             "trainable": context.fits[key].trainable,
                             **{k: results[key].get(k) for k in shown}}
                            for key in fit_chain(context, self.deployed_fit(context))]}
+
+    def conformal_calibration(self, context, model, results):
+        """``1 - p(true class)`` of the deployed model on the validation split."""
+        from medlite.evaluation.conformal import ConformalCalibration, class_scores
+        from medlite.evaluation.evaluator import predict_table
+        from medlite.inference.predictor import Predictor
+
+        config = context.config
+        rows = context.samples[context.samples["split"] == "val"]
+        if rows.empty:
+            return None
+        table = predict_table(Predictor(self, config, model), rows, None)
+        names = self.class_names(config)
+        scores = class_scores(table[[f"p_{c}" for c in names]].to_numpy(),
+                              table["label_index"].to_numpy())
+        return ConformalCalibration("classification", scores,
+                                    f"validation split ({len(scores)} samples)")
 
     # -- evaluation ------------------------------------------------------------------------
     def evaluation_inputs(self, rows: pd.DataFrame, config: ClassificationConfig):
@@ -281,8 +300,12 @@ class ClassificationTask(Task):
         if prediction_dir is not None and predicted != info["label_index"]:
             # Mistakes are kept at network size for the report's most confident mistakes.
             save_png(output.image, prediction_dir / "mistakes" / f"{info['sample']}.png")
+        covered = {}
+        if output.prediction_set is not None:
+            covered = {"covered": info["label"] in output.prediction_set}
         return [{**info, "predicted": output.predicted,
                  "correct": predicted == info["label_index"], "confidence": output.confidence,
+                 **conformal_columns(output), **covered,
                  **{f"p_{c}": float(p) for c, p in zip(output.class_names,
                                                        output.probabilities, strict=True)}}]
 
@@ -292,8 +315,9 @@ class ClassificationTask(Task):
         probabilities = table[[f"p_{c}" for c in names]].to_numpy(np.float64)
         present = sorted(set(truth.tolist()))
         classes = None if len(present) == len(names) else present
+        sets = conformal_statistic(table)
         return lambda index: {"classification": classification_metrics(
-            truth[index], probabilities[index], names, classes=classes)}
+            truth[index], probabilities[index], names, classes=classes), **sets(index)}
 
     def figures(self, table: pd.DataFrame, config: ClassificationConfig, figure_dir: Path,
                 extras: dict):

@@ -50,7 +50,9 @@ from medlite.data.visits import (
 )
 from medlite.ensemble.selection import learner_weights, stack_composites
 from medlite.errors import ConfigError, DataError
+from medlite.evaluation.conformal import conformal_columns, conformal_statistic
 from medlite.evaluation.pasi_metrics import (
+    REGIONAL_MAX,
     headline_models,
     models_statistic,
     visit_scores,
@@ -164,7 +166,7 @@ class PasiTask(Task):
         from tqdm import tqdm
 
         check_pretrained_available(config.ensemble.architectures, config.model.pretrained,
-                                   config.model.weights_path)
+                                   config.model.initial_weights())
         for head in config.ensemble.heads:
             target_columns(samples, head)  # a components head needs per-region scores
         cache = self.cache(config)
@@ -207,7 +209,7 @@ class PasiTask(Task):
         pretrained = config.model.pretrained and for_training
         return build_base_model(fit.params["architecture"], fit.params["head"],
                                 pretrained=pretrained,
-                                weights_path=config.model.weights_path if pretrained else None,
+                                weights_path=config.model.initial_weights() if pretrained else None,
                                 **config.model.kwargs)
 
     def training_parts(self, config: PasiConfig, train_rows, val_rows, model, fit):
@@ -288,6 +290,25 @@ class PasiTask(Task):
         model.per_visit_target.fill_(int("pasi" in context.samples.columns))
         return model.eval()
 
+    def conformal_calibration(self, context, model, results):
+        """Visit-level ``|true - predicted|`` of the deployed learner's out-of-fold
+        predictions on the training subjects (each visit scored by fold models that never
+        saw its subject). The deployed ensemble averages those fold models, so its errors on
+        new subjects are, if anything, smaller: coverage is checked on the test split."""
+        from medlite.evaluation.conformal import ConformalCalibration
+
+        config = context.config
+        table = pd.read_csv(context.fit_dir(STACKING_FIT) / "out_of_fold.csv",
+                            dtype={"subject": str})
+        deployed = self.deployed_name(config, results[STACKING_FIT])
+        per_visit = "pasi" in context.samples.columns
+        truth = visit_scores(table, table["true"].to_numpy(), per_visit)["pasi"].to_numpy()
+        predicted = visit_scores(table, table[deployed].to_numpy(), per_visit)["pasi"]
+        return ConformalCalibration(
+            "regression", np.abs(truth - predicted.to_numpy()),
+            f"out-of-fold predictions of {deployed} ({len(truth)} training visits)",
+            bounds=(0.0, REGIONAL_MAX))
+
     def evaluation_extras(self, context, results) -> dict:
         selection = dict(results[STACKING_FIT])
         selection["deployed"] = self.deployed_name(context.config, selection)
@@ -352,6 +373,7 @@ class PasiTask(Task):
         files = [save_png(c, writer.path(name, f"_{r}.png"))
                  for r, c in output.composites.items()]
         summary = {"visit": output.visit, "pasi": round(output.pasi, 2),
+                   **{k: round(v, 2) for k, v in conformal_columns(output).items()},
                    "severity": output.severity,
                    **{f"regional_{r}": round(v, 2) for r, v in output.regional.items()}}
         for region, values in (output.components or {}).items():
@@ -383,11 +405,17 @@ class PasiTask(Task):
         return inputs
 
     def score(self, output: PasiOutput, info: dict, config, prediction_dir) -> list[dict]:
-        return [{**info, **output.members}]
+        row = {**info, **output.members, **conformal_columns(output)}
+        if output.interval is not None:
+            row["covered"] = output.interval[0] <= info["true"] <= output.interval[1]
+        return [row]
 
     def statistic(self, table: pd.DataFrame, config: PasiConfig, extras: dict):
         groups = headline_models(extras.get("selection", {}))
-        return models_statistic(table, list(groups), config.severity_thresholds, groups=groups)
+        models = models_statistic(table, list(groups), config.severity_thresholds,
+                                  groups=groups)
+        intervals = conformal_statistic(table)
+        return lambda index: {**models(index), **intervals(index)}
 
     def figures(self, table, config: PasiConfig, figure_dir: Path, extras: dict):
         return pasi_figures(table, config, figure_dir, extras)

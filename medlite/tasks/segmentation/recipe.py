@@ -97,7 +97,7 @@ class SegmentationTask(Task):
         return create_model(
             config.model.name, task="segmentation", num_classes=config.data.num_classes,
             in_channels=3, pretrained=config.model.pretrained and for_training,
-            weights_path=config.model.weights_path if for_training else None,
+            weights_path=config.model.initial_weights() if for_training else None,
             **config.model.kwargs)
 
     def training_parts(self, config: SegmentationConfig, train_rows, val_rows, model, fit):

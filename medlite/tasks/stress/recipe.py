@@ -226,7 +226,8 @@ class StressTask(Task):
         return nets.build_stress_net(model.name, len(config.data.names()),
                                      spectrogram.image_size, spectrogram.normalization,
                                      kwargs=model.kwargs, pretrained=model.pretrained,
-                                     weights_path=model.weights_path, for_training=for_training)
+                                     weights_path=model.initial_weights(),
+                                     for_training=for_training)
 
     def training_parts(self, config: StressConfig, train_rows, val_rows, model, fit):
         """Cached spectrograms, cross-entropy, accuracy and macro F1; the normaliser is
