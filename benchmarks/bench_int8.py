@@ -36,6 +36,7 @@ from medlite.inference.export import onnx_bytes, quantize_int8
 from medlite.inference.fast import OnnxRuntimeModel, optimize_for_inference, rewrite_for_inference
 from medlite.inference.predictor import load_run
 from medlite.models import create_model
+from medlite.runs import write_json
 
 
 def openvino_runner(graph: bytes, threads: int):
@@ -135,8 +136,7 @@ def main() -> None:
     result = {"threads": args.threads, "rounds": args.rounds, "cases": cases}
     print(json.dumps(result, indent=2))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+        write_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from medlite.models import create_model
 from medlite.models.tinyunet import DecoderStage
+from medlite.runs import write_json
 from medlite.training.loop import TrainingParts, fit
 from medlite.training.losses import DiceCELoss
 
@@ -224,8 +225,7 @@ def main() -> None:
               "torch": torch.__version__, "cases": cases}
     print(json.dumps(result, indent=2))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+        write_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,25 @@ def test_largest_component_keeps_only_the_biggest_region_per_class():
     assert np.array_equal(postprocess_mask(pred, 3), pred)  # both off: unchanged
 
 
+def test_lesion_like_rule_keeps_the_central_lesion_over_a_bigger_dark_corner():
+    """A vignetted corner predicted as lesion, larger than the real, central lesion."""
+    pred = np.zeros((40, 40), dtype=np.int64)
+    pred[:14, :14] = 1          # 196 px in the corner
+    pred[17:27, 17:27] = 1      # 100 px at the centre
+    largest = postprocess_mask(pred, 2, largest_component=True)
+    assert largest[:14, :14].all() and not largest[17:27, 17:27].any()
+    central = postprocess_mask(pred, 2, largest_component=True, component_rule="lesion_like")
+    assert central[17:27, 17:27].all() and not central[:14, :14].any()
+    # Lesion probability weighs the regions: a faint central blob loses to a sure one.
+    probabilities = np.zeros((2, 40, 40))
+    probabilities[1] = np.where(pred == 1, 0.99, 0.0)
+    probabilities[1, 17:27, 17:27] = 0.05
+    probabilities[0] = 1 - probabilities[1]
+    kept = postprocess_mask(pred, 2, largest_component=True, component_rule="lesion_like",
+                            probabilities=probabilities)
+    assert kept[:14, :14].all() and not kept[17:27, 17:27].any()
+
+
 def test_diagonal_touching_pixels_are_one_component():
     pred = np.eye(5, dtype=np.int64)
     assert np.array_equal(postprocess_mask(pred, 2, largest_component=True), pred)

@@ -118,3 +118,22 @@ def test_columns_come_from_the_data_by_sample_or_subject():
     varying = visits.assign(skin_tone=["dark", "light", "light"])
     with pytest.raises(DataError, match="several values for subject '1'"):
         attach_subgroup_columns(per_visit, varying, ["skin_tone"])
+
+
+def test_a_pasi_run_reports_metrics_per_skin_tone(tiny_runs, tmp_path):
+    """The synthetic trial records each subject's skin tone; evaluating a trained PASI run
+    by it gives each tone's visit MAE as computed by hand from the per-sample table."""
+    from medlite.evaluation.external import evaluate_run
+
+    result, _ = evaluate_run(tiny_runs["pasi"], split="test", out=tmp_path / "by-tone",
+                             overrides=["evaluation.subgroups=[skin_tone]",
+                                        "evaluation.subgroup_min_subjects=1"])
+    table = result.per_sample
+    assert set(table["skin_tone"]) <= {"light", "medium", "dark"}
+    entries = result.info["subgroups"]["skin_tone"]
+    assert sum(entry["n_samples"] for entry in entries) == len(table)
+    deployed_group = next(g for g in result.metrics if g.startswith("deployed"))
+    for entry in entries:
+        rows = table[table["skin_tone"] == entry["value"]]
+        mae = entry["metrics"][deployed_group]["mae"]["value"]
+        assert mae == pytest.approx(mean_absolute_error(rows["true"], rows["deployed"]))

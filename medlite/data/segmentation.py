@@ -51,14 +51,38 @@ def fit_to_size(image: torch.Tensor, mask: torch.Tensor | None, size: tuple[int,
     return image, mask, valid
 
 
+def component_scores(labels: np.ndarray, count: int, rule: str,
+                     probabilities: np.ndarray | None = None) -> np.ndarray:
+    """A score per region ``1..count`` of a label image (H, W); the highest is kept.
+
+    ``largest``: the pixel count. ``lesion_like``: the region's summed class probability
+    (its pixel count without ``probabilities``) times ``1 - r``, where ``r`` is the distance
+    of its centroid from the image centre over the half-diagonal: a dermoscopy photo centres
+    its lesion, while the dark corners of the lens, rulers and ink marks sit at the edges and
+    are often as large.
+    """
+    index = np.arange(1, count + 1)
+    if rule == "largest":
+        return ndimage.sum_labels(np.ones(labels.shape), labels, index)
+    weights = np.ones(labels.shape) if probabilities is None else probabilities
+    mass = ndimage.sum_labels(weights, labels, index)
+    centre = (np.array(labels.shape, dtype=np.float64) - 1) / 2
+    centroids = np.array(ndimage.center_of_mass(weights, labels, index)).reshape(count, 2)
+    distance = np.linalg.norm(centroids - centre, axis=1) / max(np.linalg.norm(centre), 1.0)
+    return mass * (1.0 - np.clip(distance, 0.0, 1.0))
+
+
 def postprocess_mask(pred: np.ndarray, num_classes: int, *, largest_component: bool = False,
-                     fill_holes: bool = False) -> np.ndarray:
+                     fill_holes: bool = False, component_rule: str = "largest",
+                     probabilities: np.ndarray | None = None) -> np.ndarray:
     """Clean a predicted label map (H, W) of ints in ``0..num_classes-1``.
 
-    For each foreground class on its own: ``largest_component`` keeps only its largest
-    8-connected region (the others become background, class 0), since a dermoscopy image
-    frames one lesion; ``fill_holes`` gives the class to background pixels it fully encloses
-    (lesions have no holes; low-contrast centres of regressing lesions are a common miss).
+    For each foreground class on its own: ``largest_component`` keeps only one 8-connected
+    region (the others become background, class 0), since a dermoscopy image frames one
+    lesion: the largest, or with ``component_rule="lesion_like"`` the most lesion-like one
+    (:func:`component_scores`; ``probabilities`` (C, H, W) weigh it); ``fill_holes`` gives
+    the class to background pixels it fully encloses (lesions have no holes; low-contrast
+    centres of regressing lesions are a common miss).
     """
     out = pred.copy()
     structure = np.ones((3, 3), dtype=bool)
@@ -67,8 +91,9 @@ def postprocess_mask(pred: np.ndarray, num_classes: int, *, largest_component: b
         if largest_component and region.any():
             labels, count = ndimage.label(region, structure=structure)
             if count > 1:
-                sizes = np.bincount(labels.ravel())[1:]
-                out[region & (labels != 1 + int(sizes.argmax()))] = 0
+                scores = component_scores(labels, count, component_rule,
+                                          None if probabilities is None else probabilities[cls])
+                out[region & (labels != 1 + int(scores.argmax()))] = 0
                 region = out == cls
         if fill_holes and region.any():
             out[ndimage.binary_fill_holes(region) & (out == 0)] = cls

@@ -81,6 +81,7 @@ class VisitTables:
             ``region``, ``erythema``, ``induration``, ``desquamation``, ``area`` (int64,
             0..6), ``area_percent`` (float, when given) and ``regional`` (float,
             (E + I + S) x area, 0..72). Per visit: ``subject``, ``visit``, ``pasi`` (float).
+            Either way plus any extra columns of the CSV, as text.
         score_level: ``"region"`` or ``"visit"``.
         visit_order: every visit id in chronological order.
     """
@@ -398,6 +399,8 @@ def read_visit_tables(photos_csv: Path, scores_csv: Path,
         _cross_check(photos_csv, photos, scores_csv, scores, level, problems)
     raise_if_problems(problems, f"{photos_csv} and {scores_csv}", note="visit tables not read")
 
+    # Columns of the user's own (site, skin_tone, ...): kept for subgroup metrics.
+    extra = [c for c in scores.columns if c not in (*_KNOWN_COLUMNS, "csv_line")]
     visit_order = _identifier_order([*photos["visit"], *scores["visit"]])
     subject_order = _identifier_order(sorted(set(photos["subject"]) | set(scores["subject"])))
     photos = _sorted(photos, subject_order, visit_order, with_region=True)
@@ -410,11 +413,11 @@ def read_visit_tables(photos_csv: Path, scores_csv: Path,
         ]
         columns = [*KEY_COLUMNS, *SIGN_COLUMNS, "area"]
         columns += ["area_percent"] if "area_percent" in scores.columns else []
-        scores = _sorted(scores[[*columns, "regional", "csv_line"]], subject_order, visit_order,
-                         with_region=True)
+        scores = _sorted(scores[[*columns, "regional", *extra, "csv_line"]], subject_order,
+                         visit_order, with_region=True)
     else:
-        scores = _sorted(scores[["subject", "visit", "pasi", "csv_line"]], subject_order,
-                         visit_order, with_region=False)
+        scores = _sorted(scores[["subject", "visit", "pasi", *extra, "csv_line"]],
+                         subject_order, visit_order, with_region=False)
     return VisitTables(photos=photos, scores=scores, score_level=level,
                        visit_order=tuple(visit_order))
 
@@ -432,7 +435,8 @@ def visit_items(tables: VisitTables) -> pd.DataFrame:
         ``images`` (tuple of 1 to 4 absolute paths, in file order), and the targets: with
         per-region scores ``erythema``, ``induration``, ``desquamation``, ``area`` (int64)
         and ``regional`` (float); with per-visit scores ``pasi`` (the visit's score,
-        repeated on its four regions). Ordered like ``tables.photos``.
+        repeated on its four regions); and the scores' extra columns (e.g. ``skin_tone``,
+        for subgroup metrics). Ordered like ``tables.photos``.
 
     Raises:
         DataError: two composites would share a sample id (identifiers containing "_v").
@@ -440,12 +444,14 @@ def visit_items(tables: VisitTables) -> pd.DataFrame:
     photos = tables.photos
     grouped = photos.groupby(list(KEY_COLUMNS), sort=False)["image"].agg(tuple).reset_index()
     grouped = grouped.rename(columns={"image": "images"})
+    known = {*_KNOWN_COLUMNS, "regional", "csv_line"}
+    extra = [c for c in tables.scores.columns if c not in known]
     if tables.score_level == "region":
-        targets = [*SIGN_COLUMNS, "area", "regional"]
+        targets = [*SIGN_COLUMNS, "area", "regional", *extra]
         items = grouped.merge(tables.scores[[*KEY_COLUMNS, *targets]], on=list(KEY_COLUMNS),
                               how="left", validate="one_to_one")
     else:
-        items = grouped.merge(tables.scores[["subject", "visit", "pasi"]],
+        items = grouped.merge(tables.scores[["subject", "visit", "pasi", *extra]],
                               on=["subject", "visit"], how="left", validate="many_to_one")
     items.insert(0, "sample", [
         sample_id(s, v, r)

@@ -74,6 +74,8 @@ SCORE_COLUMNS: tuple[str, ...] = (
     "area_percent",
 )
 PHOTO_COLUMNS: tuple[str, ...] = ("subject", "visit", "region", "image")
+#: Skin-tone subgroups of the synthetic subjects, from light to dark.
+SKIN_TONE_GROUPS: tuple[str, ...] = ("light", "medium", "dark")
 
 _SIGNS = ("erythema", "induration", "desquamation")
 # Baseline involvement (percent) of each region, drawn uniformly.
@@ -238,7 +240,8 @@ def make_pasi_trial(
     Returns:
         One row per subject, visit and region (upper, trunk, lower), sorted so, with columns
         ``subject`` (str), ``visit`` (int week), ``region`` (str), ``erythema``,
-        ``induration``, ``desquamation`` (int 0-4) and ``area_percent`` (float 0-100).
+        ``induration``, ``desquamation`` (int 0-4), ``area_percent`` (float 0-100) and
+        ``skin_tone`` (``light``, ``medium`` or ``dark``: the subject's skin in the photos).
     """
     if n_subjects < 1:
         raise ValueError(f"n_subjects: {n_subjects} must be >= 1")
@@ -268,6 +271,9 @@ def make_pasi_trial(
                     (_subject_id(index), int(week), region, *(int(s) for s in signs[v, r]), area)
                 )
     scores = pd.DataFrame(rows, columns=list(SCORE_COLUMNS))
+    tones = {_subject_id(i): skin_tone_group(_skin_tone_position(seed, i))
+             for i in range(n_subjects)}
+    scores["skin_tone"] = scores["subject"].map(tones)
     for sign in _SIGNS:
         scores[sign] = scores[sign].astype(np.int64)
     return scores
@@ -399,8 +405,19 @@ def _plaque_fields(rng: np.random.Generator, n_photos: int, size: int) -> np.nda
     return fields
 
 
+def _skin_tone_position(seed: int, subject_index: int) -> float:
+    """Where the subject's skin sits on ``_SKIN_RAMP`` (0 very light .. 4 very dark)."""
+    return float(np.random.default_rng([seed, 2, subject_index]).uniform(0, len(_SKIN_RAMP) - 1))
+
+
+def skin_tone_group(position: float) -> str:
+    """``light``, ``medium`` or ``dark``: thirds of the skin ramp (for subgroup metrics)."""
+    third = (len(_SKIN_RAMP) - 1) / 3
+    return SKIN_TONE_GROUPS[min(int(position // third), 2)]
+
+
 def _region_look(seed: int, subject_index: int, region: str, size: int) -> _RegionLook:
-    tone = np.random.default_rng([seed, 2, subject_index]).uniform(0, len(_SKIN_RAMP) - 1)
+    tone = _skin_tone_position(seed, subject_index)
     low = int(min(np.floor(tone), len(_SKIN_RAMP) - 2))
     skin = (1 - (tone - low)) * _SKIN_RAMP[low] + (tone - low) * _SKIN_RAMP[low + 1]
     rng = np.random.default_rng([seed, 3, subject_index, TRIAL_REGIONS.index(region)])

@@ -56,8 +56,12 @@ class SegmentationInferenceConfig(StrictModel):
 
     flip_tta: bool = Field(False, description="Average softmax over the image and its "
                            "horizontal, vertical and double flips (4 forward passes).")
-    largest_component: bool = Field(False, description="Keep only the largest region of "
-                                    "each foreground class.")
+    largest_component: bool = Field(False, description="Keep only one region of each "
+                                    "foreground class (chosen by component_rule).")
+    component_rule: Literal["largest", "lesion_like"] = Field(
+        "largest", description="The region largest_component keeps: the largest, or the "
+        "most lesion-like (most lesion probability, nearest the image centre: not a dark "
+        "lens corner or a ruler at the edge).")
     fill_holes: bool = Field(False, description="Fill background holes enclosed by a class.")
 
 

@@ -143,9 +143,12 @@ class SegmentationTask(Task):
     def assemble(self, outputs: list, context, config: SegmentationConfig) -> SegmentationOutput:
         image, valid, source = context
         probabilities = restore_logits(outputs[0], valid, image.shape[:2])
+        inference = config.inference
         mask = postprocess_mask(probabilities.argmax(dim=0).numpy(), config.data.num_classes,
-                                largest_component=config.inference.largest_component,
-                                fill_holes=config.inference.fill_holes)
+                                largest_component=inference.largest_component,
+                                fill_holes=inference.fill_holes,
+                                component_rule=inference.component_rule,
+                                probabilities=probabilities.numpy())
         return SegmentationOutput(mask=mask, probabilities=probabilities.numpy(),
                                   class_names=self.class_names(config), source=source,
                                   image=image)
