@@ -101,8 +101,10 @@ def ship(run_dir: Path, summary: dict, command: str, dest: Path) -> Path:
     write_json(dest / "run.json", {k: record[k] for k in ("seed", "task", "threads",
                                                           "started", "finished", "versions")
                                    if k in record})
-    shutil.copyfile(run_dir / "model.pt", dest / "model.pt")
-    shutil.copyfile(run_dir / "metrics.json", dest / "metrics.json")
+    # splits.csv names the images and their sha256, so evaluating the shipped model on its
+    # own training images is caught as overlap.
+    for name in ("model.pt", "metrics.json", "splits.csv"):
+        shutil.copyfile(run_dir / name, dest / name)
 
     def cell(entry: dict) -> str:
         return f"{entry['value']:.3f} [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]"

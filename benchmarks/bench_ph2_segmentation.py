@@ -29,7 +29,7 @@ import torch
 from medlite.data.manifest import index_segmentation
 from medlite.data.splits import split_samples
 from medlite.evaluation.external import evaluate_run
-from medlite.runs import write_json
+from medlite.runs import write_csv_atomic, write_json
 from medlite.tasks import get_task
 from medlite.tasks.segmentation import SegmentationConfig, SegmentationDataConfig
 from medlite.training.runner import train_run
@@ -39,11 +39,13 @@ TTA_PP = ["inference.flip_tta=true", "inference.largest_component=true",
           "inference.fill_holes=true"]
 
 
-def make_config(manifest: Path, model: str, lr: float, batch: int, seed: int) -> SegmentationConfig:
+def make_config(manifest: Path, model: str, lr: float, batch: int, seed: int,
+                weights: str | None = None) -> SegmentationConfig:
     config = SegmentationConfig(
         name=f"ph2-{model}", seed=seed,
         data=SegmentationDataConfig(manifest=manifest, image_size=(256, 256)))
     config.model.name = model
+    config.model.weights = weights
     config.optimizer.lr = lr
     config.trainer.batch_size = batch
     config.trainer.threads = 2
@@ -76,6 +78,16 @@ def seconds_per_epoch(config: SegmentationConfig, n_train: int, n_val: int) -> f
     return n_train / batch * train_step + math.ceil(n_val / batch) * val_step
 
 
+def subset_manifest(samples: pd.DataFrame, n_train: int, seed: int, path: Path) -> Path:
+    """A manifest of the same split with only ``n_train`` training subjects (a seeded draw):
+    validation and test are unchanged, so points of a learning curve compare."""
+    train_subjects = samples.loc[samples["split"] == "train", "subject"].drop_duplicates()
+    kept = set(train_subjects.sample(n=n_train, random_state=seed))
+    rows = samples[(samples["split"] != "train") | samples["subject"].isin(kept)]
+    write_csv_atomic(rows[["image", "mask", "subject", "split"]], path)
+    return path
+
+
 def evaluate_with_tta_and_post_processing(run_dir: Path) -> dict:
     """Test metrics of a trained run with flip TTA, largest component and hole filling
     (written to ``run_dir/evaluations/test-tta-pp``)."""
@@ -96,6 +108,11 @@ def main() -> None:
                         help="epochs per model instead of the throughput estimate (a timing "
                         "taken while the machine is busy underestimates what fits)")
     parser.add_argument("--ph2", type=Path, default=SHARED)
+    parser.add_argument("--weights", help="start from a shipped model (fine-tuning), e.g. "
+                        "dermoscopy-lesion; TinyU-Net only")
+    parser.add_argument("--train-subjects", type=int,
+                        help="train on only this many of the training subjects (learning "
+                        "curves); validation and test stay the same")
     parser.add_argument("--skip-tta-pp", action="store_true",
                         help="leave out the second test evaluation (flip TTA + "
                         "post-processing); for quick checks")
@@ -106,14 +123,19 @@ def main() -> None:
     if not manifest.exists():
         index_segmentation(args.ph2 / "images", args.ph2 / "masks", manifest)
     summary = {"budget_minutes": args.budget_minutes, "lr": args.lr, "batch": args.batch,
-               "image_size": [256, 256], "threads": 2, "models": {}}
+               "image_size": [256, 256], "threads": 2, "weights": args.weights,
+               "train_subjects": args.train_subjects, "models": {}}
     for position, model in enumerate(args.models):
-        config = make_config(manifest, model, args.lr, args.batch, args.seed)
+        config = make_config(manifest, model, args.lr, args.batch, args.seed, args.weights)
         task = get_task("segmentation")
         # The split train_run makes (same seed and fractions), to size the epochs.
         loaded = task.load_samples(config)
         samples = split_samples(loaded, config.split, seed=config.seed,
                                 stratify=task.stratify_labels(loaded))
+        if args.train_subjects:
+            config.data.manifest = subset_manifest(samples, args.train_subjects, args.seed,
+                                                   args.out / f"ph2_train{args.train_subjects}.csv")
+            samples = task.load_samples(config)
         counts = samples["split"].value_counts()
         per_epoch = seconds_per_epoch(config, counts["train"], counts["val"])
         # 10% of the budget is kept for evaluation overhead and the slower first epoch.

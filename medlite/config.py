@@ -99,9 +99,10 @@ class TrainerConfig(StrictModel):
     precision: str = Field("32-true", description="Lightning precision, e.g. 16-mixed on GPUs. "
                            "bf16-mixed is 3-10x slower than 32-true on the AVX-512 CPUs we "
                            "measured (BENCHMARKS.md).")
-    channels_last: bool = Field(True, description="Train convolutional networks in the "
-                                "channels-last memory layout (1.1-1.3x faster on CPUs with "
-                                "oneDNN; same function).")
+    channels_last: bool | Literal["auto"] = Field(
+        "auto", description="Train in the channels-last memory layout (same function; "
+        "1.1-1.7x faster on oneDNN CPUs for TinyU-Net and MobileNetV2). auto: on for the "
+        "image tasks, off for stress (SONIC's backbones were not measured).")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all cores.")
     limit_train_batches: float | int = Field(1.0, description="Fraction or number per epoch.")

@@ -132,7 +132,7 @@ def test_evaluate_with_flip_tta_and_post_processing(trained, capsys):
                  "--set", "inference.largest_component=true"]) == 0
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["inference"] == {"flip_tta": True, "largest_component": True,
-                                  "fill_holes": True}
+                                  "component_rule": "largest", "fill_holes": True}
     for mask_file in (out / "predictions").glob("*_mask.png"):
         from scipy import ndimage
         assert ndimage.label(np.array(Image.open(mask_file)) > 0)[1] <= 1

@@ -50,7 +50,10 @@ def test_layout_columns_and_counts(small_trial: tuple[Path, Path]) -> None:
         "induration",
         "desquamation",
         "area_percent",
+        "skin_tone",
     ]
+    assert set(scores["skin_tone"]) <= {"light", "medium", "dark"}
+    assert (scores.groupby("subject")["skin_tone"].nunique() == 1).all()
     assert sorted(scores["subject"].unique()) == ["S001", "S002", "S003"]
     for subject, group in scores.groupby("subject"):
         weeks = sorted(group["visit"].unique())

@@ -275,8 +275,9 @@ def test_evaluation_without_intervals(trained, tmp_path):
     assert main(["evaluate", str(run), "--out", str(tmp_path / "none"), "--set",
                  "evaluation.bootstrap_resamples=0"]) == 0
     saved = json.loads((tmp_path / "none" / "metrics.json").read_text())
-    for group in saved["metrics"].values():
-        assert group["mae"]["ci_low"] is None and group["mae"]["resamples"] == 0
+    for name, group in saved["metrics"].items():
+        metric = "coverage" if name == "conformal" else "mae"
+        assert group[metric]["ci_low"] is None and group[metric]["resamples"] == 0
     board = pd.read_csv(tmp_path / "none" / "leaderboard.csv")
     assert board["mae_ci_low"].isna().all() and board["mae"].notna().all()
 

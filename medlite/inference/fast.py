@@ -308,10 +308,10 @@ def optimize_for_inference(model: nn.Module, example_input: Tensor | None = None
     if backend.startswith("onnxruntime"):
         if example_input is None:
             raise ValueError(f"backend={backend!r} needs an example_input to export with")
+        if backend == "onnxruntime-int8" and calibration is None:
+            raise ValueError("backend='onnxruntime-int8' needs calibration inputs")
         graph = onnx_bytes(rewritten, example_input, dynamic_spatial=True)
         if backend == "onnxruntime-int8":
-            if calibration is None:
-                raise ValueError("backend='onnxruntime-int8' needs calibration inputs")
             graph = quantize_int8(graph, (batch.detach().cpu().numpy() for batch in calibration))
             return OnnxRuntimeModel(graph, threads or torch.get_num_threads())
         optimized = OnnxRuntimeModel(graph, threads or torch.get_num_threads())

@@ -80,7 +80,9 @@ class OutputWriter:
 
         target = self.path(name, suffix)
         with atomic_target(target) as tmp:
-            Image.fromarray(pixels).save(tmp, format="PNG")
+            # zlib level 1: 4-5x faster than Pillow's default 6 on a dermoscopy overlay, for
+            # files about 1.3x larger; at 6, encoding took 60% of `medlite predict`.
+            Image.fromarray(pixels).save(tmp, format="PNG", compress_level=1)
         return target
 
     def save_csv(self, table: pd.DataFrame, name: str, suffix: str) -> Path:

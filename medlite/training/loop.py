@@ -67,6 +67,7 @@ class TrainingParts:
             ``last`` keeps the last epoch's and lets validation choose nothing (when the
             validation samples must stay unseen, e.g. a held-out fold scored afterwards).
         extra_callbacks: more Lightning callbacks (e.g. frozen BatchNorm layers kept in eval).
+        channels_last: the recipe's choice for ``trainer.channels_last: auto``.
     """
 
     model: nn.Module
@@ -80,6 +81,7 @@ class TrainingParts:
     monitor_mode: str = "min"
     keep: str = "best"
     extra_callbacks: list[Callback] = field(default_factory=list)
+    channels_last: bool = True
 
 
 class HistoryCallback(Callback):
@@ -177,7 +179,9 @@ def fit(parts: TrainingParts, config: BaseTaskConfig, fit_dir: Path, *, seed: in
         parts.model, parts.loss_fn, optimizer=config.optimizer, scheduler=config.scheduler,
         max_epochs=trainer_cfg.max_epochs, val_metrics=parts.val_metrics,
         prediction_fn=parts.prediction_fn, monitor=parts.monitor,
-        monitor_mode=parts.monitor_mode, seed=seed, channels_last=trainer_cfg.channels_last,
+        monitor_mode=parts.monitor_mode, seed=seed,
+        channels_last=(parts.channels_last if trainer_cfg.channels_last == "auto"
+                       else trainer_cfg.channels_last),
     )
     if parts.keep == "last" and (trainer_cfg.early_stopping_patience
                                  or config.scheduler.name == "plateau"):

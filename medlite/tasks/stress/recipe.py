@@ -244,7 +244,8 @@ class StressTask(Task):
             val_metrics=MetricCollection({
                 "accuracy": MulticlassAccuracy(num_classes=n_classes, average="micro"),
                 "macro_f1": MulticlassF1Score(num_classes=n_classes, average="macro")}),
-            prediction_fn=partial(torch.argmax, dim=1), monitor="val_loss", monitor_mode="min")
+            prediction_fn=partial(torch.argmax, dim=1), monitor="val_loss", monitor_mode="min",
+            channels_last=False)
 
     def fit_predictions(self, model: nets.StressNet, config: StressConfig, rows: pd.DataFrame):
         """Probabilities and fused features of held-out windows, from the cache."""
