@@ -11,6 +11,7 @@ outputs become the clinical result (:meth:`~medlite.tasks.base.Task.assemble`).
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 from medlite.config import apply_overrides, validate_config
-from medlite.errors import ConfigError, DataError
+from medlite.errors import ConfigError, DataError, MedliteError
 from medlite.evaluation.conformal import load_calibration
 from medlite.inference.types import ClassificationOutput, PasiOutput
 from medlite.runs import find_run, load_state_dict
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
     from medlite.tasks.base import Task
 
 Fast = Literal["none", "torch", "onnxruntime", "int8"]
-FAST_PATHS = ("none", "torch", "onnxruntime", "int8")
 #: Validation inputs that calibrate int8 activation ranges.
 INT8_CALIBRATION_INPUTS = 64
 MODEL_FILE = "model.pt"
@@ -110,23 +110,22 @@ class Predictor:
 
     def _validation_inputs(self, limit: int) -> list[torch.Tensor]:
         """Up to ``limit`` network inputs (1, C, H, W) of the run's validation split."""
-        from medlite.errors import MedliteError
-
         task, config = self.task, self.config
         if self.run_dir is None:
             raise ConfigError("--fast int8: give calibration inputs for a model without a run")
         try:
             samples = task.load_run_samples(config, self.run_dir)
             rows = samples[samples["split"] == "val"]
-            inputs = [tensor[None] for _, item in task.evaluation_inputs(rows, config)
-                      for tensor in task.prepare(item, config).items]
+            prepared = (tensor[None] for _, item in task.evaluation_inputs(rows, config)
+                        for tensor in task.prepare(item, config).items)
+            inputs = list(itertools.islice(prepared, limit))
         except (MedliteError, OSError) as error:
             raise ConfigError(f"--fast int8: calibration needs the run's validation images, "
                               f"which cannot be read here ({error})") from None
         if not inputs:
             raise ConfigError("--fast int8: the run has no validation samples to calibrate "
                               "int8 activation ranges on")
-        return inputs[:limit]
+        return inputs
 
     @property
     def class_names(self) -> list[str] | None:
