@@ -17,6 +17,7 @@ time (``evaluation.conformal_coverage``), so it can change without retraining.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,8 +94,6 @@ class ConformalCalibration:
 def load_calibration(run_dir: Path | None) -> ConformalCalibration | None:
     """The run's calibration, or None when it has none (trained before medlite kept one,
     or without held-out data)."""
-    import json
-
     if run_dir is None or not (Path(run_dir) / CONFORMAL_FILE).is_file():
         return None
     path = Path(run_dir) / CONFORMAL_FILE
