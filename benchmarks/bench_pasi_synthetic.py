@@ -45,7 +45,10 @@ def make_config(data_dir: Path, args, architectures: list[str], workers: int,
         name="bench-pasi", seed=args.seed,
         data=PasiDataConfig(photos=data_dir / "photos.csv", scores=data_dir / "scores.csv",
                             tile_size=args.tile),
-        ensemble=PasiEnsembleConfig(architectures=architectures))
+        ensemble=PasiEnsembleConfig(architectures=architectures,
+                                    test_fraction=args.test_fraction,
+                                    selection_metric=args.selection_metric,
+                                    heads=args.heads))
     config.model.pretrained = False  # no ImageNet weights on this machine
     config.optimizer.name = "adam"
     config.optimizer.lr = args.lr
@@ -120,7 +123,12 @@ def plan_span_seconds(run: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/bench-pasi"))
-    parser.add_argument("--subjects", type=int, default=60)
+    parser.add_argument("--subjects", type=int, default=120)
+    parser.add_argument("--test-fraction", type=float, default=0.2)
+    parser.add_argument("--selection-metric", default="visit_mae",
+                        choices=["visit_mae", "pasi75_kappa", "pasi90_kappa", "pasi100_kappa"])
+    parser.add_argument("--heads", nargs="+", default=["regional"],
+                        choices=["regional", "components"])
     parser.add_argument("--photo-size", type=int, default=64)
     parser.add_argument("--tile", type=int, default=32, help="composite = 2 x tile pixels")
     parser.add_argument("--epochs", type=int, default=12)
@@ -147,7 +155,9 @@ def main() -> None:
         write_pasi_trial(data_dir, n_subjects=args.subjects, photo_size=args.photo_size,
                          seed=args.seed)
     summary: dict = {"subjects": args.subjects, "tile": args.tile, "epochs": args.epochs,
-                     "architectures": args.architectures, "lr": args.lr}
+                     "architectures": args.architectures, "heads": args.heads, "lr": args.lr,
+                     "test_fraction": args.test_fraction,
+                     "selection_metric": args.selection_metric}
 
     if not args.only_workers:
         ensemble_summary(args, data_dir, summary)
@@ -204,7 +214,20 @@ def ensemble_summary(args, data_dir: Path, summary: dict) -> None:
         "composite_cache": {"composites": n_composites,
                             "files": sum(1 for _ in cache_dir.glob("*.png"))},
         "test_visits": result.info["n_samples"], "test_subjects": result.info["n_subjects"],
+        "calibration": result.info.get("calibration"),
+        "responders_last_visit": [
+            {k: (rounded(v) if isinstance(v, float) else v) for k, v in row.items()}
+            for row in result.info["responder_agreement"]],
+        "endpoints": {level: {key: [rounded(entry[part]) for part in ("value", "ci_low",
+                                                                      "ci_high")]
+                              for key, entry in values.items()}
+                      for level, values in result.info.get("endpoints", {}).items()},
     })
+    before = f"deployed before calibration: {result.info['deployed']}"
+    if before in result.metrics:
+        summary["deployed_before_calibration"] = {
+            key: [rounded(result.metrics[before][key][part])
+                  for part in ("value", "ci_low", "ci_high")] for key in SHOWN}
     write_json(args.out / "summary.json", summary)
 
 

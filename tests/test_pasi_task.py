@@ -221,9 +221,12 @@ def test_predict_on_visit_folders(trial, trained, tmp_path, capsys):
     assert "not a folder" in capsys.readouterr().err
 
 
-def test_export_onnx_matches_pytorch(trained, capsys):
-    run, _ = trained
-    assert main(["export", str(run)]) == 0
+def test_export_onnx_matches_pytorch(tiny_runs, tmp_path, capsys):
+    # The smallest ensemble (two networks and their combination) keeps the dynamo
+    # exporter's trace (about 15 s a network here) short; the graph is the same shape as any other.
+    out = tmp_path / "ensemble.onnx"
+    assert main(["export", str(tiny_runs["pasi"]), "--out", str(out)]) == 0
+    assert out.stat().st_size > 0
     assert "max abs difference" in capsys.readouterr().out
 
 

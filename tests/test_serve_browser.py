@@ -117,7 +117,7 @@ def test_a_clinician_segments_a_lesion_and_scores_a_visit(server, page, tiny_run
     pasi.locator("button[type=submit]").click()
     page.wait_for_selector("#run-pasi[data-state=done]", timeout=60_000)
     score = pasi.locator(".pasi-score").inner_text()
-    assert re.fullmatch(r"PASI \d+\.\d, 90% interval \d+\.\d–\d+\.\d "
+    assert re.fullmatch(r"PASI \d+\.\d, 90% interval \d+\.\d–\d+\.\d, clear skin \d+% "
                         r"\((clear|mild|moderate-to-severe)\)", score), score
     regional = pasi.locator("table.regional").inner_text()
     for region in ("upper", "trunk", "lower", "erythema", "area"):

@@ -65,21 +65,32 @@ def models_statistic(visits: pd.DataFrame, models: Sequence[str], thresholds: Se
 
 
 def leaderboard(metrics: dict[str, dict[str, dict]], kinds: dict[str, str],
-                out_of_fold: dict[str, float] | None = None) -> pd.DataFrame:
+                out_of_fold: dict[str, float] | None = None,
+                endpoint_kappa: dict[str, float] | None = None) -> pd.DataFrame:
     """One row per model from evaluator metrics (``{model: {metric: entry}}``): value and
     CI of each metric, its kind (base/meta) and, when given, its out-of-fold MAE, which
-    ranks the table (selection never looks at the test columns)."""
+    ranks the table (selection never looks at the test columns); with ``endpoint_kappa``
+    (out-of-fold last-visit responder kappa per model) that ranks it, highest first, ties
+    by the out-of-fold MAE."""
     rows = []
     for name, entries in metrics.items():
         row = {"model": name, "kind": kinds.get(name, "")}
+        if endpoint_kappa is not None:
+            row["oof_endpoint_kappa"] = endpoint_kappa.get(name, float("nan"))
         if out_of_fold is not None:
             row["oof_mae"] = out_of_fold.get(name, float("nan"))
         for key, entry in entries.items():
             row[key] = entry["value"]
             row[f"{key}_ci_low"], row[f"{key}_ci_high"] = entry["ci_low"], entry["ci_high"]
         rows.append(row)
-    order = "oof_mae" if out_of_fold is not None else "mae"
-    table = pd.DataFrame(rows).sort_values(order, kind="stable").reset_index(drop=True)
+    table = pd.DataFrame(rows)
+    if endpoint_kappa is not None:
+        table = table.sort_values(["oof_endpoint_kappa", "oof_mae"], ascending=[False, True],
+                                  kind="stable")
+    else:
+        table = table.sort_values("oof_mae" if out_of_fold is not None else "mae",
+                                  kind="stable")
+    table = table.reset_index(drop=True)
     table.insert(0, "rank", np.arange(1, len(table) + 1))
     return table
 
@@ -94,9 +105,13 @@ def visit_value(regions: Sequence[str], values: np.ndarray, per_visit: bool) -> 
 
 
 def headline_models(selection: dict) -> dict[str, str]:
-    """The models the metrics report, column -> heading: the deployed one, and the best base
-    and meta learner by out-of-fold visit MAE."""
-    groups = {"deployed": f"deployed: {selection.get('deployed', 'deployed')}"}
+    """The models the metrics report, column -> heading: the deployed one (after its visit
+    calibration, and before it when the run calibrates), and the best base and meta learner
+    out of fold."""
+    deployed = selection.get("deployed", "deployed")
+    groups = {"deployed": f"deployed: {deployed}"}
+    if (selection.get("calibration") or {}).get("method", "none") != "none":
+        groups["deployed_uncalibrated"] = f"deployed before calibration: {deployed}"
     for kind in ("best_base", "best_meta"):
         name = selection.get(kind)
         if name and name != selection.get("deployed"):

@@ -71,9 +71,11 @@ class Predictor:
             Runtime session of that model, ``"int8"`` that session quantized to int8 with
             activation ranges calibrated on ``calibration`` network inputs (default: the
             first 64 of the run's validation split); all CPU only.
-        run_dir: the run the model came from (None for a model in memory); its
-            ``conformal.json`` adds prediction sets or intervals at the config's
-            ``evaluation.conformal_coverage`` to the outputs.
+        run_dir: the run the model came from (None for a model in memory); what the task
+            fitted beside the network is applied to every output
+            (:meth:`~medlite.tasks.base.Task.load_postprocessing`, e.g. the PASI visit
+            calibration), and its ``conformal.json`` adds prediction sets or intervals at
+            the config's ``evaluation.conformal_coverage``.
     """
 
     def __init__(self, task: Task, config: BaseTaskConfig, model: nn.Module, *,
@@ -89,6 +91,8 @@ class Predictor:
                               or config.trainer.batch_size)
         self.network = model.eval()
         self.fast = fast
+        self.postprocessing = (task.load_postprocessing(self.run_dir, config)
+                               if self.run_dir is not None else None)
         coverage = config.evaluation.conformal_coverage
         self.calibration = load_calibration(self.run_dir) if coverage is not None else None
         self.coverage = coverage if self.calibration is not None else None
@@ -151,6 +155,8 @@ class Predictor:
             while queue and queue[0].finished:
                 pending = queue.popleft()
                 output = self.task.assemble(pending.outputs, pending.context, self.config)
+                if self.postprocessing is not None:
+                    output = self.task.postprocess(output, self.postprocessing, self.config)
                 yield self._with_uncertainty(output)
 
         for item in inputs:

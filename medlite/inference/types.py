@@ -134,6 +134,10 @@ class PasiOutput:
             ``"deployed"``).
         interval: split-conformal ``(low, high)`` PASI interval at ``coverage`` (None: the
             run has no calibration).
+        uncalibrated: the deployed learner's PASI before the run's visit calibration (None:
+            the run has none, ``pasi`` is the raw prediction).
+        clear_probability: the share of the most similar out-of-fold training visits that
+            the physician scored clear (PASI <= 0.5); None without a calibration.
     """
 
     pasi: float
@@ -147,6 +151,8 @@ class PasiOutput:
     composites: dict[str, np.ndarray] = field(default_factory=dict)
     interval: tuple[float, float] | None = None
     coverage: float | None = None
+    uncalibrated: float | None = None
+    clear_probability: float | None = None
 
 
 @dataclass

@@ -122,6 +122,7 @@ class PasiResult(BaseModel):
     trajectory: list[VisitRecord]
     interval: tuple[float, float] | None = None
     coverage: float | None = None
+    clear_probability: float | None = None
 
 
 class StressWindow(BaseModel):
@@ -368,7 +369,8 @@ def create_app(runs: list[ServedRun], settings: ServeSettings) -> FastAPI:
                           components=output.components, members=output.members,
                           visit_id=visit_id,
                           trajectory=trajectory(run, subject) if subject else [],
-                          interval=output.interval, coverage=output.coverage)
+                          interval=output.interval, coverage=output.coverage,
+                          clear_probability=output.clear_probability)
 
     @app.get("/api/runs/{run}/subjects/{subject}/visits",
              summary="A subject's stored visits: PASI, % change from baseline, PASI50/75/90")

@@ -245,6 +245,15 @@ class Task:
         """The outputs of one input's network inputs as its typed output."""
         raise NotImplementedError
 
+    def load_postprocessing(self, run_dir: Path, config: BaseTaskConfig) -> Any:
+        """What a trained run fitted beside its network and applies to every output after
+        :meth:`assemble` (e.g. a calibration), loaded once per predictor; None: nothing."""
+        return None
+
+    def postprocess(self, output: Any, state: Any, config: BaseTaskConfig) -> Any:
+        """``output`` with ``state`` (from :meth:`load_postprocessing`) applied."""
+        return output
+
     def parse_inputs(self, paths: list[Path], visits: list[Path], config: BaseTaskConfig
                      ) -> list[Any]:
         """``medlite predict``'s file arguments as typed inputs."""

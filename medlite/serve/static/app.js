@@ -90,6 +90,9 @@ const show = {
       score += `, ${Math.round(100 * data.coverage)}% interval ` +
         `${number(data.interval[0], 1)}–${number(data.interval[1], 1)}`;
     }
+    if (data.clear_probability !== null && data.clear_probability !== undefined) {
+      score += `, clear skin ${Math.round(100 * data.clear_probability)}%`;
+    }
     section.querySelector(".pasi-score").textContent = `${score} (${data.severity})`;
     const regions = Object.keys(data.regional);
     const header = ["region", "regional score"];

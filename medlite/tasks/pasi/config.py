@@ -65,6 +65,21 @@ class PasiEnsembleConfig(StrictModel):
     deploy: str = Field("ridge_intercept", description="Meta-learner used by predict and "
                         "export, a base learner name such as resnet34, or best_meta / "
                         "best_base (the lowest out-of-fold visit MAE).")
+    selection_metric: Literal["visit_mae", "pasi75_kappa", "pasi90_kappa", "pasi100_kappa"] = Field(
+        "visit_mae", description="What ranks the base and meta learners (best_base, "
+        "best_meta, the leaderboard) and the visit calibrations on out-of-fold data: visit "
+        "MAE, or the last-visit PASI75/90/100 responder kappa with the physician (for a "
+        "trial read by its endpoints).")
+    calibration: list[Literal["none", "linear", "isotonic", "isotonic_clear"]] = Field(
+        default_factory=lambda: ["none", "linear", "isotonic", "isotonic_clear"],
+        min_length=1, description="Candidate post-hoc calibrations of the deployed visit "
+        "PASI, compared on cross-fitted out-of-fold visits by selection_metric: none; "
+        "linear; isotonic (monotone, 0-72); isotonic_clear (also predicts 0 where most "
+        "similar out-of-fold visits were clear). [none] turns calibration off.")
+    distribution_neighbours: int | None = Field(
+        None, ge=3, description="Out-of-fold visits in each predicted visit's conditional "
+        "distribution of the physician's PASI (clear-skin and response probabilities); "
+        "null: about the square root of their number.")
     test_fraction: float = Field(0.1, gt=0, lt=1)
     precise_bn: bool = Field(True, description="Recompute BatchNorm statistics over the "
                              "training composites after training (short schedules leave "

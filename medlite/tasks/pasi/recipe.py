@@ -48,6 +48,7 @@ from medlite.data.visits import (
     visit_folder_photos,
     visit_items,
 )
+from medlite.ensemble.calibration import VisitCalibration, choose_visit_calibration
 from medlite.ensemble.selection import learner_weights, stack_composites
 from medlite.errors import ConfigError, DataError
 from medlite.evaluation.conformal import conformal_columns, conformal_statistic
@@ -89,6 +90,17 @@ from medlite.training.seeding import derive_seed
 
 STACKING_FIT = "stacking"
 ENSEMBLE_FILE = "ensemble.json"
+#: The stacking fit's out-of-fold training visits with their cross-fitted calibration.
+CALIBRATION_FILE = "visit_calibration.csv"
+
+
+def out_of_fold_visits(table: pd.DataFrame, learner: str, per_visit: bool) -> pd.DataFrame:
+    """One row per training visit: subject, visit, the physician's PASI (``true``) and
+    ``learner``'s out-of-fold prediction (``raw``), from the stacking fit's composite table
+    (``per_visit``: the targets are PASI per visit, else regional scores)."""
+    truth = visit_scores(table, table["true"].to_numpy(float), per_visit)
+    raw = visit_scores(table, table[learner].to_numpy(float), per_visit)["pasi"]
+    return truth.rename(columns={"pasi": "true"}).assign(raw=raw.to_numpy())
 
 
 class PasiTask(Task):
@@ -256,8 +268,16 @@ class PasiTask(Task):
             read_fit_predictions(context, [fit_key(c, k) for k in range(config.ensemble.folds)])
             .set_index("sample")["pred"].loc[train["sample"]].to_numpy() for c in columns])
         result, table = stack_composites(train, oof, columns, config.ensemble.meta_learners,
-                                         folds=config.ensemble.folds, seed=config.seed)
+                                         folds=config.ensemble.folds, seed=config.seed,
+                                         metric=config.ensemble.selection_metric)
         write_csv_atomic(table, fit_dir / "out_of_fold.csv")
+        visits = out_of_fold_visits(table, self.deployed_name(config, result),
+                                    per_visit="pasi" in train.columns)
+        calibration, report, calibrated = choose_visit_calibration(
+            visits, config.ensemble.calibration, metric=config.ensemble.selection_metric,
+            folds=config.ensemble.folds, neighbours=config.ensemble.distribution_neighbours)
+        write_csv_atomic(visits.assign(calibrated=calibrated), fit_dir / CALIBRATION_FILE)
+        result.update(calibration=calibration.to_json(), calibration_choice=report)
         write_json(fit_dir / ENSEMBLE_FILE, result)
         return result
 
@@ -293,21 +313,19 @@ class PasiTask(Task):
     def conformal_calibration(self, context, model, results):
         """Visit-level ``|true - predicted|`` of the deployed learner's out-of-fold
         predictions on the training subjects (each visit scored by fold models that never
-        saw its subject). The deployed ensemble averages those fold models, so its errors on
-        new subjects are, if anything, smaller: coverage is checked on the test split."""
+        saw its subject), after the visit calibration cross-fitted without its subject. The
+        deployed ensemble averages those fold models, so its errors on new subjects are, if
+        anything, smaller: coverage is checked on the test split."""
         from medlite.evaluation.conformal import ConformalCalibration
 
-        config = context.config
-        table = pd.read_csv(context.fit_dir(STACKING_FIT) / "out_of_fold.csv",
-                            dtype={"subject": str})
-        deployed = self.deployed_name(config, results[STACKING_FIT])
-        per_visit = "pasi" in context.samples.columns
-        truth = visit_scores(table, table["true"].to_numpy(), per_visit)["pasi"].to_numpy()
-        predicted = visit_scores(table, table[deployed].to_numpy(), per_visit)["pasi"]
+        visits = pd.read_csv(context.fit_dir(STACKING_FIT) / CALIBRATION_FILE,
+                             dtype={"subject": str})
+        deployed = self.deployed_name(context.config, results[STACKING_FIT])
+        method = results[STACKING_FIT]["calibration"]["method"]
         return ConformalCalibration(
-            "regression", np.abs(truth - predicted.to_numpy()),
-            f"out-of-fold predictions of {deployed} ({len(truth)} training visits)",
-            bounds=(0.0, REGIONAL_MAX))
+            "regression", np.abs(visits["true"] - visits["calibrated"]).to_numpy(),
+            f"out-of-fold predictions of {deployed}, calibration {method} cross-fitted "
+            f"({len(visits)} training visits)", bounds=(0.0, REGIONAL_MAX))
 
     def evaluation_extras(self, context, results) -> dict:
         selection = dict(results[STACKING_FIT])
@@ -360,6 +378,28 @@ class PasiTask(Task):
                           visit=item.visit, source=item.source,
                           composites=dict(zip(regions, composites, strict=True)))
 
+    def load_postprocessing(self, run_dir: Path, config: PasiConfig) -> VisitCalibration | None:
+        """The visit calibration the stacking fit chose (None for runs made before it)."""
+        path = Path(run_dir) / "fits" / STACKING_FIT / ENSEMBLE_FILE
+        if not path.is_file():
+            return None
+        from medlite.runs import read_json
+
+        saved = read_json(path).get("calibration")
+        return VisitCalibration.from_json(saved) if saved else None
+
+    def postprocess(self, output: PasiOutput, state: VisitCalibration, config: PasiConfig
+                    ) -> PasiOutput:
+        """The deployed PASI calibrated; the raw one kept in ``uncalibrated`` and in
+        ``members["deployed_uncalibrated"]``; the visit's clear-skin probability."""
+        raw = output.members["deployed"]
+        pasi = float(state.predict(raw)[0])
+        output.uncalibrated, output.pasi = raw, pasi
+        output.members = {**output.members, "deployed": pasi, "deployed_uncalibrated": raw}
+        output.clear_probability = float(state.clear_probability(raw)[0])
+        output.severity = severity_category(pasi, config.severity_thresholds)
+        return output
+
     def parse_inputs(self, paths, visits, config):
         if paths:
             raise DataError(f"{paths[0]}: pasi predicts visits: give --visit FOLDER (with "
@@ -374,6 +414,9 @@ class PasiTask(Task):
                  for r, c in output.composites.items()]
         summary = {"visit": output.visit, "pasi": round(output.pasi, 2),
                    **{k: round(v, 2) for k, v in conformal_columns(output).items()},
+                   **({"pasi_uncalibrated": round(output.uncalibrated, 2),
+                       "clear_probability": round(output.clear_probability, 3)}
+                      if output.uncalibrated is not None else {}),
                    "severity": output.severity,
                    **{f"regional_{r}": round(v, 2) for r, v in output.regional.items()}}
         for region, values in (output.components or {}).items():
@@ -406,6 +449,8 @@ class PasiTask(Task):
 
     def score(self, output: PasiOutput, info: dict, config, prediction_dir) -> list[dict]:
         row = {**info, **output.members, **conformal_columns(output)}
+        if output.clear_probability is not None:
+            row["clear_probability"] = output.clear_probability
         if output.interval is not None:
             row["covered"] = output.interval[0] <= info["true"] <= output.interval[1]
         return [row]
