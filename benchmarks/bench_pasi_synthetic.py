@@ -92,6 +92,23 @@ def deployed_headline(result: EvaluationResult) -> dict:
                               for key in SHOWN}}
 
 
+def clear_visit_summary(run: Path) -> dict:
+    """Test visits the physician scored clear (PASI <= 0.5): how many, and the share the
+    deployed model calls clear after and before its visit calibration; and the share of the
+    other visits it wrongly calls clear."""
+    table = pd.read_csv(run / "per_sample.csv")
+    clear = table["true"] <= 0.5
+    out = {"clear_visits": int(clear.sum()), "other_visits": int((~clear).sum()),
+           "predicted_clear": rounded((table.loc[clear, "deployed"] <= 0.5).mean()),
+           "other_predicted_clear": rounded((table.loc[~clear, "deployed"] <= 0.5).mean())}
+    if "deployed_uncalibrated" in table:
+        out["predicted_clear_before_calibration"] = rounded(
+            (table.loc[clear, "deployed_uncalibrated"] <= 0.5).mean())
+        out["mean_prediction_on_clear_visits_before_calibration"] = rounded(
+            table.loc[clear, "deployed_uncalibrated"].mean())
+    return out
+
+
 def timed_run(config: PasiConfig, run_dir: Path) -> tuple[float, EvaluationResult]:
     start = time.perf_counter()
     result = train_run(config, run_dir, overwrite=True, progress=False)
@@ -215,6 +232,7 @@ def ensemble_summary(args, data_dir: Path, summary: dict) -> None:
                             "files": sum(1 for _ in cache_dir.glob("*.png"))},
         "test_visits": result.info["n_samples"], "test_subjects": result.info["n_subjects"],
         "calibration": result.info.get("calibration"),
+        "clear": clear_visit_summary(run),
         "responders_last_visit": [
             {k: (rounded(v) if isinstance(v, float) else v) for k, v in row.items()}
             for row in result.info["responder_agreement"]],

@@ -336,7 +336,7 @@ def cmd_predict(args) -> int:
         files, summary = task.write_prediction(output, name, writer)
         writer.record(item.source, name, files, **summary)
         count += len(files)
-    index = writer.write_index(task.prediction_table(writer.rows))
+    index = writer.write_index(task.prediction_table(writer.rows, predictor.postprocessing))
     print(f"wrote {count} files for {len(inputs)} inputs to {args.out} (index: {index.name})")
     return 0
 

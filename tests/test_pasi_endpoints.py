@@ -53,6 +53,11 @@ def test_isotonic_and_linear_maps_are_scikit_learns():
     line = LinearRegression().fit(raw[:, None], true)
     np.testing.assert_allclose(linear.predict(queries),
                                np.clip(line.predict(queries[:, None]), 0, 72), atol=1e-9)
+    hurdle = fit_visit_calibration(raw, true, "linear_clear")
+    clear = hurdle.clear_probability(queries) >= 0.5
+    assert clear.any() and not clear.all()
+    np.testing.assert_allclose(hurdle.predict(queries),
+                               np.where(clear, 0.0, linear.predict(queries)), atol=1e-9)
     none = fit_visit_calibration(raw, true, "none")
     np.testing.assert_allclose(none.predict([3.5, 80.0]), [3.5, 72.0])
 
@@ -90,7 +95,8 @@ def test_cross_fitting_never_calibrates_a_visit_with_its_own_subject():
 def test_the_calibration_chosen_out_of_fold_predicts_clear_skin():
     visits = shrunk_trial()
     calibration, report, calibrated = choose_visit_calibration(
-        visits, ["none", "linear", "isotonic", "isotonic_clear"], metric="visit_mae", folds=5)
+        visits, ["none", "linear", "isotonic", "linear_clear", "isotonic_clear"],
+        metric="visit_mae", folds=5)
     scores = {m: entry["visit_mae"] for m, entry in report["scores"].items()}
     assert report["chosen"] == min(scores, key=scores.get) == calibration.method
     assert scores[calibration.method] < scores["none"]
@@ -178,7 +184,8 @@ def test_a_trained_ensemble_deploys_the_calibration_chosen_out_of_fold(tiny_runs
     run = tiny_runs["pasi"]
     saved = json.loads((run / "fits" / "stacking" / "ensemble.json").read_text())
     choice = saved["calibration_choice"]
-    assert set(choice["scores"]) == {"none", "linear", "isotonic", "isotonic_clear"}
+    assert set(choice["scores"]) == {"none", "linear", "isotonic", "linear_clear",
+                                     "isotonic_clear"}
     maes = {m: entry["visit_mae"] for m, entry in choice["scores"].items()}
     assert choice["chosen"] == min(maes, key=maes.get) == saved["calibration"]["method"]
     calibration = VisitCalibration.from_json(saved["calibration"])

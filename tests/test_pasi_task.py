@@ -16,6 +16,7 @@ from medlite.config import OptimizerConfig, SchedulerConfig
 from medlite.data.splits import read_splits
 from medlite.datasets.pasi_trial import write_pasi_trial
 from medlite.ensemble import META_LEARNERS
+from medlite.ensemble.calibration import VisitCalibration
 from medlite.errors import WeightsNotFoundError
 from medlite.evaluation.pasi_metrics import visit_scores
 from medlite.inference import VisitInput
@@ -135,9 +136,12 @@ def test_visit_pasi_is_equation_2_of_the_regional_predictions(trial, trained):
                         for r, g in rows.groupby("region")})
     output = predictor.predict_one(visit)
     by_hand = sum(REGION_WEIGHTS[r] * v for r, v in output.regional.items())
-    assert output.pasi == pytest.approx(by_hand)
+    # Equation 2 gives the ensemble's PASI; the run's visit calibration then maps it.
+    assert output.uncalibrated == pytest.approx(by_hand)
+    assert output.pasi == pytest.approx(float(predictor.postprocessing.predict(by_hand)[0]))
     assert set(output.components) == {"upper", "trunk", "lower"}
-    assert set(output.members) == {"deployed", *COLUMNS, *META_LEARNERS}
+    assert set(output.members) == {"deployed", "deployed_uncalibrated", *COLUMNS,
+                                   *META_LEARNERS}
     assert output.severity in ("clear", "mild", "moderate-to-severe")
 
 
@@ -210,7 +214,15 @@ def test_predict_on_visit_folders(trial, trained, tmp_path, capsys):
     table = pd.read_csv(out / "predictions.csv")
     assert list(table["name"]) == [visits[1].split("/")[-1], visits[3].split("/")[-1]]
     by_hand = sum(w * table[f"regional_{r}"] for r, w in REGION_WEIGHTS.items() if r != "head")
-    assert np.allclose(table["pasi"], by_hand, atol=0.02)
+    # Equation 2 gives the ensemble's PASI, which the run's visit calibration then maps.
+    assert np.allclose(table["pasi_uncalibrated"], by_hand, atol=0.02)
+    saved = json.loads((run / "fits" / "stacking" / "ensemble.json").read_text())
+    calibration = VisitCalibration.from_json(saved["calibration"])
+    assert np.allclose(table["pasi"], calibration.predict(table["pasi_uncalibrated"]), atol=0.01)
+    assert np.allclose(table["clear_probability"],
+                       calibration.clear_probability(table["pasi_uncalibrated"]), atol=1e-3)
+    assert table["p_pasi90_from_first"][1] == pytest.approx(calibration.response_probability(
+        table["pasi_uncalibrated"][0], table["pasi_uncalibrated"][1], 90), abs=1e-3)
     expected_change = 100 * (table["pasi"][0] - table["pasi"][1]) / table["pasi"][0]
     assert table["percent_change_from_first"][1] == pytest.approx(expected_change, abs=0.2)
     assert {"upper_erythema", "lower_area", "severity"} <= set(table.columns)

@@ -8,7 +8,8 @@ say how its raw prediction ``r`` relates to the physician's PASI ``T``; from tho
 
 - a monotone map ``r -> PASI`` (:data:`CALIBRATIONS`): ``none``; ``linear`` (least squares
   ``a + b r``); ``isotonic`` (scikit-learn's ``IsotonicRegression``, non-decreasing, 0-72);
-  ``isotonic_clear``, which also predicts exactly 0 where most similar visits were clear;
+  and ``linear_clear`` / ``isotonic_clear``, which also predict exactly 0 where most of the
+  most similar out-of-fold visits were clear (a hurdle);
 - the conditional distribution of ``T`` given ``r``: the physician's scores of the
   ``neighbours`` out-of-fold visits whose raw predictions are nearest. It gives the
   probability that a visit is clear (``T <= 0.5``, the rule of :func:`medlite.pasi.response`)
@@ -35,7 +36,9 @@ from sklearn.model_selection import GroupKFold
 from medlite.evaluation.endpoints import CLEAR_PASI, ENDPOINT_METRICS, endpoint_agreement
 from medlite.pasi import response
 
-CALIBRATIONS: tuple[str, ...] = ("none", "linear", "isotonic", "isotonic_clear")
+CALIBRATIONS: tuple[str, ...] = ("none", "linear", "isotonic", "linear_clear",
+                                 "isotonic_clear")
+HURDLE = "_clear"
 PASI_MAX = 72.0
 
 
@@ -82,7 +85,7 @@ class VisitCalibration:
         """``(M,)`` calibrated PASI of raw predictions, 0-72."""
         raw = np.clip(np.atleast_1d(np.asarray(raw, dtype=np.float64)), 0.0, PASI_MAX)
         calibrated = np.clip(np.interp(raw, self.knots_x, self.knots_y), 0.0, PASI_MAX)
-        if self.method == "isotonic_clear":
+        if self.method.endswith(HURDLE):
             calibrated = np.where(self.clear_probability(raw) >= 0.5, 0.0, calibrated)
         return calibrated
 
@@ -113,9 +116,10 @@ def fit_visit_calibration(raw: np.ndarray, true: np.ndarray, method: str,
         raise ValueError(f"unknown calibration {method!r} (one of {', '.join(CALIBRATIONS)})")
     raw = np.clip(np.asarray(raw, dtype=np.float64), 0.0, PASI_MAX)
     true = np.asarray(true, dtype=np.float64)
-    if method == "none":
+    shape = method.removesuffix(HURDLE)
+    if shape == "none":
         knots_x = knots_y = np.array([0.0, PASI_MAX])
-    elif method == "linear":
+    elif shape == "linear":
         line = LinearRegression().fit(raw[:, None], true)
         knots_x = np.array([0.0, PASI_MAX])
         knots_y = line.predict(knots_x[:, None])

@@ -84,6 +84,9 @@ def pasi_figures(table: pd.DataFrame, config, figure_dir: Path, extras: dict
          board[[c for c in _SHOWN if c in board]].to_html(index=False, float_format="%.3f")),
         (f"PASI50/75/90/100 responders at the last visit ({deployed} vs physician)",
          responders.to_html(index=False, float_format="%.3f")),
+        ("Each subject at the last visit: percent change from baseline by physician and "
+         "model, and the model's probability that the physician scores PASI75/90/100",
+         subject_table(responses).to_html(index=False, float_format="%.2f")),
         ("Trial endpoints: share of responders at the last visit, model vs physician "
          f"({int(100 * config.evaluation.confidence)}% subject-bootstrap CIs; expected: the "
          "mean response probability)", endpoint_table(endpoints).to_html(index=False)),
@@ -127,6 +130,13 @@ def trial_endpoints(table: pd.DataFrame, selection: dict, config
     endpoints = metrics_with_intervals(endpoint_statistic(responses, LEVELS),
                                        responses["subject"], config.evaluation, config.seed)
     return responses, endpoints
+
+
+def subject_table(responses: pd.DataFrame) -> pd.DataFrame:
+    """The report's per-subject columns of :func:`subject_responses`."""
+    shown = ["subject", "true_baseline", "true_last", "true_change", "pred_baseline",
+             "pred_last", "pred_change", *(f"p_pasi{level}" for level in (75, 90, 100))]
+    return responses[[c for c in shown if c in responses]]
 
 
 def _with_interval(entry: dict, percent: bool = True) -> str:

@@ -263,8 +263,9 @@ class Task:
         """Write one output's files with ``writer``; return them and its summary columns."""
         raise NotImplementedError
 
-    def prediction_table(self, summaries: list[dict]) -> pd.DataFrame | None:
-        """The table of ``predictions.csv`` from the inputs' summaries (None: as recorded)."""
+    def prediction_table(self, summaries: list[dict], state: Any = None) -> pd.DataFrame | None:
+        """The table of ``predictions.csv`` from the inputs' summaries (None: as recorded);
+        ``state`` is the predictor's :meth:`load_postprocessing`."""
         return None
 
     # -- evaluation -----------------------------------------------------------------------

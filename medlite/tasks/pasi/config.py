@@ -70,12 +70,14 @@ class PasiEnsembleConfig(StrictModel):
         "best_meta, the leaderboard) and the visit calibrations on out-of-fold data: visit "
         "MAE, or the last-visit PASI75/90/100 responder kappa with the physician (for a "
         "trial read by its endpoints).")
-    calibration: list[Literal["none", "linear", "isotonic", "isotonic_clear"]] = Field(
-        default_factory=lambda: ["none", "linear", "isotonic", "isotonic_clear"],
+    calibration: list[Literal["none", "linear", "isotonic", "linear_clear",
+                              "isotonic_clear"]] = Field(
+        default_factory=lambda: ["none", "linear", "isotonic", "linear_clear",
+                                 "isotonic_clear"],
         min_length=1, description="Candidate post-hoc calibrations of the deployed visit "
         "PASI, compared on cross-fitted out-of-fold visits by selection_metric: none; "
-        "linear; isotonic (monotone, 0-72); isotonic_clear (also predicts 0 where most "
-        "similar out-of-fold visits were clear). [none] turns calibration off.")
+        "linear; isotonic (monotone, 0-72); linear_clear / isotonic_clear (also predict 0 "
+        "where most similar out-of-fold visits were clear). [none] turns calibration off.")
     distribution_neighbours: int | None = Field(
         None, ge=3, description="Out-of-fold visits in each predicted visit's conditional "
         "distribution of the physician's PASI (clear-skin and response probabilities); "

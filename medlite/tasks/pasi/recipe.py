@@ -423,13 +423,22 @@ class PasiTask(Task):
             summary.update({f"{region}_{k}": round(v, 2) for k, v in values.items()})
         return files, summary
 
-    def prediction_table(self, summaries: list[dict]) -> pd.DataFrame:
-        """The visits in the order given, with the % change of PASI from the first."""
+    def prediction_table(self, summaries: list[dict],
+                         state: VisitCalibration | None = None) -> pd.DataFrame:
+        """The visits in the order given, with the % change of PASI from the first and, when
+        the run is calibrated, the probability that the physician would score PASI75/90/100
+        from the first visit to each later one."""
         table = pd.DataFrame(summaries)
         baseline = table["pasi"].iloc[0]
         table["percent_change_from_first"] = [
             round(float(percent_change(baseline, v)), 1) if baseline > 0 else float("nan")
             for v in table["pasi"]]
+        if state is not None and "pasi_uncalibrated" in table:
+            raw = table["pasi_uncalibrated"].to_numpy(float)
+            for level in (75, 90, 100):
+                table[f"p_pasi{level}_from_first"] = [float("nan")] + [
+                    round(state.response_probability(raw[0], value, level), 3)
+                    for value in raw[1:]]
         return table
 
     # -- evaluation ------------------------------------------------------------------------
