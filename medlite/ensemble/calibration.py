@@ -179,10 +179,13 @@ def choose_visit_calibration(visits: pd.DataFrame, methods: Sequence[str], *, me
         if metric != "visit_mae":
             entry[metric] = -selection_score(visits, predictions[method], metric)
         scores[method] = entry
-    def rank(method: str) -> tuple[float, float]:
+
+    def rank(method: str) -> tuple[float, ...]:
         entry = scores[method]
-        primary = entry["visit_mae"] if metric == "visit_mae" else -entry[metric]
-        return (round(primary, 9), entry["visit_mae"])
+        if metric == "visit_mae":
+            return (entry["visit_mae"],)
+        return (-entry[metric], entry["visit_mae"])
+
     chosen = min(methods, key=rank)
     calibration = fit_visit_calibration(visits["raw"].to_numpy(float),
                                         visits["true"].to_numpy(float), chosen, neighbours)

@@ -46,9 +46,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from scipy import stats
-from sklearn.metrics import cohen_kappa_score
 
 from medlite.data.manifest import raise_if_problems
+from medlite.evaluation.endpoints import responder_kappa
 from medlite.metrics import regression_metrics
 from medlite.pasi import percent_change, response
 from medlite.reports.style import BLACK, BLUE, VERMILLION, new_figure, save_figure
@@ -563,10 +563,7 @@ def responder_agreement(
         n = len(flags)
         both = int(np.sum(physician & model))
         neither = int(np.sum(~physician & ~model))
-        # Kappa is undefined when both raters use one and the same label for every subject.
-        defined = n > 0 and len(np.unique(np.concatenate([physician, model]))) > 1
-        kappa = (float(cohen_kappa_score(physician, model, labels=[False, True]))
-                 if defined else float("nan"))
+        kappa = responder_kappa(physician, model)
         rows.append({
             "level": int(level),
             "n_subjects": n,

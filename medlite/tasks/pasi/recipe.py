@@ -72,7 +72,7 @@ from medlite.models.pasi_ensemble import (
 from medlite.models.weights import check_pretrained_available
 from medlite.pasi import percent_change, severity_category
 from medlite.reports.pasi import pasi_figures
-from medlite.runs import load_state_dict, write_csv_atomic, write_json
+from medlite.runs import load_state_dict, read_json, write_csv_atomic, write_json
 from medlite.tasks.base import Task, resolve_relative
 from medlite.tasks.pasi.config import (
     PasiConfig,
@@ -333,8 +333,6 @@ class PasiTask(Task):
         return {"selection": selection}
 
     def saved_extras(self, run_dir: Path, config: PasiConfig) -> dict:
-        from medlite.runs import read_json
-
         selection = read_json(Path(run_dir) / "fits" / STACKING_FIT / ENSEMBLE_FILE)
         return {"selection": {**selection, "deployed": self.deployed_name(config, selection)}}
 
@@ -383,8 +381,6 @@ class PasiTask(Task):
         path = Path(run_dir) / "fits" / STACKING_FIT / ENSEMBLE_FILE
         if not path.is_file():
             return None
-        from medlite.runs import read_json
-
         saved = read_json(path).get("calibration")
         return VisitCalibration.from_json(saved) if saved else None
 
