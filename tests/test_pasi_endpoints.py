@@ -15,6 +15,7 @@ from sklearn.model_selection import GroupKFold
 
 from medlite.ensemble.calibration import (
     VisitCalibration,
+    choose_clear_threshold,
     choose_visit_calibration,
     cross_fitted,
     fit_visit_calibration,
@@ -82,7 +83,8 @@ def test_clear_and_response_probabilities_by_hand():
 
 def test_cross_fitting_never_calibrates_a_visit_with_its_own_subject():
     visits = shrunk_trial(20)
-    got = cross_fitted(visits, "isotonic", folds=5)
+    got, threshold = cross_fitted(visits, "isotonic", folds=5)
+    assert threshold == 0.5  # no hurdle
     expected = np.full(len(visits), np.nan)
     raw, true = visits["raw"].to_numpy(), visits["true"].to_numpy()
     for train, held in GroupKFold(5).split(raw, true, visits["subject"]):
@@ -90,6 +92,39 @@ def test_cross_fitting_never_calibrates_a_visit_with_its_own_subject():
                                                                               true[train])
         expected[held] = fitted.predict(raw[held])
     np.testing.assert_allclose(got, expected, atol=1e-9)
+
+
+def test_the_hurdle_cut_is_chosen_by_clearance_kappa_on_cross_fitted_visits():
+    true = np.array([0, 0, 0, 0, 3, 3, 3, 3], float)
+    clear_probability = np.array([0.9, 0.6, 0.35, 0.3, 0.4, 0.1, 0.1, 0.1])
+    mapped = np.ones(8)
+    # Cuts 0.2-0.3 call the four clear visits and one other clear (kappa 0.75, by
+    # scikit-learn below); 0.35 misses one clear visit, 0.5 two. Among the tied cuts the
+    # MAE is the same, so the one nearest 0.5 wins.
+    assert cohen_kappa_score(true == 0, clear_probability >= 0.3) == pytest.approx(0.75)
+    assert cohen_kappa_score(true == 0, clear_probability >= 0.5) == pytest.approx(0.5)
+    assert choose_clear_threshold(true, mapped, clear_probability) == 0.3
+
+    visits = shrunk_trial(30)
+    predicted, cut = cross_fitted(visits, "linear_clear", folds=5)
+    fixed, same = cross_fitted(visits, "linear_clear", folds=5, clear_threshold=cut)
+    np.testing.assert_allclose(predicted, fixed)
+    assert same == cut
+    # Re-derive the hurdle by hand: each held-out fold's neighbours come from other subjects.
+    raw, truth = visits["raw"].to_numpy(), visits["true"].to_numpy()
+    by_hand = np.full(len(visits), np.nan)
+    for train, held in GroupKFold(5).split(raw, truth, visits["subject"]):
+        line = LinearRegression().fit(raw[train][:, None], truth[train])
+        k = fit_visit_calibration(raw[train], truth[train], "none").neighbours
+        for i in held:
+            nearest = np.argsort(np.abs(raw[train] - raw[i]), kind="stable")[:k]
+            share_clear = np.mean(truth[train][nearest] <= 0.5)
+            by_hand[i] = 0.0 if share_clear >= cut else np.clip(line.predict([[raw[i]]])[0], 0, 72)
+    np.testing.assert_allclose(predicted, by_hand, atol=1e-9)
+    calibration, report, _ = choose_visit_calibration(visits, ["linear_clear"],
+                                                      metric="visit_mae", folds=5)
+    assert calibration.clear_threshold == report["scores"]["linear_clear"]["clear_threshold"] \
+        == cut
 
 
 def test_the_calibration_chosen_out_of_fold_predicts_clear_skin():

@@ -77,7 +77,11 @@ class PasiEnsembleConfig(StrictModel):
         min_length=1, description="Candidate post-hoc calibrations of the deployed visit "
         "PASI, compared on cross-fitted out-of-fold visits by selection_metric: none; "
         "linear; isotonic (monotone, 0-72); linear_clear / isotonic_clear (also predict 0 "
-        "where most similar out-of-fold visits were clear). [none] turns calibration off.")
+        "where enough similar out-of-fold visits were clear). [none] turns calibration off.")
+    clear_threshold: float | None = Field(
+        None, gt=0, lt=1, description="Share of similar out-of-fold visits scored clear "
+        "above which a hurdle calibration predicts PASI 0; null: chosen on the cross-fitted "
+        "out-of-fold visits by the kappa of visit clearance (ties: lower MAE, then nearer 0.5).")
     distribution_neighbours: int | None = Field(
         None, ge=3, description="Out-of-fold visits in each predicted visit's conditional "
         "distribution of the physician's PASI (clear-skin and response probabilities); "

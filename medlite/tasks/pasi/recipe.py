@@ -275,7 +275,8 @@ class PasiTask(Task):
                                     per_visit="pasi" in train.columns)
         calibration, report, calibrated = choose_visit_calibration(
             visits, config.ensemble.calibration, metric=config.ensemble.selection_metric,
-            folds=config.ensemble.folds, neighbours=config.ensemble.distribution_neighbours)
+            folds=config.ensemble.folds, neighbours=config.ensemble.distribution_neighbours,
+            clear_threshold=config.ensemble.clear_threshold)
         write_csv_atomic(visits.assign(calibrated=calibrated), fit_dir / CALIBRATION_FILE)
         result.update(calibration=calibration.to_json(), calibration_choice=report)
         write_json(fit_dir / ENSEMBLE_FILE, result)
