@@ -7,9 +7,11 @@
    train / val / test split, saved in the run's ``splits.csv``.
 2. ``medlite train`` of TinyU-Net at ``--size`` with a cosine schedule sized to the budget
    (``trainer.max_time_minutes`` the hard stop).
-3. The test split once, plain argmax, and once with flip TTA + post-processing.
+3. Inference options (flip TTA, largest or most lesion-like component, hole filling) chosen
+   on the validation split (``choose_inference_on_validation``); the test split once with
+   the plain argmax and once with the chosen options.
 4. Across clinics: the ISIC-trained model on all 200 PH2 images and on the 5 HAM10000 pairs
-   (``medlite evaluate --data``), plain argmax.
+   (``medlite evaluate --data``), plain argmax and with the chosen options.
 
     python benchmarks/bench_isic2018_segmentation.py --budget-minutes 60 --out runs/bench-isic
 
@@ -30,13 +32,15 @@ import yaml
 
 from medlite.data.manifest import index_segmentation
 from medlite.evaluation.external import evaluate_run
+from medlite.evaluation.inference_choice import (
+    SEGMENTATION_CANDIDATES,
+    choose_inference_on_validation,
+)
 from medlite.runs import write_csv_atomic, write_json
 from medlite.tasks.segmentation import SegmentationConfig, SegmentationDataConfig
 from medlite.training.runner import train_run
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-TTA_PP = ["inference.flip_tta=true", "inference.largest_component=true",
-          "inference.fill_holes=true"]
 
 
 def isic_manifest(isic: Path, out: Path) -> Path:
@@ -87,11 +91,14 @@ def lesion_figures(metrics: dict) -> dict:
 
 def ship(run_dir: Path, summary: dict, command: str, dest: Path) -> Path:
     """Write the trained run as medlite's shipped ``dermoscopy-lesion`` model: its config
-    (without the training data's path), record, weights, test metrics and a model card."""
+    (without the training data's path, with the inference options chosen on validation as
+    its defaults), record, weights, test metrics and a model card."""
+    from medlite.inference.predictor import with_inference_overrides
     from medlite.runs import read_json
     from medlite.tasks import load_run_config
 
-    config = load_run_config(run_dir)
+    choice = summary.get("inference_choice", {"chosen": "plain", "overrides": []})
+    config = with_inference_overrides(load_run_config(run_dir), choice["overrides"])
     config.data.manifest = None
     config.name = "dermoscopy-lesion"
     dest.mkdir(parents=True, exist_ok=True)
@@ -113,14 +120,16 @@ def ship(run_dir: Path, summary: dict, command: str, dest: Path) -> Path:
         f"| {name} | {cell(summary[key]['per_image.dice_lesion'])} | "
         f"{cell(summary[key]['per_image.iou_lesion'])} |"
         for key, name in (("test", "ISIC 2018 held-out test split (plain argmax)"),
-                          ("test_tta_pp", "same, flip TTA + post-processing"),
+                          ("test_chosen", "same, the inference options chosen on validation"),
                           ("ph2", "PH2, all 200 images (another clinic)"),
+                          ("ph2_chosen", "same, the options chosen on validation"),
                           ("ham10000_seg5", "HAM10000, 5 images (another source)"))
         if key in summary)
     (dest / "MODEL_CARD.md").write_text(MODEL_CARD.format(
         size=f"{summary['size'][1]}x{summary['size'][0]}", epochs=summary["epochs_run"],
         minutes=summary["train_and_test_minutes"], command=command, rows=rows,
-        n_test=summary.get("n_test", "?")))
+        n_test=summary.get("n_test", "?"), chosen=choice["chosen"],
+        overrides=" ".join(f"--set {o}" for o in choice["overrides"]) or "none"))
     return dest
 
 
@@ -146,6 +155,10 @@ flagged as mislabelled were used for training only.
 cross-entropy + Dice, medlite's default flips / rotation / crop / colour augmentation:
 
     {command}
+
+**Inference defaults.** Chosen on the validation split among flip TTA, largest or most
+lesion-like component and hole filling, by per-image lesion Dice: `{chosen}` ({overrides}).
+They are this model's defaults; `--set inference.flip_tta=false` (and so on) turns them off.
 
 **Metrics** (lesion Dice and IoU per image, mean with 95% subject-bootstrap intervals, at
 each image's original resolution):
@@ -192,9 +205,15 @@ def main() -> None:
                "test": lesion_figures(result.metrics),
                "n_test": result.info["n_samples"]}
     write_json(args.out / "summary.json", summary)
-    tta, _ = evaluate_run(run_dir, split="test", out=run_dir / "evaluations" / "test-tta-pp",
-                          overwrite=True, overrides=TTA_PP)
-    summary["test_tta_pp"] = lesion_figures(tta.metrics)
+    chosen, choice = choose_inference_on_validation(run_dir, SEGMENTATION_CANDIDATES)
+    chosen_overrides = SEGMENTATION_CANDIDATES[chosen]
+    summary["inference_choice"] = {"chosen": chosen, "overrides": chosen_overrides,
+                                   "val": choice.to_dict(orient="records")}
+    if chosen_overrides:
+        tuned, _ = evaluate_run(run_dir, split="test", overwrite=True,
+                                out=run_dir / "evaluations" / f"test-{chosen}",
+                                overrides=chosen_overrides)
+        summary["test_chosen"] = lesion_figures(tuned.metrics)
     external = {
         "ph2": folder_manifest(args.shared / "ph2" / "images", args.shared / "ph2" / "masks",
                                args.out / "ph2_manifest.csv"),
@@ -206,6 +225,11 @@ def main() -> None:
         evaluated, _ = evaluate_run(run_dir, data=data, out=run_dir / "evaluations" / name,
                                     overwrite=True)
         summary[name] = lesion_figures(evaluated.metrics)
+        if chosen_overrides:
+            tuned, _ = evaluate_run(run_dir, data=data, overwrite=True,
+                                    out=run_dir / "evaluations" / f"{name}-{chosen}",
+                                    overrides=chosen_overrides)
+            summary[f"{name}_chosen"] = lesion_figures(tuned.metrics)
         write_json(args.out / "summary.json", summary)
     if args.ship:
         ship(run_dir, summary, "python " + " ".join(sys.argv), args.ship)

@@ -10,9 +10,11 @@ throughput so that the cosine schedule ends when the budget does;
 
 Writes ``summary.json`` in ``--out`` and prints a table (test split, per-image and
 dataset-level lesion Dice/IoU with 95% subject-bootstrap CIs). Each trained model is
-evaluated twice on the test split: the paper's plain argmax (``test``), and with flip
-test-time augmentation plus largest-component and hole-filling post-processing
-(``test_tta_pp``, also in ``<model>/evaluations/test-tta-pp/``).
+evaluated on the test split with the paper's plain argmax (``test``) and, when the
+validation split prefers other inference options (flip TTA, largest or most lesion-like
+component, hole filling; ``choose_inference_on_validation``), once with those
+(``test_chosen``). With ``--isic-test`` each model is also evaluated on the ISIC 2018
+held-out split of the shipped ``dermoscopy-lesion`` model (another clinic's images).
 """
 
 from __future__ import annotations
@@ -29,14 +31,18 @@ import torch
 from medlite.data.manifest import index_segmentation
 from medlite.data.splits import split_samples
 from medlite.evaluation.external import evaluate_run
+from medlite.evaluation.inference_choice import (
+    SEGMENTATION_CANDIDATES,
+    choose_inference_on_validation,
+)
+from medlite.pretrained import shipped_model_dir
 from medlite.runs import write_csv_atomic, write_json
 from medlite.tasks import get_task
 from medlite.tasks.segmentation import SegmentationConfig, SegmentationDataConfig
 from medlite.training.runner import train_run
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "ph2"
-TTA_PP = ["inference.flip_tta=true", "inference.largest_component=true",
-          "inference.fill_holes=true"]
+ISIC = SHARED.parent / "isic2018_task1"
 
 
 def make_config(manifest: Path, model: str, lr: float, batch: int, seed: int,
@@ -88,12 +94,29 @@ def subset_manifest(samples: pd.DataFrame, n_train: int, seed: int, path: Path) 
     return path
 
 
-def evaluate_with_tta_and_post_processing(run_dir: Path) -> dict:
-    """Test metrics of a trained run with flip TTA, largest component and hole filling
-    (written to ``run_dir/evaluations/test-tta-pp``)."""
-    result, _ = evaluate_run(run_dir, split="test", out=run_dir / "evaluations" / "test-tta-pp",
-                             overwrite=True, overrides=TTA_PP)
-    return result.metrics
+def isic_test_manifest(isic: Path, path: Path) -> Path:
+    """The ISIC 2018 pairs of the shipped model's held-out test split, as a manifest."""
+    splits = pd.read_csv(shipped_model_dir("dermoscopy-lesion") / "splits.csv", dtype=str)
+    test = splits[splits["split"] == "test"]
+    rows = pd.DataFrame({"image": [str(isic / "images" / f"{s}.jpg") for s in test["sample"]],
+                         "mask": [str(isic / "masks" / f"{s}_segmentation.png")
+                                  for s in test["sample"]],
+                         "subject": test["subject"].to_numpy()})
+    write_csv_atomic(rows, path)
+    return path
+
+
+def evaluate_with_chosen_inference(run_dir: Path, data: Path | None = None) -> dict:
+    """Inference options chosen on the run's validation split; the test split (or
+    ``data``) evaluated with them when they are not the plain argmax."""
+    chosen, table = choose_inference_on_validation(run_dir, SEGMENTATION_CANDIDATES)
+    overrides = SEGMENTATION_CANDIDATES[chosen]
+    entry = {"chosen": chosen, "overrides": overrides, "val": table.to_dict(orient="records")}
+    if overrides:
+        result, _ = evaluate_run(run_dir, split="test", out=run_dir / "evaluations" /
+                                 f"test-{chosen}", overwrite=True, overrides=overrides)
+        entry["test_chosen"] = result.metrics
+    return entry
 
 
 def main() -> None:
@@ -113,9 +136,12 @@ def main() -> None:
     parser.add_argument("--train-subjects", type=int,
                         help="train on only this many of the training subjects (learning "
                         "curves); validation and test stay the same")
-    parser.add_argument("--skip-tta-pp", action="store_true",
-                        help="leave out the second test evaluation (flip TTA + "
-                        "post-processing); for quick checks")
+    parser.add_argument("--skip-inference-choice", action="store_true",
+                        help="leave out the choice of inference options on validation and "
+                        "its test evaluation; for quick checks")
+    parser.add_argument("--isic-test", action="store_true",
+                        help="also evaluate each model on the ISIC 2018 held-out split of "
+                        "the shipped dermoscopy-lesion model (needs ../shared's ISIC data)")
     args = parser.parse_args()
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -152,15 +178,23 @@ def main() -> None:
         history = pd.read_csv(args.out / model / "history.csv")
         entry = {"planned_epochs": epochs, "epochs_run": len(history),
                  "wall_minutes": round(elapsed / 60, 1), "test": result.metrics}
-        if not args.skip_tta_pp:
-            entry["test_tta_pp"] = evaluate_with_tta_and_post_processing(args.out / model)
+        if not args.skip_inference_choice:
+            entry["inference_choice"] = evaluate_with_chosen_inference(args.out / model)
+            if "test_chosen" in entry["inference_choice"]:
+                entry["test_chosen"] = entry["inference_choice"].pop("test_chosen")
+        if args.isic_test:
+            isic = isic_test_manifest(ISIC, args.out / "isic_test_manifest.csv")
+            result, _ = evaluate_run(args.out / model, data=isic, overwrite=True,
+                                     out=args.out / model / "evaluations" / "isic-test")
+            entry["isic_test"] = result.metrics
         summary["models"][model] = entry
         write_json(args.out / "summary.json", summary)
     print(json.dumps({f"{m} {variant}": {f"{g}.{k}": round(v[variant][g][k]["value"], 4)
                                          for g in ("per_image", "dataset")
                                          for k in ("dice_lesion", "iou_lesion")}
                       for m, v in summary["models"].items()
-                      for variant in ("test", "test_tta_pp") if variant in v}, indent=1))
+                      for variant in ("test", "test_chosen", "isic_test") if variant in v},
+                     indent=1))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Mask post-processing and flip test-time augmentation for segmentation inference."""
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -80,3 +81,29 @@ def test_flip_tta_averages_the_four_flipped_predictions():
     # Each ramp is cancelled by its horizontal mirror: every pixel averages to 0.5.
     assert torch.allclose(averaged, torch.full_like(averaged, 0.5), atol=1e-6)
     assert torch.allclose(averaged.sum(dim=0), torch.ones(16, 16))
+
+
+def test_inference_options_are_chosen_on_validation_and_never_see_test(tiny_runs, tmp_path):
+    import shutil
+
+    import pandas as pd
+
+    from medlite.evaluation.inference_choice import (
+        SEGMENTATION_CANDIDATES,
+        choose_inference_on_validation,
+    )
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_runs["segmentation"], run)
+    candidates = {k: SEGMENTATION_CANDIDATES[k] for k in ("plain", "largest_fill", "flip_tta")}
+    chosen, table = choose_inference_on_validation(run, candidates)
+    assert table["candidate"].tolist() == list(candidates)
+    assert chosen == table.loc[table["value"].idxmax(), "candidate"]
+    val = set(pd.read_csv(run / "splits.csv").query("split == 'val'")["sample"])
+    for name in candidates:
+        scored = pd.read_csv(run / "evaluations" / f"val-{name}" / "per_sample.csv")
+        assert set(scored["sample"]) == val  # the validation split only
+        # the reported value is the per-image mean of the scored validation images
+        value = table.set_index("candidate").loc[name, "value"]
+        assert value == pytest.approx(scored["dice_lesion"].mean(), abs=1e-6)
+    assert not (run / "evaluations" / "test").exists()
