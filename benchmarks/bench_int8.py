@@ -9,7 +9,8 @@ interleaved rounds of:
 * ``int8``: that ONNX model statically quantized (``quantize_int8``: int8 weights per
   channel, uint8 activations, QDQ), in ONNX Runtime;
 * ``openvino`` / ``openvino-int8``: the same two ONNX models compiled by OpenVINO's CPU
-  plugin (when the ``openvino`` package is installed).
+  plugin (``OpenVinoModel``, medlite's ``--fast openvino-int8``; when the ``openvino``
+  package is installed).
 
 Weights come from a run (``--tinyunet-run``, ``--mobilenet-run``: its ``model.pt``, and
 its validation images calibrate int8) or are random (then random normal inputs calibrate);
@@ -25,39 +26,30 @@ import argparse
 import copy
 import json
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from medlite.errors import ConfigError
 from medlite.inference.export import onnx_bytes, quantize_int8
-from medlite.inference.fast import OnnxRuntimeModel, optimize_for_inference, rewrite_for_inference
+from medlite.inference.fast import (
+    OnnxRuntimeModel,
+    OpenVinoModel,
+    optimize_for_inference,
+    rewrite_for_inference,
+)
 from medlite.inference.predictor import load_run
 from medlite.models import create_model
 from medlite.runs import write_json
 
 
 def openvino_runner(graph: bytes, threads: int):
-    """A callable running ``graph`` (ONNX bytes) with OpenVINO on the CPU, or None."""
+    """``OpenVinoModel`` of ``graph`` (ONNX bytes), or None without the openvino package."""
     try:
-        import openvino as ov
-    except ImportError:
+        return OpenVinoModel(graph, threads)
+    except ConfigError:
         return None
-    core = ov.Core()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
-        path.write_bytes(graph)
-        model = core.read_model(str(path))
-    compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads,
-                                                 "PERFORMANCE_HINT": "LATENCY"})
-    request = compiled.create_infer_request()
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(request.infer([x.numpy()])[0]))
-
-    return run
 
 
 def build(name: str, run: Path | None, size: int, calibration_count: int):

@@ -14,6 +14,10 @@ from pathlib import Path
 from medlite import __version__
 from medlite.errors import MedliteError
 
+#: The ``--fast`` inference paths (``medlite.inference.predictor.Fast``; kept here so that
+#: building the parser imports no torch).
+FAST_PATHS = ("none", "torch", "onnxruntime", "int8", "openvino-int8")
+
 EPILOG = """examples:
   medlite demo segmentation --out runs/demo
   medlite data index IMAGES_DIR MASKS_DIR --out manifest.csv
@@ -127,8 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--allow-overlap", action="store_true",
                           help="evaluate even when --data shares subjects or images with the "
                           "run's training or validation data (the report says so)")
-    evaluate.add_argument("--fast", default="none", choices=["none", "torch", "onnxruntime",
-                                                             "int8"],
+    evaluate.add_argument("--fast", default="none", choices=FAST_PATHS,
                           help="evaluate through a CPU fast path (as predict --fast), e.g. "
                           "to measure what int8 quantization costs")
     _add_inference_overrides(evaluate)
@@ -150,10 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--overwrite", action="store_true",
                          help="replace an earlier predictions folder (only one medlite made)")
     predict.add_argument("--fast", nargs="?", const="torch", default="none",
-                         choices=["none", "torch", "onnxruntime", "int8"],
+                         choices=FAST_PATHS,
                          help="CPU fast path: torch (optimize_for_inference: BatchNorm "
                          "folding, channels-last) or onnxruntime, outputs within 1e-4; int8: "
-                         "ONNX Runtime int8, calibrated on the run's validation images")
+                         "ONNX Runtime int8, calibrated on the run's validation images; "
+                         "openvino-int8: that int8 model in OpenVINO (faster for MobileNetV2; "
+                         "pip install 'medlite[openvino]')")
     _add_inference_overrides(predict)
 
     export = sub.add_parser("export", help="export a trained model (ONNX)",
@@ -192,8 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="CPU threads for the models (default: all cores)")
     serve.add_argument("--concurrency", type=int, default=1,
                        help="model calls at a time; further requests wait their turn")
-    serve.add_argument("--fast", default="torch",
-                       choices=["none", "torch", "onnxruntime", "int8"],
+    serve.add_argument("--fast", default="torch", choices=FAST_PATHS,
                        help="inference path (default torch: BatchNorm folded, channels-last)")
     serve.add_argument("--max-upload-mb", type=float, default=50)
     serve.add_argument("--max-pixels", type=int, default=40_000_000,

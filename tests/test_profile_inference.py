@@ -201,3 +201,53 @@ def test_int8_backend_quantizes_and_stays_close_to_fp32():
     assert (expected.argmax(1) == actual.argmax(1)).float().mean() >= 0.95
     with pytest.raises(ValueError, match="calibration"):
         optimize_for_inference(model, calibration[0], backend="onnxruntime-int8")
+
+
+def test_openvino_int8_backend_runs_the_quantized_model_close_to_fp32():
+    """The same int8 graph compiled by OpenVINO: close to the float logits, any batch."""
+    pytest.importorskip("openvino")
+    from medlite.models import create_model
+
+    torch.manual_seed(0)
+    model = randomise_batchnorm(create_model("mobilenet_v2", num_classes=3)).eval()
+    calibration = [torch.randn(1, 3, 64, 64) for _ in range(8)]
+    optimized = optimize_for_inference(model, calibration[0], backend="openvino-int8",
+                                       calibration=calibration, threads=1)
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        expected, actual = model(x), optimized(x)
+    assert actual.shape == expected.shape and actual.dtype == torch.float32
+    scale = expected.abs().max().item()
+    assert 0 < (expected - actual).abs().max().item() <= 0.2 * scale
+    # outputs are copies: a second call does not change the first one's tensor
+    first = optimized(x[:1]).clone()
+    optimized(torch.randn(1, 3, 64, 64))
+    assert torch.equal(first, optimized(x[:1]))
+
+
+def test_openvino_missing_is_a_clear_error(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def without_openvino(name, *args, **kwargs):
+        if name == "openvino":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_openvino)
+    from medlite.errors import ConfigError
+
+    model = TinyUNet(3, 2, widths=(16, 32, 48, 64)).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with pytest.raises(ConfigError, match=r"pip install 'medlite\[openvino\]'"):
+        optimize_for_inference(model, x, backend="openvino-int8", calibration=[x])
+
+
+def test_the_cli_lists_every_fast_path_the_predictor_takes():
+    import typing
+
+    from medlite.cli import FAST_PATHS
+    from medlite.inference.predictor import Fast
+
+    assert tuple(typing.get_args(Fast)) == FAST_PATHS

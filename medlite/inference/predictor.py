@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from medlite.config import BaseTaskConfig
     from medlite.tasks.base import Task
 
-Fast = Literal["none", "torch", "onnxruntime", "int8"]
+Fast = Literal["none", "torch", "onnxruntime", "int8", "openvino-int8"]
 #: Validation inputs that calibrate int8 activation ranges.
 INT8_CALIBRATION_INPUTS = 64
 MODEL_FILE = "model.pt"
@@ -70,7 +70,8 @@ class Predictor:
             (BatchNorm folding, channels-last; outputs within 1e-4), ``"onnxruntime"`` an ONNX
             Runtime session of that model, ``"int8"`` that session quantized to int8 with
             activation ranges calibrated on ``calibration`` network inputs (default: the
-            first 64 of the run's validation split); all CPU only.
+            first 64 of the run's validation split), ``"openvino-int8"`` the same int8 model
+            run by OpenVINO (``pip install 'medlite[openvino]'``); all CPU only.
         run_dir: the run the model came from (None for a model in memory); what the task
             fitted beside the network is applied to every output
             (:meth:`~medlite.tasks.base.Task.load_postprocessing`, e.g. the PASI visit
@@ -103,9 +104,9 @@ class Predictor:
             from medlite.inference.fast import optimize_for_inference
 
             example = task.example_input(config)
-            backend = {"onnxruntime": "onnxruntime", "int8": "onnxruntime-int8"}.get(
-                fast, "torch")
-            if fast == "int8" and calibration is None:
+            backend = {"onnxruntime": "onnxruntime", "int8": "onnxruntime-int8",
+                       "openvino-int8": "openvino-int8"}.get(fast, "torch")
+            if fast.endswith("int8") and calibration is None:
                 calibration = self._validation_inputs(INT8_CALIBRATION_INPUTS)
             self.model = optimize_for_inference(model, example, backend=backend,
                                                 calibration=calibration)
@@ -116,7 +117,8 @@ class Predictor:
         """Up to ``limit`` network inputs (1, C, H, W) of the run's validation split."""
         task, config = self.task, self.config
         if self.run_dir is None:
-            raise ConfigError("--fast int8: give calibration inputs for a model without a run")
+            raise ConfigError(f"--fast {self.fast}: give calibration inputs for a model "
+                              "without a run")
         try:
             samples = task.load_run_samples(config, self.run_dir)
             rows = samples[samples["split"] == "val"]
@@ -124,10 +126,10 @@ class Predictor:
                         for tensor in task.prepare(item, config).items)
             inputs = list(itertools.islice(prepared, limit))
         except (MedliteError, OSError) as error:
-            raise ConfigError(f"--fast int8: calibration needs the run's validation images, "
+            raise ConfigError(f"--fast {self.fast}: calibration needs the run's validation images, "
                               f"which cannot be read here ({error})") from None
         if not inputs:
-            raise ConfigError("--fast int8: the run has no validation samples to calibrate "
+            raise ConfigError(f"--fast {self.fast}: the run has no validation samples to calibrate "
                               "int8 activation ranges on")
         return inputs
 
