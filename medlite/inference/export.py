@@ -14,7 +14,6 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 from torch import nn
 
@@ -100,6 +99,7 @@ def quantize_int8(onnx_model: bytes, calibration: Iterable[np.ndarray], *,
     validation split), in the QDQ format, which ONNX Runtime's CPU provider fuses into int8
     kernels (VNNI on AVX-512 CPUs).
     """
+    import onnx  # here, not at the top: every fit process imports this module, few quantize
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
