@@ -110,6 +110,10 @@ class ClassificationOutput:
     #: Split-conformal prediction set at ``coverage`` (None: the run has no calibration).
     prediction_set: list[str] | None = None
     coverage: float | None = None
+    #: ``p(flag_class)`` at or above the run's validation-chosen operating point (None: the
+    #: run reads no class at a fixed specificity; ``evaluation.positive_class``).
+    flagged: bool | None = None
+    flag_class: str | None = None
 
     @property
     def predicted(self) -> str:

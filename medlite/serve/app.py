@@ -97,6 +97,11 @@ class ClassificationResult(BaseModel):
     note: str | None
     prediction_set: list[str] | None = None
     coverage: float | None = None
+    #: ``p(flag_class)`` at or above the run's validation-chosen cut for a fixed
+    #: specificity (``flag_specificity``); None when the run reads no class that way.
+    flagged: bool | None = None
+    flag_class: str | None = None
+    flag_specificity: float | None = None
 
 
 class VisitRecord(BaseModel):
@@ -331,7 +336,10 @@ def create_app(runs: list[ServedRun], settings: ServeSettings) -> FastAPI:
             probabilities={c: float(p) for c, p in zip(output.class_names,
                                                        output.probabilities, strict=True)},
             threshold=threshold, low_confidence=low, note=note,
-            prediction_set=output.prediction_set, coverage=output.coverage)
+            prediction_set=output.prediction_set, coverage=output.coverage,
+            flagged=output.flagged, flag_class=output.flag_class,
+            flag_specificity=(chosen.predictor.config.evaluation.target_specificity
+                              if output.flagged is not None else None))
 
     def trajectory(run: str, subject: str) -> list[VisitRecord]:
         return [VisitRecord(**{k: v[k] for k in VisitRecord.model_fields})

@@ -65,6 +65,10 @@ const show = {
       text += `; ${Math.round(100 * data.coverage)}% prediction set: ` +
         `{${data.prediction_set.join(", ")}}`;
     }
+    if (data.flagged !== null && data.flagged !== undefined) {
+      text += `; ${data.flag_class}: ${data.flagged ? "flagged" : "not flagged"} at the ` +
+        `${Math.round(100 * data.flag_specificity)}%-specificity cut`;
+    }
     section.querySelector(".predicted").textContent = text;
     const bars = section.querySelector(".bars");
     bars.replaceChildren();

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from medlite.config import (
     BaseTaskConfig,
+    EvaluationConfig,
     ModelConfig,
     OptimizerConfig,
     SchedulerConfig,
@@ -90,6 +91,17 @@ class StageConfig(StrictModel):
         return self
 
 
+class ClassificationEvaluationConfig(EvaluationConfig):
+    positive_class: str | None = Field(
+        None, description="A class read at a fixed specificity (e.g. mel): its one-vs-rest "
+        "ROC AUC, and sensitivity and specificity at the cut on its probability chosen on "
+        "the validation split to reach target_specificity; predict flags images at or above "
+        "the cut. Can change after training.")
+    target_specificity: float = Field(
+        0.8, gt=0, lt=1, description="The validation specificity the positive_class cut "
+        "is chosen to reach (the lowest such cut, so the most sensitive).")
+
+
 def paper_stages() -> list[StageConfig]:
     """The paper's schedule: the head on the frozen backbone, then fine-tuning all but the
     first 10 layers (the paper trains the head 100 epochs for 2 classes, 200 for 3)."""
@@ -111,6 +123,8 @@ class ClassificationConfig(BaseTaskConfig):
     scheduler: SchedulerConfig = Field(default_factory=lambda: SchedulerConfig(name="none"))
     trainer: TrainerConfig = Field(default_factory=lambda: TrainerConfig(
         max_epochs=100, batch_size=32, early_stopping_patience=None))
+    evaluation: ClassificationEvaluationConfig = Field(
+        default_factory=ClassificationEvaluationConfig)
 
     @field_validator("stages")
     @classmethod

@@ -48,6 +48,12 @@ from medlite.data.io import image_files
 from medlite.data.transforms import to_tensor_image
 from medlite.errors import ConfigError, DataError
 from medlite.evaluation.conformal import conformal_columns, conformal_statistic
+from medlite.evaluation.operating_point import (
+    OperatingPoint,
+    load_operating_point,
+    operating_point_statistic,
+    save_validation_predictions,
+)
 from medlite.inference.predictor import Prepared
 from medlite.inference.types import ClassificationOutput, ImageInput
 from medlite.metrics import classification_metrics
@@ -251,14 +257,31 @@ class ClassificationTask(Task):
             raise DataError("--visit: only for pasi runs")
         return [ImageInput(path) for path in image_files(paths)]
 
+    def load_postprocessing(self, run_dir: Path, config: ClassificationConfig
+                            ) -> OperatingPoint | None:
+        """The operating point of ``evaluation.positive_class``, chosen on the run's
+        validation predictions."""
+        return load_operating_point(run_dir, self.class_names(config),
+                                    config.evaluation.positive_class,
+                                    config.evaluation.target_specificity)
+
+    def postprocess(self, output: ClassificationOutput, state: OperatingPoint | None,
+                    config: ClassificationConfig) -> ClassificationOutput:
+        if state is not None:
+            probability = output.probabilities[output.class_names.index(state.class_name)]
+            output.flagged, output.flag_class = state.flag(probability), state.class_name
+        return output
+
     def write_prediction(self, output: ClassificationOutput, name: str, writer):
+        flag = {} if output.flagged is None else {f"flag_{output.flag_class}": output.flagged}
         return [], {"predicted": output.predicted, "confidence": output.confidence,
-                    **conformal_columns(output),
+                    **flag, **conformal_columns(output),
                     **{f"p_{c}": float(p) for c, p in zip(output.class_names,
                                                           output.probabilities, strict=True)}}
 
     def evaluation_extras(self, context, results) -> dict:
-        """What each stage of the deployed model trained (for the report)."""
+        """What each stage of the deployed model trained (for the report), and the
+        operating point chosen on validation."""
         from medlite.training.plan import fit_chain
 
         shown = ("epochs", "trainable_parameters", "parameters", "trainable_modules",
@@ -266,10 +289,17 @@ class ClassificationTask(Task):
         return {"stages": [{"fit": key, "stage": context.fits[key].params.get("stage"),
                             "trainable": context.fits[key].trainable,
                             **{k: results[key].get(k) for k in shown}}
-                           for key in fit_chain(context, self.deployed_fit(context))]}
+                           for key in fit_chain(context, self.deployed_fit(context))],
+                **self.saved_extras(context.run_dir, context.config)}
+
+    def saved_extras(self, run_dir: Path, config: ClassificationConfig) -> dict:
+        point = self.load_postprocessing(run_dir, config)
+        return {} if point is None else {"operating_point": point.to_json()}
 
     def conformal_calibration(self, context, model, results):
-        """``1 - p(true class)`` of the deployed model on the validation split."""
+        """``1 - p(true class)`` of the deployed model on the validation split; its class
+        probabilities there are kept too (``validation_predictions.csv``), the held-out
+        data an operating point is chosen on."""
         from medlite.evaluation.conformal import ConformalCalibration, class_scores
         from medlite.evaluation.evaluator import predict_table
         from medlite.inference.predictor import Predictor
@@ -280,6 +310,7 @@ class ClassificationTask(Task):
             return None
         table = predict_table(Predictor(self, config, model), rows, None)
         names = self.class_names(config)
+        save_validation_predictions(table, names, context.run_dir)
         scores = class_scores(table[[f"p_{c}" for c in names]].to_numpy(),
                               table["label_index"].to_numpy())
         return ConformalCalibration("classification", scores,
@@ -303,9 +334,10 @@ class ClassificationTask(Task):
         covered = {}
         if output.prediction_set is not None:
             covered = {"covered": info["label"] in output.prediction_set}
+        flag = {} if output.flagged is None else {f"flag_{output.flag_class}": output.flagged}
         return [{**info, "predicted": output.predicted,
                  "correct": predicted == info["label_index"], "confidence": output.confidence,
-                 **conformal_columns(output), **covered,
+                 **conformal_columns(output), **covered, **flag,
                  **{f"p_{c}": float(p) for c, p in zip(output.class_names,
                                                        output.probabilities, strict=True)}}]
 
@@ -316,8 +348,10 @@ class ClassificationTask(Task):
         present = sorted(set(truth.tolist()))
         classes = None if len(present) == len(names) else present
         sets = conformal_statistic(table)
+        point = operating_point_statistic(table, extras.get("operating_point"))
         return lambda index: {"classification": classification_metrics(
-            truth[index], probabilities[index], names, classes=classes), **sets(index)}
+            truth[index], probabilities[index], names, classes=classes), **sets(index),
+            **point(index)}
 
     def figures(self, table: pd.DataFrame, config: ClassificationConfig, figure_dir: Path,
                 extras: dict):
@@ -326,6 +360,8 @@ class ClassificationTask(Task):
         figures, info = classification_figures(table, names, figure_dir,
                                                figure_dir.parent / "predictions" / "mistakes")
         info["profile"] = model_profile(self, config)
+        if extras.get("operating_point"):
+            info["operating_point"] = extras["operating_point"]
         info["classes_absent"] = [n for k, n in enumerate(names) if k not in present]
         info["aggregation"] = ("one prediction per image (arg-max of the softmax); "
                                "sensitivity/specificity one-vs-rest per class (binary: of "
