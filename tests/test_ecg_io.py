@@ -11,16 +11,19 @@ import pandas as pd
 import pytest
 
 from medlite.data.ecg import (
+    DRIVEDB3_LABEL_NAMES,
     DRIVEDB_LABEL_NAMES,
     WESAD_LABELS_BINARY,
     Recording,
     drivedb_marker_events,
+    drivedb_protocol_phases,
     drivedb_stress_labels,
     find_ecg_channel,
     labels_from_intervals,
     load_signal_file,
     load_wesad,
     load_wfdb,
+    read_drivedb_durations,
     resample_recording,
 )
 from medlite.errors import DataError
@@ -551,3 +554,75 @@ def test_full_protocol_rule_on_a_written_record(tmp_path: Path) -> None:
     no_marker = {"ECG": np.zeros(n), "HR": np.zeros(n)}
     with pytest.raises(DataError, match="no channel named 'marker' among ECG, HR"):
         drivedb_stress_labels(_write_record(tmp_path, "drive07", no_marker, fs, ["mV", "bpm"]))
+
+
+def test_published_durations_name_the_segments_whatever_precedes_the_protocol() -> None:
+    minutes = (15.0, 16.0, 7.5, 6.0, 7.5, 15.0, 15.0)
+    start = 97.0  # more than a minute in: the edge rule would not call it the start
+    transitions = start + 60 * np.cumsum([0, *minutes])
+    events = np.concatenate([[30.0], transitions + np.array([0, 8, -5, 3, 0, -9, 4, 6])])
+    phases = drivedb_protocol_phases(events, minutes)
+    assert phases == ("none", "none", "rest", "city", "highway", "city", "highway", "city",
+                      "rest", "none")
+    assert len(phases) == events.size + 1
+    unknown_end = drivedb_protocol_phases(events[:-1], (*minutes[:6], float("nan")))
+    assert unknown_end[-1] == "none" and unknown_end[-2] == "city"
+    with pytest.raises(DataError, match="match no run of the published segment durations"):
+        drivedb_protocol_phases(events, (20.0, *minutes[1:]))
+
+
+def test_three_levels_on_a_written_record(tmp_path: Path) -> None:
+    fs, n = 10.0, 12000
+    transitions = [20.0, 200.0, 400.0, 500.0, 600.0, 700.0, 900.0, 1180.0]
+    columns = {"ECG": np.zeros(n), "marker": _marker_with_spikes(n, fs, transitions)}
+    base = _write_record(tmp_path, "drive08", columns, fs, ["mV", "mV"])
+    table = tmp_path / "durations.csv"
+    pd.DataFrame([{"Drive No": "Drive08", "Initial Rest": 3.0, "City 1": 10 / 3,
+                   "Highway": 5 / 3, "City 2": 5 / 3, "Highway 2": 5 / 3, "City 3": 10 / 3,
+                   "Final Rest": 14 / 3, "Total rec. time(min)": 20}]).to_csv(table,
+                                                                             index=False)
+    rec = drivedb_stress_labels(base, durations=read_drivedb_durations(table), levels=3)
+    t = (np.arange(n) - 1) / fs  # each spike peaks one sample after its start
+    expected = np.full(n, -1)
+    codes = (0, 2, 1, 2, 1, 2, 0)  # rest, city, highway, city, highway, city, rest
+    for low, high, code in zip(transitions[:-1], transitions[1:], codes, strict=True):
+        expected[(t >= low) & (t < high)] = code
+    np.testing.assert_array_equal(rec.labels, expected)
+    assert rec.label_names == DRIVEDB3_LABEL_NAMES
+    pd.read_csv(table).drop(columns="City 3").to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(DataError, match="bad.csv: no column 'City 3'"):
+        read_drivedb_durations(tmp_path / "bad.csv")
+
+
+@pytest.mark.shared
+def test_drive05_and_06_labelled_by_their_published_durations(drivedb_dir: Path) -> None:
+    durations = read_drivedb_durations(drivedb_dir / "drivedb_time_intervals_drives05-16.csv")
+    for name in ("drive05", "drive06"):
+        rec = drivedb_stress_labels(drivedb_dir / f"drivedb_{name}" / name,
+                                    durations=durations, levels=3)
+        published = durations[name]
+        minutes = {code: (rec.labels == code).sum() / rec.fs / 60 for code in (0, 1, 2)}
+        # rest = initial + final, highway = both highways, city = the three cities
+        expected = {0: published[0] + published[6], 1: published[2] + published[4],
+                    2: published[1] + published[3] + published[5]}
+        for code in expected:
+            assert minutes[code] == pytest.approx(expected[code], abs=0.5), (name, code)
+        two = drivedb_stress_labels(drivedb_dir / f"drivedb_{name}" / name,
+                                    durations=durations)
+        np.testing.assert_array_equal(two.labels, np.where(rec.labels > 0, 1, rec.labels))
+
+
+@pytest.mark.shared
+def test_the_drivedb3_scheme_reads_a_manifest_row_with_its_durations(drivedb_dir: Path) -> None:
+    from medlite.data.recordings import RecordingSpec, load_recording, scheme_class_names
+
+    names = scheme_class_names("drivedb3")
+    assert names == ["rest", "highway", "city"]
+    spec = RecordingSpec(drivedb_dir / "drivedb_drive05" / "drive05", "drivedb",
+                         labels=str(drivedb_dir / "drivedb_time_intervals_drives05-16.csv"))
+    recording = load_recording(spec, "drivedb3", names)
+    assert set(np.unique(recording.labels)) == {-1, 0, 1, 2}
+    drive17 = RecordingSpec(drivedb_dir / "drivedb_drive17a" / "drive17a", "drivedb",
+                            labels=spec.labels)
+    # drive17's driving is neither known city nor highway: only its rest is labelled
+    assert set(np.unique(load_recording(drive17, "drivedb3", names).labels)) == {-1, 0}

@@ -48,7 +48,9 @@ __all__ = [
     "WESAD_PROTOCOL",
     "Recording",
     "drivedb_marker_events",
+    "drivedb_protocol_phases",
     "drivedb_stress_labels",
+    "read_drivedb_durations",
     "find_ecg_channel",
     "labels_from_intervals",
     "load_signal_file",
@@ -706,6 +708,13 @@ DRIVEDB_LABEL_NAMES: dict[int, str] = {0: "rest", 1: "driving"}
 DRIVEDB_PHASE_CODES: dict[str, int] = {
     "rest": 0, "driving": 1, "city": 1, "highway": 1, "none": UNLABELLED,
 }  # fmt: skip
+#: The three stress levels of Healey and Picard: rest low, highway medium, city high.
+DRIVEDB3_LABEL_NAMES: dict[int, str] = {0: "rest", 1: "highway", 2: "city"}
+#: Phase -> code of the three levels; driving that is not known to be city or highway
+#: (drive17's) stays unlabelled.
+DRIVEDB3_PHASE_CODES: dict[str, int] = {
+    "rest": 0, "highway": 1, "city": 2, "driving": UNLABELLED, "none": UNLABELLED,
+}  # fmt: skip
 #: Phases between the marker events of records whose marker was studied by hand.
 DRIVEDB_RECORD_PHASES: dict[str, tuple[str, ...]] = {
     "drive17a": ("none", "rest", "driving"),
@@ -777,12 +786,73 @@ def _default_phases(name: str, events: np.ndarray, duration_s: float, header: Pa
     )
 
 
+def read_drivedb_durations(path: str | os.PathLike) -> dict[str, tuple[float, ...]]:
+    """The published segment durations of drivedb drives (PhysioNet's
+    ``drivedb_time_intervals_drives05-16.csv``): record name (``"drive05"``) -> the minutes
+    of initial rest, city, highway, city, highway, city, final rest (NaN when not given)."""
+    path = Path(path)
+    try:
+        table = pd.read_csv(path)
+    except (OSError, ValueError) as error:
+        raise DataError(f"{path}: not a readable drivedb durations CSV ({error})") from None
+    columns = ["Initial Rest", "City 1", "Highway", "City 2", "Highway 2", "City 3",
+               "Final Rest"]
+    missing = [c for c in ["Drive No", *columns] if c not in table.columns]
+    if missing:
+        raise DataError(f"{path}: no column {missing[0]!r} (expected Drive No, "
+                        f"{', '.join(columns)})")
+    durations = {}
+    for _, row in table.iterrows():
+        values = pd.to_numeric(row[columns], errors="coerce")
+        durations[str(row["Drive No"]).strip().lower()] = tuple(float(v) for v in values)
+    return durations
+
+
+def drivedb_protocol_phases(events: np.ndarray, durations_min: Sequence[float], *,
+                            tolerance_s: float = 60.0) -> tuple[str, ...]:
+    """Name the segments between marker events by the drive's published durations.
+
+    The protocol starts at the first event from which the next six events (the ends of the
+    initial rest and of the five driving segments) each fall within ``tolerance_s`` of
+    the published transition times; segments before it and after the final rest are
+    ``"none"``. The final rest ends at the next event or at the record's end (unlabelled
+    when its duration is not published).
+
+    Args:
+        events: ``(E,)`` marker event times in seconds (:func:`drivedb_marker_events`).
+        durations_min: the 7 published durations in minutes (see
+            :func:`read_drivedb_durations`).
+        tolerance_s: how far an event may lie from its published time.
+
+    Returns:
+        ``E + 1`` phase names, one per segment.
+
+    Raises:
+        DataError: no run of events matches the durations.
+    """
+    events = np.asarray(events, dtype=np.float64)
+    offsets = 60.0 * np.cumsum(np.asarray(durations_min[:6], dtype=np.float64))
+    for start in range(events.size - 6):
+        found = events[start + 1:start + 7] - events[start]
+        if np.all(np.abs(found - offsets) <= tolerance_s):
+            final = "rest" if np.isfinite(durations_min[6]) else "none"
+            tail = events.size - (start + 7)
+            return ("none",) * (start + 1) + _FULL_PROTOCOL[:-1] + (final,) + \
+                ("none",) * tail
+    times = ", ".join(f"{t / 60:.2f}" for t in events)
+    raise DataError(f"marker events at {times} min match no run of the published segment "
+                    f"durations ({', '.join(f'{d:g}' for d in durations_min)} min, within "
+                    f"{tolerance_s:g} s)")
+
+
 def drivedb_stress_labels(
     record_path: str | os.PathLike,
     phases: Sequence[str] | None = None,
     *,
     channel: str | int | None = None,
     margin_s: float = 0.0,
+    durations: dict[str, tuple[float, ...]] | None = None,
+    levels: int = 2,
 ) -> Recording:
     """ECG of a drivedb record labelled rest (0) or driving (1) from its marker channel.
 
@@ -800,15 +870,22 @@ def drivedb_stress_labels(
     - No spike lies within the driving parts, so city and highway cannot be told apart
       in these records; both are "driving".
 
+    - drive05 and drive06 (84 and 81 min) show all eight events of the full protocol
+      (its start, six transitions, its end); their gaps match the published durations
+      within 10 s, so ``durations`` names them.
+
     Rule: marker events (see :func:`drivedb_marker_events`) split the record into
     segments; ``phases`` names each segment in order ("rest", "driving", "city",
-    "highway", or "none" for unlabelled). Rest is 0 (no stress), every driving phase is
-    1 (stress). When ``phases`` is None, the records above use
-    :data:`DRIVEDB_RECORD_PHASES`; other records must show the full protocol: 6
+    "highway", or "none" for unlabelled). With ``levels=2`` rest is 0 (no stress) and every
+    driving phase 1 (stress); with ``levels=3`` rest is 0, highway 1 and city 2 (low, medium
+    and high stress, as Healey and Picard), and driving not known to be either is
+    unlabelled. When ``phases`` is None: a drive in ``durations`` (published segment
+    durations, :func:`read_drivedb_durations`) is named by
+    :func:`drivedb_protocol_phases`; the drive17 records use
+    :data:`DRIVEDB_RECORD_PHASES`; any other record must show the full protocol: 6
     transitions between rest, city, highway, city, highway, city, rest, plus optional
     events within 60 s of the record's start or end (protocol start/end, unlabelled
-    before/after). This default for full drives follows the published protocol but could
-    not be checked on a full drive here.
+    before/after).
 
     Args:
         record_path: the drivedb record (see :func:`load_wfdb`).
@@ -816,6 +893,8 @@ def drivedb_stress_labels(
         channel: ECG channel; default the one named "ECG".
         margin_s: samples closer than this to an event are left unlabelled (the body
             takes a while to follow a transition).
+        durations: published segment durations by record name, to name the segments.
+        levels: 2 (rest / driving) or 3 (rest / highway / city).
 
     Returns:
         The ECG :class:`Recording` (480 or 496 Hz in drive17) with labels, subject the
@@ -835,7 +914,15 @@ def drivedb_stress_labels(
     marker_fs = float(record.fs) * int(record.samps_per_frame[marker_index])
     events = drivedb_marker_events(marker, marker_fs)
     name = str(record.record_name)
-    if phases is None:
+    if levels not in (2, 3):
+        raise ValueError(f"levels must be 2 or 3, got {levels}")
+    codes = DRIVEDB_PHASE_CODES if levels == 2 else DRIVEDB3_PHASE_CODES
+    if phases is None and durations and name.lower() in durations:
+        try:
+            phases = drivedb_protocol_phases(events, durations[name.lower()])
+        except DataError as error:
+            raise DataError(f"{header}: {error}") from None
+    elif phases is None:
         phases = _default_phases(name, events, marker.size / marker_fs, header)
     unknown = [p for p in phases if p not in DRIVEDB_PHASE_CODES]
     if unknown:
@@ -850,9 +937,9 @@ def drivedb_stress_labels(
         )
     bounds = np.concatenate([[0.0], events, [ecg.duration_s]])
     rows = [
-        (start, end, DRIVEDB_PHASE_CODES[phase])
+        (start, end, codes[phase])
         for start, end, phase in zip(bounds[:-1], bounds[1:], phases, strict=True)
-        if DRIVEDB_PHASE_CODES[phase] != UNLABELLED and end > start
+        if codes[phase] != UNLABELLED and end > start
     ]
     intervals = pd.DataFrame(rows, columns=list(_INTERVAL_COLUMNS))
     labels = labels_from_intervals(ecg.signal.size, ecg.fs, intervals)
@@ -863,5 +950,5 @@ def drivedb_stress_labels(
     match = re.fullmatch(r"(drive\d+)[a-z]?", name)
     ecg.labels = labels
     ecg.subject = match.group(1) if match else name
-    ecg.label_names = dict(DRIVEDB_LABEL_NAMES)
+    ecg.label_names = dict(DRIVEDB_LABEL_NAMES if levels == 2 else DRIVEDB3_LABEL_NAMES)
     return ecg

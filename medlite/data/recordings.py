@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from medlite.config import StrictModel
 from medlite.data.ecg import (
+    DRIVEDB3_LABEL_NAMES,
     WESAD_LABELS,
     WESAD_LABELS_BINARY,
     Recording,
@@ -38,6 +39,7 @@ from medlite.data.ecg import (
     load_signal_file,
     load_wesad,
     load_wfdb,
+    read_drivedb_durations,
 )
 from medlite.data.spectrogram import SpectrogramCache, SpectrogramParams, spectrogram_images
 from medlite.data.windows import WindowSet, bandpass, label_windows, make_windows, window_length
@@ -47,7 +49,7 @@ from medlite.runs import atomic_target, write_csv_atomic
 
 RECORDING_FORMATS = ("wesad", "wfdb", "drivedb", "csv", "npy", "npz")
 MANIFEST_COLUMNS = ("path", "format", "subject", "fs", "channel", "labels")
-LABEL_SCHEMES = ("wesad3", "wesad2", "file")
+LABEL_SCHEMES = ("wesad3", "wesad2", "drivedb3", "file")
 WESAD3_NAMES = ("baseline", "stress", "amusement")
 WESAD2_NAMES = ("non-stress", "stress")
 #: ``windows["manifest"]`` of recordings listed in the config itself.
@@ -69,6 +71,8 @@ def scheme_class_names(label_scheme: str, class_names: Sequence[str] | None = No
         return list(WESAD3_NAMES)
     if label_scheme == "wesad2":
         return list(WESAD2_NAMES)
+    if label_scheme == "drivedb3":
+        return list(DRIVEDB3_LABEL_NAMES.values())
     return list(class_names or [])
 
 
@@ -218,13 +222,15 @@ def load_recording(spec: RecordingSpec, label_scheme: str, class_names: Sequence
     if fmt == "wesad":
         if spec.labels is not None:
             raise DataError(f"{spec.where or path}: labels: WESAD pickles carry their own labels")
-        if label_scheme == "file":
-            raise DataError(f"{path}: data.label_scheme file does not apply to WESAD pickles; "
-                            "use wesad3 or wesad2")
+        if label_scheme in ("file", "drivedb3"):
+            raise DataError(f"{path}: data.label_scheme {label_scheme} does not apply to "
+                            "WESAD pickles; use wesad3 or wesad2")
         label_map = WESAD_LABELS_BINARY if label_scheme == "wesad2" else WESAD_LABELS
         return _with_subject(load_wesad(path, label_map), spec)
     if fmt == "drivedb":
-        recording = drivedb_stress_labels(path, channel=spec.channel)
+        durations = read_drivedb_durations(spec.labels) if spec.labels else None
+        recording = drivedb_stress_labels(path, channel=spec.channel, durations=durations,
+                                          levels=3 if label_scheme == "drivedb3" else 2)
     elif fmt == "wfdb":
         recording = load_wfdb(path, channel=spec.channel, fs=None, subject=spec.subject)
         if spec.labels is not None:

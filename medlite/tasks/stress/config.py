@@ -34,9 +34,11 @@ class StressDataConfig(StrictModel):
         None, description="CSV manifest (path, format, subject, fs, channel, labels; only path "
         "is required), a folder of WESAD subject pickles (every *.pkl below it), or a list of "
         "such rows in the config.")
-    label_scheme: Literal["wesad3", "wesad2", "file"] = Field(
+    label_scheme: Literal["wesad3", "wesad2", "drivedb3", "file"] = Field(
         "wesad3", description="wesad3: baseline, stress, amusement; wesad2: non-stress "
-        "(baseline + amusement), stress; file: the files' codes 0..C-1 named by class_names.")
+        "(baseline + amusement), stress; drivedb3: rest, highway, city (drivedb records, "
+        "Healey and Picard's low, medium and high stress); file: the files' codes 0..C-1 "
+        "named by class_names (drivedb records: 0 rest, 1 driving).")
     class_names: list[str] | None = Field(None, description="Names of codes 0..C-1 (only "
                                           "with label_scheme: file).")
     fs: float | None = Field(None, gt=0, description="Sampling rate (Hz) of CSV/NPY recordings "
