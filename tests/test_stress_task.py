@@ -553,3 +553,22 @@ def test_wesad_config_is_valid():
     config = load_config("stress_wesad")
     assert config.model.kwargs["backbones"] == ["resnet50", "efficientnet_b0"]
     assert config.spectrogram.image_size == 224 and config.trainer.max_epochs == 20
+
+
+def test_the_drives_config_is_leave_one_drive_out_with_three_levels(shared_dir, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    config = load_config("stress_drivedb_drives")
+    assert config.data.names() == ["rest", "highway", "city"]
+    windows, recordings = prepare_windows(
+        config.data.recordings, label_scheme=config.data.label_scheme,
+        class_names=config.data.names(), settings=config.data.windows(),
+        params=config.spectrogram.params(), default_fs=config.data.fs)
+    assert set(windows["subject"]) == {"drive05", "drive06", "drive17"}
+    by_drive = windows.groupby("subject")["label"].agg(lambda s: set(s))
+    assert by_drive["drive05"] == by_drive["drive06"] == {0, 1, 2}
+    assert by_drive["drive17"] == {0}  # its driving is neither known city nor highway
+    folds = cv_folds(windows, "subject", folds=None, seed=config.seed,
+                     gap_s=config.data.window_s)
+    # each fold holds out exactly one drive
+    held = windows.assign(fold=folds).groupby("fold")["subject"].nunique()
+    assert len(held) == 3 and (held == 1).all()
