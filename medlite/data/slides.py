@@ -1,0 +1,338 @@
+"""Whole-slide and large histology images (Aperio SVS, pyramidal and plain TIFF), read with
+bounded memory.
+
+A slide is a pyramid of levels, level 0 the full scan. medlite never holds a full-resolution
+slide: it picks the level nearest the resolution asked for (microns per pixel from the
+file's metadata, a downsample, or a level index) and reads it in strips or tiles.
+
+- :class:`Slide` opens a file through OpenSlide (``openslide-python`` with the
+  ``openslide-bin`` library: SVS, NDPI, SCN, MRXS and tiled, pyramidal TIFF) or, for a TIFF
+  OpenSlide cannot read (plain striped TIFF), through ``tifffile``, whose levels are read
+  whole and so are refused above ``max_level_pixels``.
+- :func:`read_slide_image`: the slide, or its tissue bounding box, downsampled to one image
+  (the SSc paper reduced its SVS scans to 128 px), strip by strip.
+- :func:`tissue_mask` (Otsu on saturation, background being bright and grey) and
+  :func:`tile_grid`: tiles of a chosen size at a chosen resolution that hold enough tissue.
+
+Every failure (unreadable file, a level the slide lacks, no tissue) is a
+:class:`~medlite.errors.DataError` naming the file.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from medlite.errors import DataError
+
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".mrxs", ".vms", ".bif")
+#: Largest level a backend without region reads (plain TIFF) may decode at once.
+MAX_LEVEL_PIXELS = 64_000_000
+#: Source rows per strip when downsampling a level (bounds memory to width x this).
+_STRIP_ROWS = 1024
+
+
+class Slide:
+    """An open slide: its levels, resolution and region reads.
+
+    Attributes:
+        path: the file.
+        dimensions: ``[(width, height), ...]`` per level, level 0 the largest.
+        downsamples: level-0 pixels per level pixel, per level.
+        mpp: microns per level-0 pixel (None when the file does not say).
+        backend: ``"openslide"`` or ``"tifffile"``.
+    """
+
+    def __init__(self, path: str | Path, *, max_level_pixels: int = MAX_LEVEL_PIXELS):
+        self.path = Path(path)
+        self.max_level_pixels = max_level_pixels
+        if not self.path.is_file():
+            raise DataError(f"{self.path}: no such slide file")
+        self._tiff = None
+        self._cache: dict[int, np.ndarray] = {}
+        try:
+            import openslide
+
+            self._slide = openslide.OpenSlide(str(self.path))
+        except ImportError:
+            raise DataError(f"{self.path}: reading slides needs openslide-python and "
+                            "openslide-bin (pip install openslide-python openslide-bin)"
+                            ) from None
+        except Exception as error:  # OpenSlide raises its own errors, or OSError
+            self._slide = None
+            if self.path.suffix.lower() not in (".tif", ".tiff"):
+                raise DataError(f"{self.path}: not a readable slide ({error})") from None
+            self._open_tiff()
+        if self._slide is not None:
+            self.backend = "openslide"
+            self.dimensions = [tuple(map(int, d)) for d in self._slide.level_dimensions]
+            self.downsamples = [float(d) for d in self._slide.level_downsamples]
+            mpp = self._slide.properties.get("openslide.mpp-x")
+            self.mpp = float(mpp) if mpp else None
+
+    def _open_tiff(self) -> None:
+        import tifffile
+
+        try:
+            self._tiff = tifffile.TiffFile(self.path)
+            levels = self._tiff.series[0].levels
+        except Exception as error:  # tifffile raises many kinds on broken files
+            raise DataError(f"{self.path}: not a readable TIFF ({error})") from None
+        self.backend = "tifffile"
+        self._levels = levels
+        shapes = [_height_width(level.shape, self.path) for level in levels]
+        self.dimensions = [(w, h) for h, w in shapes]
+        self.downsamples = [self.dimensions[0][0] / w for w, _ in self.dimensions]
+        self.mpp = _tiff_mpp(self._tiff.pages[0])
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._slide is not None:
+            self._slide.close()
+        if self._tiff is not None:
+            self._tiff.close()
+        self._cache.clear()
+
+    @property
+    def level_count(self) -> int:
+        return len(self.dimensions)
+
+    def level_for(self, *, mpp: float | None = None, downsample: float | None = None,
+                  level: int | None = None) -> int:
+        """The level index nearest the asked resolution (in log scale); one of ``mpp``
+        (microns per pixel, needs the file's resolution), ``downsample`` or ``level``."""
+        if level is not None:
+            if not 0 <= level < self.level_count:
+                raise DataError(f"{self.path}: level {level} does not exist (the slide has "
+                                f"{self.level_count}: 0-{self.level_count - 1})")
+            return int(level)
+        if mpp is not None:
+            if self.mpp is None:
+                raise DataError(f"{self.path}: the file gives no microns per pixel; ask for "
+                                "a level or a downsample instead of mpp")
+            downsample = mpp / self.mpp
+        if downsample is None:
+            return 0
+        distance = [abs(math.log(d / downsample)) for d in self.downsamples]
+        return int(np.argmin(distance))
+
+    def read_region(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        """uint8 ``(height, width, 3)`` RGB of a region of ``level``, ``(x, y)`` its top
+        left in that level's pixels; parts outside the slide are white."""
+        level = self.level_for(level=level)
+        if self._slide is not None:
+            scale = self.downsamples[level]
+            region = self._slide.read_region((int(round(x * scale)), int(round(y * scale))),
+                                             level, (int(width), int(height)))
+            rgba = np.asarray(region, dtype=np.uint8)
+            alpha = rgba[..., 3:4].astype(np.float32) / 255.0
+            # transparent (outside the scan) becomes white, as on glass
+            return (rgba[..., :3] * alpha + 255.0 * (1 - alpha)).round().astype(np.uint8)
+        pixels = self._tiff_level(level)
+        out = np.full((int(height), int(width), 3), 255, np.uint8)
+        h, w = pixels.shape[:2]
+        x0, y0, x1, y1 = max(0, x), max(0, y), min(w, x + width), min(h, y + height)
+        if x1 > x0 and y1 > y0:
+            out[y0 - y:y1 - y, x0 - x:x1 - x] = pixels[y0:y1, x0:x1]
+        return out
+
+    def _tiff_level(self, level: int) -> np.ndarray:
+        if level not in self._cache:
+            w, h = self.dimensions[level]
+            if w * h > self.max_level_pixels:
+                raise DataError(f"{self.path}: level {level} is {w}x{h} pixels, more than "
+                                f"{self.max_level_pixels:,} to decode at once, and this TIFF "
+                                "is not tiled for region reads; ask for a smaller level or "
+                                "convert it to a tiled pyramid")
+            try:
+                pixels = self._levels[level].asarray()
+            except Exception as error:
+                raise DataError(f"{self.path}: level {level} cannot be decoded ({error})"
+                                ) from None
+            self._cache = {level: _as_rgb(pixels, self.path)}
+        return self._cache[level]
+
+
+def _height_width(shape: tuple[int, ...], path: Path) -> tuple[int, int]:
+    if len(shape) == 2 or (len(shape) == 3 and shape[-1] in (1, 3, 4)):
+        return int(shape[0]), int(shape[1])
+    raise DataError(f"{path}: image of shape {shape} is not a 2-D grey or RGB(A) image")
+
+
+def _as_rgb(pixels: np.ndarray, path: Path) -> np.ndarray:
+    if pixels.dtype != np.uint8:
+        if pixels.dtype.kind not in "ui":
+            raise DataError(f"{path}: {pixels.dtype} pixels; expected 8- or 16-bit integers")
+        pixels = (pixels >> (8 * (pixels.dtype.itemsize - 1))).astype(np.uint8)
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    if pixels.shape[-1] == 1:
+        pixels = np.repeat(pixels, 3, axis=-1)
+    return np.ascontiguousarray(pixels[..., :3])
+
+
+def _tiff_mpp(page) -> float | None:
+    """Microns per pixel from a TIFF page's XResolution and ResolutionUnit tags."""
+    tags = page.tags
+    if "XResolution" not in tags or "ResolutionUnit" not in tags:
+        return None
+    numerator, denominator = tags["XResolution"].value
+    unit = int(tags["ResolutionUnit"].value)
+    per_unit = numerator / denominator if denominator else 0
+    microns = {2: 25_400.0, 3: 10_000.0}.get(unit)
+    return microns / per_unit if microns and per_unit > 0 else None
+
+
+# -- tissue ------------------------------------------------------------------------------------
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of ``values`` (any shape): the cut maximising the between-class
+    variance of a ``bins``-bin histogram (Otsu 1979)."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if values.size == 0 or values.min() == values.max():
+        return float(values.min()) if values.size else 0.0
+    counts, edges = np.histogram(values, bins=bins)
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight_low = np.cumsum(counts)
+    weight_high = weight_low[-1] - weight_low
+    sum_low = np.cumsum(counts * centres)
+    mean_low = sum_low / np.maximum(weight_low, 1)
+    mean_high = (sum_low[-1] - sum_low) / np.maximum(weight_high, 1)
+    between = weight_low * weight_high * (mean_low - mean_high) ** 2
+    return float(edges[int(np.argmax(between[:-1])) + 1])
+
+
+def tissue_mask(image: np.ndarray) -> np.ndarray:
+    """bool ``(H, W)``: tissue of a low-resolution RGB slide image, by Otsu's threshold on
+    saturation (stained tissue is coloured, glass bright and grey); very dark pixels (pen,
+    folds, scanner borders) are not tissue."""
+    rgb = np.asarray(image, dtype=np.float32)
+    high, low = rgb.max(axis=-1), rgb.min(axis=-1)
+    saturation = np.where(high > 0, (high - low) / np.maximum(high, 1e-6), 0.0)
+    return (saturation > otsu_threshold(saturation)) & (high > 40)
+
+
+def _overview_level(slide: Slide, max_side: int) -> int:
+    """The largest level whose longer side is at most ``max_side`` (else the smallest)."""
+    fitting = [k for k, (w, h) in enumerate(slide.dimensions) if max(w, h) <= max_side]
+    return fitting[0] if fitting else slide.level_count - 1
+
+
+def slide_overview(slide: Slide, max_side: int = 1024) -> tuple[np.ndarray, float]:
+    """A low-resolution image of the whole slide, at most ``max_side`` pixels on its longer
+    side, and its downsample from level 0."""
+    level = _overview_level(slide, max_side)
+    width, height = slide.dimensions[level]
+    scale = min(1.0, max_side / max(width, height))
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    image = downsample_level(slide, level, (0, 0, width, height), size)
+    return image, slide.downsamples[level] * width / size[1]
+
+
+def tissue_box(slide: Slide, max_side: int = 1024, margin: float = 0.02
+               ) -> tuple[int, int, int, int]:
+    """``(x0, y0, x1, y1)`` in level-0 pixels: the bounding box of the slide's tissue, with
+    a ``margin`` (share of the slide's size) around it."""
+    overview, scale = slide_overview(slide, max_side)
+    mask = tissue_mask(overview)
+    if not mask.any():
+        raise DataError(f"{slide.path}: no tissue found (Otsu on saturation of a "
+                        f"{overview.shape[1]}x{overview.shape[0]} overview)")
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    width0, height0 = slide.dimensions[0]
+    pad_x, pad_y = margin * width0, margin * height0
+    return (max(0, int(cols[0] * scale - pad_x)), max(0, int(rows[0] * scale - pad_y)),
+            min(width0, int(math.ceil((cols[-1] + 1) * scale + pad_x))),
+            min(height0, int(math.ceil((rows[-1] + 1) * scale + pad_y))))
+
+
+# -- images and tiles --------------------------------------------------------------------------
+
+def downsample_level(slide: Slide, level: int, box: tuple[int, int, int, int],
+                     size: tuple[int, int]) -> np.ndarray:
+    """uint8 ``(H, W, 3)``: the ``box`` ``(x0, y0, x1, y1)`` of ``level`` (its pixels)
+    resized to ``size`` ``(H, W)`` with Pillow's antialiased bicubic filter, reading at most
+    ``_STRIP_ROWS`` source rows (plus a small overlap) at a time."""
+    x0, y0, x1, y1 = box
+    out_h, out_w = size
+    rows_per_output = (y1 - y0) / out_h
+    out = np.empty((out_h, out_w, 3), np.uint8)
+    band = max(1, int(_STRIP_ROWS / max(rows_per_output, 1e-9)))
+    margin = int(math.ceil(2 * max(rows_per_output, 1))) + 2  # the filter's support
+    for start in range(0, out_h, band):
+        stop = min(out_h, start + band)
+        top, bottom = y0 + start * rows_per_output, y0 + stop * rows_per_output
+        read_top = max(y0, int(math.floor(top)) - margin)
+        read_bottom = min(y1, int(math.ceil(bottom)) + margin)
+        strip = Image.fromarray(slide.read_region(level, x0, read_top, x1 - x0,
+                                                  read_bottom - read_top))
+        resized = strip.resize((out_w, stop - start), Image.BICUBIC,
+                               box=(0, top - read_top, x1 - x0, bottom - read_top))
+        out[start:stop] = np.asarray(resized)
+    return out
+
+
+def read_slide_image(path: str | Path, size: tuple[int, int], *, mpp: float | None = None,
+                     level: int | None = None, crop_to_tissue: bool = False,
+                     max_level_pixels: int = MAX_LEVEL_PIXELS) -> np.ndarray:
+    """A slide, or its tissue bounding box, as one uint8 ``(H, W, 3)`` image of ``size``.
+
+    Reads the level nearest ``mpp`` (or ``level``; by default the smallest level still at
+    least as large as ``size``), strip by strip, so memory stays near one strip of that
+    level plus the output.
+    """
+    with Slide(path, max_level_pixels=max_level_pixels) as slide:
+        box0 = tissue_box(slide) if crop_to_tissue else (0, 0, *slide.dimensions[0])
+        if mpp is not None or level is not None:
+            chosen = slide.level_for(mpp=mpp, level=level)
+        else:
+            needed = max((box0[2] - box0[0]) / size[1], (box0[3] - box0[1]) / size[0])
+            usable = [k for k, d in enumerate(slide.downsamples) if d <= max(needed, 1.0)]
+            chosen = usable[-1] if usable else 0
+        scale = slide.downsamples[chosen]
+        box = (int(box0[0] / scale), int(box0[1] / scale),
+               max(int(box0[0] / scale) + 1, int(round(box0[2] / scale))),
+               max(int(box0[1] / scale) + 1, int(round(box0[3] / scale))))
+        return downsample_level(slide, chosen, box, size)
+
+
+def tile_grid(slide: Slide, tile_size: int, *, mpp: float | None = None,
+              level: int | None = None, min_tissue: float = 0.5,
+              overview_side: int = 1024) -> pd.DataFrame:
+    """Non-overlapping ``tile_size`` tiles of one level that hold tissue.
+
+    Returns:
+        One row per kept tile: ``level``, ``x``, ``y`` (its top left in that level's
+        pixels), ``tissue`` (its share of tissue pixels on the overview's mask); tiles
+        with less than ``min_tissue`` are dropped.
+
+    Raises:
+        DataError: no tile holds enough tissue.
+    """
+    chosen = slide.level_for(mpp=mpp, level=level)
+    overview, overview_scale = slide_overview(slide, overview_side)
+    mask = tissue_mask(overview)
+    width, height = slide.dimensions[chosen]
+    factor = slide.downsamples[chosen] / overview_scale  # overview pixels per level pixel
+    rows = []
+    for y in range(0, height - tile_size + 1, tile_size):
+        for x in range(0, width - tile_size + 1, tile_size):
+            r0, c0 = int(y * factor), int(x * factor)
+            r1 = max(r0 + 1, int(math.ceil((y + tile_size) * factor)))
+            c1 = max(c0 + 1, int(math.ceil((x + tile_size) * factor)))
+            share = float(mask[r0:r1, c0:c1].mean()) if mask[r0:r1, c0:c1].size else 0.0
+            if share >= min_tissue:
+                rows.append({"level": chosen, "x": x, "y": y, "tissue": share})
+    if not rows:
+        raise DataError(f"{slide.path}: no {tile_size}x{tile_size} tile at level {chosen} "
+                        f"holds {min_tissue:.0%} tissue (no tissue found)")
+    return pd.DataFrame(rows)
