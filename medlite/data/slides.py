@@ -33,7 +33,7 @@ SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".mrxs", ".vms", ".b
 #: Largest level a backend without region reads (plain TIFF) may decode at once.
 MAX_LEVEL_PIXELS = 64_000_000
 #: Source rows per strip when downsampling a level (bounds memory to width x this).
-_STRIP_ROWS = 1024
+_STRIP_ROWS = 512
 
 
 class Slide:
@@ -134,9 +134,15 @@ class Slide:
             region = self._slide.read_region((int(round(x * scale)), int(round(y * scale))),
                                              level, (int(width), int(height)))
             rgba = np.asarray(region, dtype=np.uint8)
-            alpha = rgba[..., 3:4].astype(np.float32) / 255.0
-            # transparent (outside the scan) becomes white, as on glass
-            return (rgba[..., :3] * alpha + 255.0 * (1 - alpha)).round().astype(np.uint8)
+            del region
+            rgb = rgba[..., :3].copy()
+            # transparent (outside the scan) becomes white, as on glass; only those pixels
+            # are composited, in floats, so a strip never has a float copy
+            partial = rgba[..., 3] < 255
+            if partial.any():
+                alpha = rgba[..., 3][partial].astype(np.float32)[:, None] / 255.0
+                rgb[partial] = (rgb[partial] * alpha + 255.0 * (1 - alpha)).round()
+            return rgb
         pixels = self._tiff_level(level)
         out = np.full((int(height), int(width), 3), 255, np.uint8)
         h, w = pixels.shape[:2]
