@@ -715,6 +715,9 @@ DRIVEDB3_LABEL_NAMES: dict[int, str] = {0: "rest", 1: "highway", 2: "city"}
 DRIVEDB3_PHASE_CODES: dict[str, int] = {
     "rest": 0, "highway": 1, "city": 2, "driving": UNLABELLED, "none": UNLABELLED,
 }  # fmt: skip
+#: Label levels -> (phase codes, class names).
+_DRIVEDB_LEVELS = {2: (DRIVEDB_PHASE_CODES, DRIVEDB_LABEL_NAMES),
+                   3: (DRIVEDB3_PHASE_CODES, DRIVEDB3_LABEL_NAMES)}
 #: Phases between the marker events of records whose marker was studied by hand.
 DRIVEDB_RECORD_PHASES: dict[str, tuple[str, ...]] = {
     "drive17a": ("none", "rest", "driving"),
@@ -914,9 +917,9 @@ def drivedb_stress_labels(
     marker_fs = float(record.fs) * int(record.samps_per_frame[marker_index])
     events = drivedb_marker_events(marker, marker_fs)
     name = str(record.record_name)
-    if levels not in (2, 3):
+    if levels not in _DRIVEDB_LEVELS:
         raise ValueError(f"levels must be 2 or 3, got {levels}")
-    codes = DRIVEDB_PHASE_CODES if levels == 2 else DRIVEDB3_PHASE_CODES
+    codes, label_names = _DRIVEDB_LEVELS[levels]
     if phases is None and durations and name.lower() in durations:
         try:
             phases = drivedb_protocol_phases(events, durations[name.lower()])
@@ -950,5 +953,5 @@ def drivedb_stress_labels(
     match = re.fullmatch(r"(drive\d+)[a-z]?", name)
     ecg.labels = labels
     ecg.subject = match.group(1) if match else name
-    ecg.label_names = dict(DRIVEDB_LABEL_NAMES if levels == 2 else DRIVEDB3_LABEL_NAMES)
+    ecg.label_names = dict(label_names)
     return ecg

@@ -29,7 +29,6 @@ from PIL import Image
 
 from medlite.errors import DataError
 
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".mrxs", ".vms", ".bif")
 #: Largest level a backend without region reads (plain TIFF) may decode at once.
 MAX_LEVEL_PIXELS = 64_000_000
 #: Source rows per strip when downsampling a level (bounds memory to width x this).

@@ -87,6 +87,14 @@ class OperatingPoint:
         return asdict(self)
 
 
+def flag_columns(output) -> dict:
+    """``{"flag_<class>": bool}`` of an output read at an operating point ({} when it is
+    not), for prediction and evaluation tables."""
+    if getattr(output, "flagged", None) is None:
+        return {}
+    return {f"flag_{output.flag_class}": output.flagged}
+
+
 def fit_operating_point(table: pd.DataFrame, class_names: list[str], class_name: str,
                         target_specificity: float) -> OperatingPoint:
     """The operating point of ``class_name`` from validation predictions ``table``
@@ -121,6 +129,9 @@ def load_operating_point(run_dir: Path | None, class_names: list[str],
     the run kept no validation predictions)."""
     if class_name is None or run_dir is None:
         return None
+    if class_name not in class_names:
+        raise ConfigError(f"evaluation.positive_class: {class_name!r} is not a class of the "
+                          f"run ({', '.join(class_names)})")
     path = Path(run_dir) / VALIDATION_FILE
     if not path.is_file():
         return None
@@ -129,7 +140,7 @@ def load_operating_point(run_dir: Path | None, class_names: list[str],
     except (OSError, ValueError) as error:
         raise DataError(f"{path}: unreadable ({error})") from None
     missing = [c for c in ("label_index", f"p_{class_name}") if c not in table]
-    if missing and class_name in class_names:
+    if missing:
         raise DataError(f"{path}: no column {missing[0]}")
     return fit_operating_point(table, class_names, class_name, target_specificity)
 

@@ -50,6 +50,7 @@ from medlite.errors import ConfigError, DataError
 from medlite.evaluation.conformal import conformal_columns, conformal_statistic
 from medlite.evaluation.operating_point import (
     OperatingPoint,
+    flag_columns,
     load_operating_point,
     operating_point_statistic,
     save_validation_predictions,
@@ -273,9 +274,8 @@ class ClassificationTask(Task):
         return output
 
     def write_prediction(self, output: ClassificationOutput, name: str, writer):
-        flag = {} if output.flagged is None else {f"flag_{output.flag_class}": output.flagged}
         return [], {"predicted": output.predicted, "confidence": output.confidence,
-                    **flag, **conformal_columns(output),
+                    **flag_columns(output), **conformal_columns(output),
                     **{f"p_{c}": float(p) for c, p in zip(output.class_names,
                                                           output.probabilities, strict=True)}}
 
@@ -334,10 +334,9 @@ class ClassificationTask(Task):
         covered = {}
         if output.prediction_set is not None:
             covered = {"covered": info["label"] in output.prediction_set}
-        flag = {} if output.flagged is None else {f"flag_{output.flag_class}": output.flagged}
         return [{**info, "predicted": output.predicted,
                  "correct": predicted == info["label_index"], "confidence": output.confidence,
-                 **conformal_columns(output), **covered, **flag,
+                 **conformal_columns(output), **covered, **flag_columns(output),
                  **{f"p_{c}": float(p) for c, p in zip(output.class_names,
                                                        output.probabilities, strict=True)}}]
 
