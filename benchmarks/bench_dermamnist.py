@@ -13,7 +13,10 @@ With ``--positive-class mel`` the run also reads melanoma at a fixed specificity
 sensitivity / specificity at that cut on the test split. With ``--ph2`` the trained model is
 also evaluated on dermoscopy from another clinic: PH2's 200 images, reduced to 28x28 as
 DermaMNIST's were made from HAM10000's, melanoma as ``mel`` and common and atypical nevi as
-``nv``, at the same cut.
+``nv``, at the same cut. With ``--balanced-decision`` the same trained model is evaluated
+once more on the test split under a second configuration, ``evaluation.decision:
+balanced``: the arg-max of ``p_k * prior_k^-tau`` with ``tau`` chosen on the validation split
+for balanced accuracy (post-hoc logit adjustment; probabilities and AUCs unchanged).
 
 Writes ``summary.json`` in ``--out`` (the run itself in ``--out/run``).
 """
@@ -92,6 +95,8 @@ def main() -> None:
     parser.add_argument("--positive-class", help="read this class at a fixed specificity, "
                         "e.g. mel")
     parser.add_argument("--target-specificity", type=float, default=0.8)
+    parser.add_argument("--balanced-decision", action="store_true",
+                        help="also evaluate the test split with evaluation.decision=balanced")
     parser.add_argument("--ph2", type=Path, nargs="?", const=PH2,
                         help="also evaluate on PH2 reduced to 28 px (default ../shared's)")
     args = parser.parse_args()
@@ -118,6 +123,13 @@ def main() -> None:
                "operating_point": result.info.get("operating_point"),
                "test": figures(result.metrics), "anchors_acc_auc": ANCHORS}
     write_json(args.out / "summary.json", summary)
+    if args.balanced_decision:
+        balanced, _ = evaluate_run(args.out / "run", split="test", overwrite=True,
+                                   out=args.out / "run" / "evaluations" / "balanced_decision",
+                                   overrides=["evaluation.decision=balanced"])
+        summary["test_balanced_decision"] = {**figures(balanced.metrics),
+                                             "decision": balanced.info.get("decision")}
+        write_json(args.out / "summary.json", summary)
     if args.ph2:
         manifest = ph2_as_dermamnist(args.ph2, args.out)
         other, _ = evaluate_run(args.out / "run", data=manifest, overwrite=True,

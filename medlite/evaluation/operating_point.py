@@ -132,6 +132,15 @@ def load_operating_point(run_dir: Path | None, class_names: list[str],
     if class_name not in class_names:
         raise ConfigError(f"evaluation.positive_class: {class_name!r} is not a class of the "
                           f"run ({', '.join(class_names)})")
+    table = read_validation_predictions(run_dir, [f"p_{class_name}"])
+    if table is None:
+        return None
+    return fit_operating_point(table, class_names, class_name, target_specificity)
+
+
+def read_validation_predictions(run_dir: Path, columns: list[str]) -> pd.DataFrame | None:
+    """The run's :data:`VALIDATION_FILE` with ``label_index`` and ``columns`` checked
+    (None when the run kept none)."""
     path = Path(run_dir) / VALIDATION_FILE
     if not path.is_file():
         return None
@@ -139,10 +148,10 @@ def load_operating_point(run_dir: Path | None, class_names: list[str],
         table = pd.read_csv(path)
     except (OSError, ValueError) as error:
         raise DataError(f"{path}: unreadable ({error})") from None
-    missing = [c for c in ("label_index", f"p_{class_name}") if c not in table]
+    missing = [c for c in ("label_index", *columns) if c not in table]
     if missing:
         raise DataError(f"{path}: no column {missing[0]}")
-    return fit_operating_point(table, class_names, class_name, target_specificity)
+    return table
 
 
 def operating_point_statistic(table: pd.DataFrame, point: dict | None):

@@ -114,14 +114,24 @@ class ClassificationOutput:
     #: run reads no class at a fixed specificity; ``evaluation.positive_class``).
     flagged: bool | None = None
     flag_class: str | None = None
+    #: ``(C,)`` weights of the run's prior-balanced decision, ``predicted`` being
+    #: ``argmax(probabilities * decision_weights)`` (None: the plain arg-max;
+    #: ``evaluation.decision``).
+    decision_weights: np.ndarray | None = None
+
+    @property
+    def predicted_index(self) -> int:
+        weights = 1.0 if self.decision_weights is None else self.decision_weights
+        return int(np.argmax(self.probabilities * weights))
 
     @property
     def predicted(self) -> str:
-        return self.class_names[int(np.argmax(self.probabilities))]
+        return self.class_names[self.predicted_index]
 
     @property
     def confidence(self) -> float:
-        return float(np.max(self.probabilities))
+        """The probability of the predicted class."""
+        return float(self.probabilities[self.predicted_index])
 
 
 @dataclass

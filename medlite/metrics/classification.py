@@ -218,6 +218,7 @@ def classification_metrics(
     class_names: Sequence[str],
     n_bins: int = DEFAULT_CALIBRATION_BINS,
     classes: Sequence[int] | None = None,
+    decision_weights: ArrayLike | None = None,
 ) -> dict[str, float]:
     """Accuracy, balanced accuracy, macro F1, ROC AUC, ECE and per-class one-vs-rest rates.
 
@@ -230,6 +231,10 @@ def classification_metrics(
         classes: indices of the classes that balanced accuracy, macro F1 and ROC AUC average
             over (default all C): evaluation data holding only some of a model's classes
             is scored on the classes it has.
+        decision_weights: ``(C,)`` positive weights; the predicted class is
+            ``argmax(probabilities * decision_weights)`` (default the plain arg-max). They
+            move the decision-based metrics (accuracy, balanced accuracy, macro F1, the
+            per-class rates), not ROC AUC or ECE, which read the probabilities.
 
     Returns:
         Floats under these keys, always in this order: ``accuracy``, ``balanced_accuracy``
@@ -246,7 +251,8 @@ def classification_metrics(
     labels, probs = check_probabilities(y_true, probabilities)
     num_classes = probs.shape[1]
     names = _check_class_names(class_names, num_classes)
-    predicted = probs.argmax(axis=1)
+    predicted = probs.argmax(axis=1) if decision_weights is None else \
+        (probs * np.asarray(decision_weights, np.float64)).argmax(axis=1)
     matrix = confusion(labels, predicted, num_classes)
     support = matrix.sum(axis=1)
     true_positive = np.diag(matrix)

@@ -337,13 +337,15 @@ def save_misclassified_grid(
 
 
 def classification_figures(table: pd.DataFrame, class_names: Sequence[str], figure_dir: Path,
-                           mistakes_dir: Path, max_mistakes: int = 16
+                           mistakes_dir: Path, max_mistakes: int = 16,
+                           decision_weights: Sequence[float] | None = None
                            ) -> tuple[dict[str, Path], dict]:
     """The report figures of a classification evaluation from its per-sample table
     (``label_index``, ``confidence`` and ``p_<class>`` columns): confusion matrices (counts
     and row-normalised), reliability diagram, ROC curves, and the most confident mistakes
-    whose images are in ``mistakes_dir/<sample>.png``. Returns the figures and the confusion
-    matrix (for metrics.json)."""
+    whose images are in ``mistakes_dir/<sample>.png``; the predicted class is
+    ``argmax(p * decision_weights)`` when they are given (the run's balanced decision).
+    Returns the figures and the confusion matrix (for metrics.json)."""
     from medlite.metrics import confusion, expected_calibration_error, reliability_curve
 
     names = list(class_names)
@@ -351,7 +353,8 @@ def classification_figures(table: pd.DataFrame, class_names: Sequence[str], figu
     figure_dir.mkdir(parents=True, exist_ok=True)
     truth = table["label_index"].to_numpy(np.int64)
     probabilities = table[[f"p_{c}" for c in names]].to_numpy(np.float64)
-    predicted = probabilities.argmax(axis=1)
+    predicted = probabilities.argmax(axis=1) if decision_weights is None else \
+        (probabilities * np.asarray(decision_weights, np.float64)).argmax(axis=1)
     matrix = confusion(truth, predicted, len(names))
     figures = {
         "confusion_matrix": plot_confusion_matrix(
@@ -367,7 +370,8 @@ def classification_figures(table: pd.DataFrame, class_names: Sequence[str], figu
         figures["roc_curves"] = plot_roc_curves(truth, probabilities, names,
                                                 figure_dir / "roc_curves.png")
     wrong = np.flatnonzero(predicted != truth)
-    wrong = wrong[np.argsort(-probabilities[wrong].max(axis=1), kind="stable")]
+    confidence = probabilities[np.arange(len(predicted)), predicted]
+    wrong = wrong[np.argsort(-confidence[wrong], kind="stable")]
     shown = [i for i in wrong if (Path(mistakes_dir) / f"{table['sample'].iloc[i]}.png")
              .is_file()][:max_mistakes]
     if len(shown) or not len(wrong):
@@ -377,6 +381,6 @@ def classification_figures(table: pd.DataFrame, class_names: Sequence[str], figu
                              .convert("RGB")) for i in shown]
         figures["most_confident_mistakes"] = save_misclassified_grid(
             images, [names[truth[i]] for i in shown], [names[predicted[i]] for i in shown],
-            probabilities[shown].max(axis=1) if shown else [],
+            confidence[shown] if shown else [],
             figure_dir / "misclassified.png")
     return figures, {"class_names": names, "confusion_matrix": matrix.tolist()}

@@ -100,6 +100,12 @@ class ClassificationEvaluationConfig(EvaluationConfig):
     target_specificity: float = Field(
         0.8, gt=0, lt=1, description="The validation specificity the positive_class cut "
         "is chosen to reach (the lowest such cut, so the most sensitive).")
+    decision: Literal["argmax", "balanced"] = Field(
+        "argmax", description="How a class is named from the probabilities. argmax: the "
+        "most probable; balanced: argmax of p_k * prior_k^-tau, the validation class "
+        "frequencies as prior and tau chosen on the validation split for balanced accuracy "
+        "(post-hoc logit adjustment; the probabilities are unchanged). Can change after "
+        "training.")
 
 
 def paper_stages() -> list[StageConfig]:

@@ -19,6 +19,7 @@ is continuous where macro F1 ties for many epochs; inverse-frequency class weigh
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,7 @@ from medlite.data.io import image_files
 from medlite.data.transforms import to_tensor_image
 from medlite.errors import ConfigError, DataError
 from medlite.evaluation.conformal import conformal_columns, conformal_statistic
+from medlite.evaluation.decision import BalancedDecision, load_balanced_decision
 from medlite.evaluation.operating_point import (
     OperatingPoint,
     flag_columns,
@@ -259,18 +261,24 @@ class ClassificationTask(Task):
         return [ImageInput(path) for path in image_files(paths)]
 
     def load_postprocessing(self, run_dir: Path, config: ClassificationConfig
-                            ) -> OperatingPoint | None:
-        """The operating point of ``evaluation.positive_class``, chosen on the run's
-        validation predictions."""
-        return load_operating_point(run_dir, self.class_names(config),
-                                    config.evaluation.positive_class,
-                                    config.evaluation.target_specificity)
+                            ) -> ReadingRules | None:
+        """The operating point of ``evaluation.positive_class`` and the balanced decision
+        (``evaluation.decision``), both chosen on the run's validation predictions."""
+        names = self.class_names(config)
+        point = load_operating_point(run_dir, names, config.evaluation.positive_class,
+                                     config.evaluation.target_specificity)
+        decision = load_balanced_decision(run_dir, names) \
+            if config.evaluation.decision == "balanced" else None
+        return None if point is None and decision is None else ReadingRules(point, decision)
 
-    def postprocess(self, output: ClassificationOutput, state: OperatingPoint | None,
+    def postprocess(self, output: ClassificationOutput, state: ReadingRules | None,
                     config: ClassificationConfig) -> ClassificationOutput:
-        if state is not None:
-            probability = output.probabilities[output.class_names.index(state.class_name)]
-            output.flagged, output.flag_class = state.flag(probability), state.class_name
+        if state is not None and state.operating_point is not None:
+            point = state.operating_point
+            probability = output.probabilities[output.class_names.index(point.class_name)]
+            output.flagged, output.flag_class = point.flag(probability), point.class_name
+        if state is not None and state.decision is not None:
+            output.decision_weights = state.decision.weights
         return output
 
     def write_prediction(self, output: ClassificationOutput, name: str, writer):
@@ -293,8 +301,13 @@ class ClassificationTask(Task):
                 **self.saved_extras(context.run_dir, context.config)}
 
     def saved_extras(self, run_dir: Path, config: ClassificationConfig) -> dict:
-        point = self.load_postprocessing(run_dir, config)
-        return {} if point is None else {"operating_point": point.to_json()}
+        rules = self.load_postprocessing(run_dir, config)
+        extras = {}
+        if rules is not None and rules.operating_point is not None:
+            extras["operating_point"] = rules.operating_point.to_json()
+        if rules is not None and rules.decision is not None:
+            extras["decision"] = rules.decision.to_json()
+        return extras
 
     def conformal_calibration(self, context, model, results):
         """``1 - p(true class)`` of the deployed model on the validation split; its class
@@ -327,7 +340,7 @@ class ClassificationTask(Task):
         return inputs
 
     def score(self, output: ClassificationOutput, info: dict, config, prediction_dir):
-        predicted = int(np.argmax(output.probabilities))
+        predicted = output.predicted_index
         if prediction_dir is not None and predicted != info["label_index"]:
             # Mistakes are kept at network size for the report's most confident mistakes.
             save_png(output.image, prediction_dir / "mistakes" / f"{info['sample']}.png")
@@ -348,21 +361,28 @@ class ClassificationTask(Task):
         classes = None if len(present) == len(names) else present
         sets = conformal_statistic(table)
         point = operating_point_statistic(table, extras.get("operating_point"))
+        weights = extras.get("decision", {}).get("weights")
         return lambda index: {"classification": classification_metrics(
-            truth[index], probabilities[index], names, classes=classes), **sets(index),
-            **point(index)}
+            truth[index], probabilities[index], names, classes=classes,
+            decision_weights=weights), **sets(index), **point(index)}
 
     def figures(self, table: pd.DataFrame, config: ClassificationConfig, figure_dir: Path,
                 extras: dict):
         names = self.class_names(config)
         present = sorted(set(table["label_index"].tolist()))
-        figures, info = classification_figures(table, names, figure_dir,
-                                               figure_dir.parent / "predictions" / "mistakes")
+        decision = extras.get("decision")
+        figures, info = classification_figures(
+            table, names, figure_dir, figure_dir.parent / "predictions" / "mistakes",
+            decision_weights=decision["weights"] if decision else None)
         info["profile"] = model_profile(self, config)
         if extras.get("operating_point"):
             info["operating_point"] = extras["operating_point"]
+        if decision:
+            info["decision"] = decision
         info["classes_absent"] = [n for k, n in enumerate(names) if k not in present]
-        info["aggregation"] = ("one prediction per image (arg-max of the softmax); "
+        rule = ("arg-max of p_k * prior_k^-tau, the balanced decision chosen on validation "
+                f"(tau {decision['tau']})" if decision else "arg-max of the softmax")
+        info["aggregation"] = (f"one prediction per image ({rule}); "
                                "sensitivity/specificity one-vs-rest per class (binary: of "
                                f"class {names[-1]!r}); ECE over 15 confidence bins"
                                + (f"; balanced accuracy, macro F1 and ROC AUC over the "
@@ -379,6 +399,16 @@ class ClassificationTask(Task):
                                    f"{', '.join(s['frozen_modules']) or 'nothing'}</li>"
                                    for s in extras["stages"]) + "</ul>"))
         return figures, sections, info
+
+
+@dataclass(frozen=True)
+class ReadingRules:
+    """How a classification run reads its probabilities, both chosen on validation: a fixed
+    cut for one class (``evaluation.positive_class``) and the balanced decision
+    (``evaluation.decision: balanced``); either may be None."""
+
+    operating_point: OperatingPoint | None
+    decision: BalancedDecision | None
 
 
 def _argmax(logits: torch.Tensor) -> torch.Tensor:
