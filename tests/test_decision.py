@@ -41,7 +41,8 @@ def test_tau_is_the_grid_value_with_the_best_validation_balanced_accuracy():
         balanced_accuracy_score(labels, probabilities.argmax(1)))
     # the rare class is what the plain arg-max loses; the adjusted decision wins it back
     assert decision.tau > 0.5
-    assert decision.validation_balanced_accuracy > decision.validation_balanced_accuracy_argmax + 0.1
+    assert (decision.validation_balanced_accuracy
+            > decision.validation_balanced_accuracy_argmax + 0.1)
     assert decision.prior == pytest.approx(tuple(prior))
     assert decision.weights.sum() == pytest.approx(1.0)
 

@@ -13,6 +13,9 @@ file's metadata, a downsample, or a level index) and reads it in strips or tiles
   (the SSc paper reduced its SVS scans to 128 px), strip by strip.
 - :func:`tissue_mask` (Otsu on saturation, background being bright and grey) and
   :func:`tile_grid`: tiles of a chosen size at a chosen resolution that hold enough tissue.
+- :func:`slide_tile_rows`: a table of slides (a classification manifest) as one row per
+  tile (:func:`select_tiles`: the grid, subsampled deterministically), and
+  :func:`aggregate_tiles`: a slide's class probabilities from its tiles'.
 
 Every failure (unreadable file, a level the slide lacks, no tissue) is a
 :class:`~medlite.errors.DataError` naming the file.
@@ -21,6 +24,7 @@ Every failure (unreadable file, a level the slide lacks, no tissue) is a
 from __future__ import annotations
 
 import math
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -341,3 +345,100 @@ def tile_grid(slide: Slide, tile_size: int, *, mpp: float | None = None,
         raise DataError(f"{slide.path}: no {tile_size}x{tile_size} tile at level {chosen} "
                         f"holds {min_tissue:.0%} tissue (no tissue found)")
     return pd.DataFrame(rows)
+
+
+# -- slides as classification samples ---------------------------------------------------------
+
+#: Suffixes ``medlite predict`` takes from a folder when a run reads slides.
+SLIDE_EXTENSIONS = (".svs", ".ndpi", ".scn", ".mrxs", ".bif", ".vms", ".vmu", ".svslide",
+                    ".tif", ".tiff")
+
+
+def slide_files(inputs) -> list[Path]:
+    """Files and folders (their slides, sorted) -> slide files; a missing path is an error."""
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files += sorted(p for p in item.iterdir() if p.suffix.lower() in SLIDE_EXTENSIONS)
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise DataError(f"{item}: no such file or folder")
+    if not files:
+        raise DataError(f"{', '.join(map(str, inputs))}: no slides found "
+                        f"({', '.join(SLIDE_EXTENSIONS)})")
+    return files
+
+
+def select_tiles(slide: Slide, tile_size: int, *, mpp: float | None = None,
+                 level: int | None = None, min_tissue: float = 0.5,
+                 max_tiles: int | None = None, seed: int = 0) -> pd.DataFrame:
+    """:func:`tile_grid`, subsampled to at most ``max_tiles`` tiles (in grid order); the
+    subsample depends only on ``seed`` and the file's name, so training, evaluation and
+    prediction see the same tiles of a slide."""
+    grid = tile_grid(slide, tile_size, mpp=mpp, level=level, min_tissue=min_tissue)
+    if max_tiles is not None and len(grid) > max_tiles:
+        rng = np.random.default_rng([seed, zlib.crc32(slide.path.name.encode())])
+        grid = grid.iloc[np.sort(rng.choice(len(grid), max_tiles, replace=False))]
+    return grid.reset_index(drop=True)
+
+
+def iter_tiles(path: str | Path, tile_size: int, **selection):
+    """``(tile, pixels)`` per tile of :func:`select_tiles` (``selection`` its keywords):
+    the tile's row (``level``, ``x``, ``y``, ``tissue``) and its uint8
+    ``(tile_size, tile_size, 3)`` pixels, read one at a time from the open slide."""
+    with Slide(path) as slide:
+        for tile in select_tiles(slide, tile_size, **selection).itertuples(index=False):
+            yield tile, slide.read_region(tile.level, tile.x, tile.y, tile_size, tile_size)
+
+
+def slide_tile_rows(table: pd.DataFrame, tile_size: int, **selection) -> pd.DataFrame:
+    """A table of slides (one row each, with ``sample`` and ``image``, the slide file) as
+    one row per tile: the slide's columns (label, subject, split... repeated), ``slide``
+    (its sample id), ``sample`` (``<slide>_x<x>_y<y>``), ``level``, ``x``, ``y``,
+    ``tissue`` and ``pixels`` (uint8 arrays). ``selection``: keywords of
+    :func:`select_tiles`.
+
+    Raises:
+        DataError: naming the file, for an unreadable slide, a missing level or a slide
+            without tissue.
+    """
+    rows = []
+    for slide in table.to_dict("records"):
+        for tile, pixels in iter_tiles(slide["image"], tile_size, **selection):
+            rows.append({**slide, "slide": slide["sample"],
+                         "sample": f"{slide['sample']}_x{tile.x}_y{tile.y}",
+                         "level": tile.level, "x": tile.x, "y": tile.y,
+                         "tissue": tile.tissue, "pixels": pixels})
+    tiles = pd.DataFrame(rows)
+    tiles.attrs = dict(table.attrs)
+    return tiles
+
+
+def aggregate_tiles(probabilities: np.ndarray, method: str = "mean",
+                    top_k: int = 5) -> np.ndarray:
+    """Class probabilities of a slide from its tiles' ``(n, C)``: ``mean`` over tiles, or
+    ``top_k``: per class the mean of its ``top_k`` highest tile probabilities (all tiles
+    when fewer), renormalised to sum to 1."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if method == "mean":
+        return probabilities.mean(axis=0)
+    if method == "top_k":
+        k = min(int(top_k), len(probabilities))
+        top = np.sort(probabilities, axis=0)[-k:].mean(axis=0)
+        return top / top.sum()
+    raise ValueError(f"aggregate must be 'mean' or 'top_k', got {method!r}")
+
+
+def tile_mosaic(tiles: list[np.ndarray], columns: int = 4) -> np.ndarray:
+    """Up to ``columns`` squared equally sized tiles side by side (white where none): a view
+    of what the network saw of a slide."""
+    tiles = tiles[:columns * columns]
+    columns = min(columns, len(tiles))
+    rows = math.ceil(len(tiles) / columns)
+    h, w = tiles[0].shape[:2]
+    mosaic = np.full((rows * h, columns * w, 3), 255, np.uint8)
+    for k, tile in enumerate(tiles):
+        r, c = divmod(k, columns)
+        mosaic[r * h:(r + 1) * h, c * w:(c + 1) * w] = tile
+    return mosaic

@@ -9,6 +9,7 @@ from medlite.inference.types import (
     PasiOutput,
     RecordingInput,
     SegmentationOutput,
+    SlideInput,
     StressOutput,
     VisitInput,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "Predictor",
     "RecordingInput",
     "SegmentationOutput",
+    "SlideInput",
     "StressOutput",
     "VisitInput",
     "load_run",

@@ -43,6 +43,20 @@ class ImageInput:
 
 
 @dataclass(frozen=True)
+class SlideInput:
+    """One whole-slide image file (SVS, NDPI, pyramidal TIFF...), read as the run's
+    ``data.slides`` says; ``tiles``: its tiles already read (uint8 ``(h, w, 3)`` each)."""
+
+    path: Path
+    tiles: Sequence[np.ndarray] | None = None
+    name: str | None = None
+
+    @property
+    def source(self) -> str:
+        return str(self.path)
+
+
+@dataclass(frozen=True)
 class VisitInput:
     """The photos of one PASI visit by body region (``head`` optional, ``upper``, ``trunk``,
     ``lower``; at most four each), as file paths or uint8 ``(H, W, 3)`` arrays."""

@@ -5,6 +5,7 @@ from medlite.tasks.classification.config import (
     ClassificationAugmentConfig,
     ClassificationConfig,
     ClassificationDataConfig,
+    SlideConfig,
     StageConfig,
     paper_stages,
 )
@@ -15,6 +16,7 @@ __all__ = [
     "ClassificationConfig",
     "ClassificationDataConfig",
     "ClassificationTask",
+    "SlideConfig",
     "StageConfig",
     "paper_stages",
 ]

@@ -22,6 +22,51 @@ from medlite.data.classification import (
 )
 
 
+class SlideConfig(StrictModel):
+    """Whole-slide images (SVS, NDPI, pyramidal TIFF...) as the manifest's ``image``
+    entries: one downsampled image per slide, or tiles with slide-level aggregation."""
+
+    mode: Literal["whole", "tiles"] = Field(
+        "whole", description="whole: each slide (or its tissue box) downsampled to one "
+        "data.image_size image (the SSc paper); tiles: tissue tiles train with the slide's "
+        "label, and each slide's prediction aggregates its tiles'.")
+    level: int | None = Field(None, ge=0, description="The pyramid level read (0: full "
+                              "resolution), instead of mpp or tile_mpp.")
+    mpp: float | None = Field(None, gt=0, description="whole: microns per pixel of the "
+                              "level read (the nearest); default: the smallest level still "
+                              "at least data.image_size.")
+    crop_to_tissue: bool = Field(True, description="whole: the tissue's bounding box "
+                                 "rather than the whole glass.")
+    tile_size: int = Field(256, ge=16, description="tiles: side in pixels of the level "
+                           "tiled (tiles are then resized to data.image_size).")
+    tile_mpp: float | None = Field(None, gt=0, description="tiles: microns per pixel of the "
+                                   "level tiled (the nearest); default: level (or 0).")
+    min_tissue: float = Field(0.5, ge=0, le=1, description="tiles: least share of tissue "
+                              "(Otsu on saturation) a tile keeps.")
+    max_tiles_per_slide: int | None = Field(
+        64, ge=1, description="tiles: at most this many tiles per slide, a subsample fixed by "
+        "the seed and the file name (None: all; each tile is held in memory).")
+    aggregate: Literal["mean", "top_k"] = Field(
+        "mean", description="tiles: a slide's probabilities, the mean of its tiles', or "
+        "per class the mean of the top_k highest, renormalised to sum to 1.")
+    top_k: int = Field(5, ge=1, description="tiles: tiles per class of aggregate: top_k.")
+
+    @model_validator(mode="after")
+    def _one_resolution(self):
+        for key, mode in (("mpp", "whole"), ("tile_mpp", "tiles")):
+            if getattr(self, key) is not None and self.level is not None:
+                raise ValueError(f"give {key} or level, not both")
+            if getattr(self, key) is not None and self.mode != mode:
+                raise ValueError(f"{key} goes with mode: {mode}")
+        return self
+
+    def tile_selection(self, seed: int) -> dict:
+        """The keywords of :func:`medlite.data.slides.iter_tiles` (tiles mode)."""
+        return {"tile_size": self.tile_size, "mpp": self.tile_mpp, "level": self.level,
+                "min_tissue": self.min_tissue, "max_tiles": self.max_tiles_per_slide,
+                "seed": seed}
+
+
 class ClassificationDataConfig(StrictModel):
     manifest: Path | None = Field(None, description="CSV with image, label, subject[, split].")
     image_folder: Path | None = Field(None, description="One subfolder of images per class "
@@ -42,6 +87,8 @@ class ClassificationDataConfig(StrictModel):
         "sampler: draw classes equally often; none.")
     cache: bool = Field(True, description="Keep decoded, resized images in memory.")
     check_images: bool = Field(True, description="Decode every image when reading the data.")
+    slides: SlideConfig | None = Field(None, description="The manifest's images are whole-"
+                                       "slide files, read as this says (None: ordinary images).")
 
     @field_validator("image_size", mode="before")
     @classmethod
@@ -67,6 +114,8 @@ class ClassificationDataConfig(StrictModel):
         given = [k for k in ("manifest", "image_folder", "dermamnist") if getattr(self, k)]
         if len(given) > 1:
             raise ValueError(f"give one data source, not {' and '.join(given)}")
+        if self.slides is not None and (self.image_folder or self.dermamnist):
+            raise ValueError("slides: come from a manifest (data.manifest) of slide files")
         return self
 
 

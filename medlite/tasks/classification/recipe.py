@@ -46,6 +46,14 @@ from medlite.data.classification import (
     write_classification_manifest,
 )
 from medlite.data.io import image_files
+from medlite.data.slides import (
+    aggregate_tiles,
+    iter_tiles,
+    read_slide_image,
+    slide_files,
+    slide_tile_rows,
+    tile_mosaic,
+)
 from medlite.data.transforms import to_tensor_image
 from medlite.errors import ConfigError, DataError
 from medlite.evaluation.conformal import conformal_columns, conformal_statistic
@@ -58,7 +66,7 @@ from medlite.evaluation.operating_point import (
     save_validation_predictions,
 )
 from medlite.inference.predictor import Prepared
-from medlite.inference.types import ClassificationOutput, ImageInput
+from medlite.inference.types import ClassificationOutput, ImageInput, SlideInput
 from medlite.metrics import classification_metrics
 from medlite.models import create_model
 from medlite.reports.classification_figures import classification_figures
@@ -67,6 +75,7 @@ from medlite.tasks.base import Stage, Task, model_profile, resolve_relative
 from medlite.tasks.classification.config import (
     ClassificationConfig,
     ClassificationDataConfig,
+    SlideConfig,
     StageConfig,
 )
 from medlite.training.loop import TrainingParts
@@ -129,7 +138,9 @@ class ClassificationTask(Task):
                      require_every_class: bool = True) -> pd.DataFrame:
         """One row per image: ``sample``, ``image``, ``label``, ``label_index``, ``subject``
         (and ``split`` when the data fixes it; ``pixels``, uint8 (H, W, 3) arrays, for
-        DermaMNIST). ``data_path`` (a manifest or an image folder) replaces the config's."""
+        DermaMNIST and slides; with ``data.slides.mode: tiles`` one row per tile, see
+        :func:`~medlite.data.slides.slide_tile_rows`). ``data_path`` (a manifest or an image
+        folder) replaces the config's."""
         data = config.data
         if data_path is None and data.dermamnist is not None:
             return dermamnist_samples(Path(data.dermamnist), data.class_names)
@@ -138,14 +149,21 @@ class ClassificationTask(Task):
             raise DataError("data.manifest, data.image_folder or data.dermamnist: one is "
                             "required (a CSV with image, label, subject; or a folder with one "
                             "subfolder of images per class)")
-        path = Path(path)
+        path, slides = Path(path), data.slides
+        if path.is_dir() and slides is not None:
+            raise DataError(f"{path}: data.slides reads a manifest CSV of slides, not a folder")
         if path.is_dir():
             table = read_image_folder(path, data.class_names, data.check_images,
                                       require_every_class)
         else:
-            table = read_classification_manifest(path, data.class_names, data.check_images,
-                                                 require_every_class)
+            table = read_classification_manifest(path, data.class_names, data.check_images
+                                                 and slides is None, require_every_class)
             table["sample"] = classification_sample_ids(table["image"])
+        if slides is not None and slides.mode == "tiles":
+            table = slide_tile_rows(table, **slides.tile_selection(config.seed))
+        elif slides is not None:
+            table["slide"] = table["sample"]
+            table["pixels"] = [self._slide_image(image, config) for image in table["image"]]
         table.attrs["source"] = str(path)
         return table
 
@@ -173,7 +191,7 @@ class ClassificationTask(Task):
         return samples
 
     def fingerprints(self, samples: pd.DataFrame) -> list[str]:
-        if "pixels" not in samples:
+        if "pixels" not in samples or "slide" in samples:  # slides: their files' hashes
             return super().fingerprints(samples)
         import hashlib
 
@@ -235,29 +253,50 @@ class ClassificationTask(Task):
     def example_input(self, config: ClassificationConfig) -> torch.Tensor:
         return torch.rand(1, 3, *config.data.image_size) * 2 - 1
 
-    def prepare(self, item: ImageInput, config: ClassificationConfig) -> Prepared:
-        image = to_tensor_image(item.load())
-        size = tuple(config.data.image_size)
-        if tuple(image.shape[-2:]) != size:
-            import torchvision.transforms.v2.functional as F
+    def prepare(self, item: ImageInput | SlideInput, config: ClassificationConfig) -> Prepared:
+        """One network input per image; a slide in tiles mode gives its tiles, read one at
+        a time (the context collects a few views for the report)."""
+        slides = config.data.slides
+        if not isinstance(item, SlideInput) or slides is None or slides.mode == "whole":
+            pixels = item.load() if isinstance(item, ImageInput) \
+                else self._slide_image(item.path, config)
+            tensor, view = _network_input(pixels, config)
+            return Prepared([tensor], (item.source, view))
+        tiles = item.tiles if item.tiles is not None else (
+            pixels for _, pixels in iter_tiles(item.path, **slides.tile_selection(config.seed)))
+        views: list[np.ndarray] = []
 
-            mode = F.InterpolationMode.BICUBIC if config.data.interpolation == "bicubic" \
-                else F.InterpolationMode.BILINEAR
-            image = F.resize(image, list(size), interpolation=mode, antialias=True)
-        view = image.permute(1, 2, 0).numpy()
-        return Prepared([scale_pixels(image, config.data.scaling)], (item.source, view))
+        def tensors():
+            for pixels in tiles:
+                tensor, view = _network_input(pixels, config)
+                if len(views) < 16:
+                    views.append(view)
+                yield tensor
+        return Prepared(tensors(), (item.source, views))
+
+    def _slide_image(self, path, config: ClassificationConfig) -> np.ndarray:
+        slides = config.data.slides or SlideConfig()
+        return read_slide_image(path, config.data.image_size, mpp=slides.mpp,
+                                level=slides.level, crop_to_tissue=slides.crop_to_tissue)
 
     def forward(self, model, batch, config):
         return model(batch).softmax(dim=1)
 
     def assemble(self, outputs, context, config) -> ClassificationOutput:
-        probabilities = outputs[0].double().numpy()
+        """The image's probabilities; a slide's tiles' aggregated (data.slides.aggregate)."""
+        source, view = context
+        probabilities, slides = torch.stack(outputs).double().numpy(), config.data.slides
+        probabilities = (aggregate_tiles(probabilities, slides.aggregate, slides.top_k)
+                         if slides is not None else probabilities[0])
+        image = tile_mosaic(view) if isinstance(view, list) else view
         return ClassificationOutput(probabilities / probabilities.sum(), self.class_names(config),
-                                    source=context[0], image=context[1])
+                                    source=source, image=image)
 
     def parse_inputs(self, paths, visits, config):
         if visits:
             raise DataError("--visit: only for pasi runs")
+        if config.data.slides is not None:
+            return [SlideInput(path) for path in slide_files(paths)]
         return [ImageInput(path) for path in image_files(paths)]
 
     def load_postprocessing(self, run_dir: Path, config: ClassificationConfig
@@ -331,7 +370,16 @@ class ClassificationTask(Task):
 
     # -- evaluation ------------------------------------------------------------------------
     def evaluation_inputs(self, rows: pd.DataFrame, config: ClassificationConfig):
+        """One input per image; tile rows (data.slides.mode: tiles) as one per slide."""
         inputs = []
+        if config.data.slides is not None and config.data.slides.mode == "tiles":
+            for slide, tiles in rows.groupby("slide", sort=False):
+                row = tiles.iloc[0]
+                inputs.append(({"sample": slide, "subject": str(row.subject),
+                                "image": str(row.image), "label": row.label,
+                                "label_index": int(row.label_index), "tiles": len(tiles)},
+                               SlideInput(Path(row.image), tuple(tiles["pixels"]), slide)))
+            return inputs
         for row in rows.itertuples():
             image = row.pixels if "pixels" in rows else Path(row.image)
             inputs.append(({"sample": row.sample, "subject": str(row.subject),
@@ -382,7 +430,11 @@ class ClassificationTask(Task):
         info["classes_absent"] = [n for k, n in enumerate(names) if k not in present]
         rule = ("arg-max of p_k * prior_k^-tau, the balanced decision chosen on validation "
                 f"(tau {decision['tau']})" if decision else "arg-max of the softmax")
-        info["aggregation"] = (f"one prediction per image ({rule}); "
+        slides = config.data.slides
+        unit = "image" if slides is None or slides.mode == "whole" else (
+            "slide, the mean of its tiles' probabilities" if slides.aggregate == "mean" else
+            f"slide, per class the mean of its top {slides.top_k} tiles', renormalised")
+        info["aggregation"] = (f"one prediction per {unit} ({rule}); "
                                "sensitivity/specificity one-vs-rest per class (binary: of "
                                f"class {names[-1]!r}); ECE over 15 confidence bins"
                                + (f"; balanced accuracy, macro F1 and ROC AUC over the "
@@ -399,6 +451,20 @@ class ClassificationTask(Task):
                                    f"{', '.join(s['frozen_modules']) or 'nothing'}</li>"
                                    for s in extras["stages"]) + "</ul>"))
         return figures, sections, info
+
+
+def _network_input(pixels: np.ndarray, config: ClassificationConfig
+                   ) -> tuple[torch.Tensor, np.ndarray]:
+    """An image as the network's scaled input at data.image_size, and the uint8 view."""
+    image = to_tensor_image(pixels)
+    size = tuple(config.data.image_size)
+    if tuple(image.shape[-2:]) != size:
+        import torchvision.transforms.v2.functional as F
+
+        mode = F.InterpolationMode.BICUBIC if config.data.interpolation == "bicubic" \
+            else F.InterpolationMode.BILINEAR
+        image = F.resize(image, list(size), interpolation=mode, antialias=True)
+    return scale_pixels(image, config.data.scaling), image.permute(1, 2, 0).numpy()
 
 
 @dataclass(frozen=True)
