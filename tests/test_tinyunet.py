@@ -187,9 +187,13 @@ def test_cmrf_adds_its_input_only_when_channels_match(in_channels, residual):
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
 
 
-def test_cmrf_rejects_widths_it_cannot_split():
-    with pytest.raises(ValueError, match="multiple of 2 \\* n"):
-        CMRF(8, 24)
+def test_cmrf_rejects_widths_below_two_channels_per_piece():
+    with pytest.raises(ValueError, match="at least 2 \\* n"):
+        CMRF(8, 12)
+    # widths 2n does not divide keep b = out // 2n channels per piece (the ablation's n = 6)
+    block = CMRF(8, 24, n=5)
+    assert block.pwconv1.conv.out_channels == 4 and block.pwconv2.conv.in_channels == 10
+    assert block(torch.randn(1, 8, 8, 8)).shape == (1, 24, 8, 8)
 
 
 def test_tinyunet_keys_order_and_shapes_match_the_reference():

@@ -12,7 +12,7 @@ Truncated files must fail loudly, so this module never sets Pillow's
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -201,6 +201,85 @@ def _mask_values(img: Image.Image, path: Path) -> np.ndarray:
     raise DataError(f"{path}: unsupported mask mode {img.mode}; expected a single-channel image")
 
 
+def _palette_mask(img: Image.Image, path: Path, palette: Mapping[tuple[int, int, int], int],
+                  num_classes: int) -> np.ndarray:
+    """Class indices of a colour mask whose colours ``palette`` maps to classes."""
+    outside = [c for c in palette.values() if not 0 <= c < num_classes]
+    if outside:
+        raise DataError(f"data.mask_palette: class {outside[0]} is outside 0..{num_classes - 1}")
+    rgb = np.asarray(img.convert("RGB"), dtype=np.uint32)
+    codes = (rgb[:, :, 0] << 16) | (rgb[:, :, 1] << 8) | rgb[:, :, 2]
+    values, inverse, counts = np.unique(codes, return_inverse=True, return_counts=True)
+    known = {(r << 16) | (g << 8) | b: k for (r, g, b), k in palette.items()}
+    unknown = [v for v in values.tolist() if v not in known]
+    if unknown:
+        shown = ", ".join(f"#{v:06x} ({counts[values.tolist().index(v)]} px)"
+                          for v in unknown[:_MAX_VALUES_LISTED])
+        more = f", ... ({len(unknown) - _MAX_VALUES_LISTED} more)" \
+            if len(unknown) > _MAX_VALUES_LISTED else ""
+        raise DataError(f"{path}: mask colours not in data.mask_palette: {shown}{more}")
+    lookup = np.array([known[v] for v in values.tolist()], dtype=np.int64)
+    return lookup[inverse.reshape(codes.shape)]
+
+
+def parse_colour(text: str) -> tuple[int, int, int]:
+    """``"#rrggbb"`` or ``"r,g,b"`` -> ``(r, g, b)``; ValueError otherwise."""
+    text = text.strip()
+    if text.startswith("#") and len(text) == 7:
+        return tuple(int(text[i:i + 2], 16) for i in (1, 3, 5))
+    parts = text.split(",")
+    if len(parts) == 3 and all(p.strip().isdigit() and int(p) < 256 for p in parts):
+        return tuple(int(p) for p in parts)
+    raise ValueError(f"{text!r} is not a colour: give '#rrggbb' or 'r,g,b'")
+
+
+def read_ct_slice(path: str | os.PathLike, window: tuple[float, float] | None = None,
+                  offset: float = 0.0) -> np.ndarray:
+    """A CT slice as an 8-bit RGB image (grey in all three channels).
+
+    8-bit images are already windowed and are returned as :func:`read_image` reads them.
+    Files holding Hounsfield units (``.npy`` arrays, 16-bit or 32-bit PNG/TIFF) are shifted
+    by ``offset`` (e.g. -1024 for files storing HU + 1024), clipped to the window
+    ``(level, width)`` and mapped linearly onto 0..255.
+
+    Args:
+        path: an image file or a 2-D ``.npy`` array (read without pickles).
+        window: ``(level, width)`` in HU, e.g. (-600, 1500) for lungs; required for HU files.
+        offset: added to the stored values to give HU.
+
+    Returns:
+        ``uint8`` ``(H, W, 3)``.
+
+    Raises:
+        DataError: unreadable file, not 2-D, non-finite values, or an HU file without a
+            window; the message names the file.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        try:
+            values = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as error:
+            raise DataError(f"{path}: not a readable .npy array ({_reason(error)})") from None
+        if values.ndim != 2 or not np.issubdtype(values.dtype, np.number):
+            raise DataError(f"{path}: expected a 2-D numeric array, got {values.dtype} "
+                            f"{values.shape}")
+    else:
+        img = _load(path)
+        if img.mode not in _SIXTEEN_BIT_MODES and img.mode != "F":
+            return _to_rgb_array(img)
+        values = np.asarray(img)
+    if window is None:
+        raise DataError(f"{path}: holds {values.dtype} values (Hounsfield units?); give "
+                        "data.hu_window: [level, width] to map them to 8 bits")
+    values = values.astype(np.float64) + offset
+    if not np.isfinite(values).all():
+        raise DataError(f"{path}: has NaN or infinite values")
+    level, width = window
+    scaled = (values - (level - width / 2)) / width
+    grey = np.round(np.clip(scaled, 0.0, 1.0) * 255).astype(np.uint8)
+    return np.repeat(grey[:, :, None], 3, axis=2)
+
+
 def _value_counts(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct values and their pixel counts; bincount is several times faster than unique."""
     if mask.dtype in (np.uint8, np.uint16):
@@ -234,16 +313,19 @@ def _describe_values(values: np.ndarray, counts: np.ndarray) -> str:
     return listed
 
 
-def read_mask(path: str | os.PathLike, num_classes: int = 2) -> np.ndarray:
+def read_mask(path: str | os.PathLike, num_classes: int = 2,
+              palette: Mapping[tuple[int, int, int], int] | None = None) -> np.ndarray:
     """Read a segmentation mask as class indices.
 
     Accepted encodings: class indices ``0..num_classes-1`` (8- or 16-bit, palette indices,
     or RGB with equal channels) and, when ``num_classes == 2``, binary masks stored as
-    0/255 (8-bit) or 0/65535 (16-bit), which become 0/1.
+    0/255 (8-bit) or 0/65535 (16-bit), which become 0/1. With ``palette`` the mask is a
+    colour image instead, each ``(r, g, b)`` colour one class.
 
     Args:
         path: a mask image file, ideally PNG (JPEG compression corrupts class values).
         num_classes: number of classes including background, >= 2.
+        palette: ``{(r, g, b): class index}``; every colour in the mask must be listed.
 
     Returns:
         ``int64`` array of shape ``(H, W)`` with values in ``0..num_classes-1``.
@@ -255,6 +337,8 @@ def read_mask(path: str | os.PathLike, num_classes: int = 2) -> np.ndarray:
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     path = Path(path)
+    if palette is not None:
+        return _palette_mask(_load(path), path, palette, num_classes)
     mask = _mask_values(_load(path), path)
     values, counts = _value_counts(mask)
     allowed = np.arange(num_classes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -12,8 +13,10 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch.utils.data import Dataset
 
-from medlite.data.io import read_image, read_mask
+from medlite.data.io import read_ct_slice, read_image, read_mask
 from medlite.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     AugmentConfig,
     augment_pair,
     joint_augmentation,
@@ -23,6 +26,44 @@ from medlite.data.transforms import (
 )
 
 ResizeMode = Literal["resize", "letterbox"]
+#: ITU-R BT.601 luma weights: colour images given to a one-channel network.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+# ImageNet's statistics averaged over channels, so that a grey network's inputs have the
+# scale an RGB one's have.
+GREY_MEAN = (float(np.mean(IMAGENET_MEAN)),)
+GREY_STD = (float(np.mean(IMAGENET_STD)),)
+
+
+@dataclass(frozen=True)
+class ScanReader:
+    """How a segmentation run reads its files: images (CT windowing when ``hu_window`` is
+    set) and masks (class indices, or colours through ``palette``).
+
+    Both return what :func:`read_image` and :func:`read_mask` do: uint8 ``(H, W, 3)`` and
+    int64 ``(H, W)``."""
+
+    num_classes: int = 2
+    palette: dict[tuple[int, int, int], int] | None = None
+    hu_window: tuple[float, float] | None = None
+    hu_offset: float = 0.0
+
+    def image(self, path: str | Path) -> np.ndarray:
+        if self.hu_window is None and Path(path).suffix.lower() != ".npy":
+            return read_image(path)
+        return read_ct_slice(path, self.hu_window, self.hu_offset)
+
+    def mask(self, path: str | Path) -> np.ndarray:
+        return read_mask(path, self.num_classes, self.palette)
+
+
+def network_input(image: torch.Tensor, in_channels: int = 3) -> torch.Tensor:
+    """uint8 ``(3, H, W)`` -> float32 ``(in_channels, H, W)`` normalised: ImageNet
+    statistics for RGB; for one channel the luma, scaled by their channel means."""
+    if in_channels == 3:
+        return normalize(image)
+    weights = torch.tensor(LUMA_WEIGHTS, dtype=torch.float32).view(3, 1, 1)
+    grey = (image.float() * weights).sum(dim=0, keepdim=True)
+    return normalize(grey, GREY_MEAN, GREY_STD)
 
 
 def letterbox_geometry(height: int, width: int, size: tuple[int, int]) -> tuple[int, int]:
@@ -112,17 +153,20 @@ def restore_logits(logits: torch.Tensor, valid: tuple[int, int],
 class SegmentationDataset(Dataset):
     """Image/mask pairs as network-ready tensors.
 
-    Each item is a dict: ``input`` float32 (3, H, W) normalised with ImageNet statistics,
+    Each item is a dict: ``input`` float32 (in_channels, H, W) from :func:`network_input`,
     ``target`` int64 (H, W) class indices (absent when ``masks`` is None), ``index``.
     Decoded, resized pairs are cached in memory (``cache=True``) because decoding a JPEG
     costs more than a CPU training step of a small model on it; augmentation runs after
-    the cache, so every epoch still sees new variants.
+    the cache, so every epoch still sees new variants, up to epoch ``augment_until_epoch``
+    (0-based, exclusive; None: every epoch; the training loop calls :meth:`set_epoch`).
+    ``reader`` reads the files (default: :class:`ScanReader` for ``num_classes``).
     """
 
     def __init__(self, images: Sequence[Path], masks: Sequence[Path] | None, *,
                  size: tuple[int, int] = (256, 256), num_classes: int = 2,
                  resize_mode: ResizeMode = "resize", augment: AugmentConfig | None = None,
-                 cache: bool = True):
+                 cache: bool = True, in_channels: int = 3, reader: ScanReader | None = None,
+                 augment_until_epoch: int | None = None):
         if masks is not None and len(masks) != len(images):
             raise ValueError("images and masks differ in length")
         self.images = [Path(p) for p in images]
@@ -133,19 +177,27 @@ class SegmentationDataset(Dataset):
         self.augment = augment if augment is not None and augment.enabled else None
         self._transform = joint_augmentation(augment, self.size) if self.augment else None
         self.cache = cache
+        self.in_channels = in_channels
+        self.reader = reader or ScanReader(num_classes)
+        self.augment_until_epoch = augment_until_epoch
+        self.augment_enabled = True
         self._cache: dict[int, tuple] = {}
 
     def __len__(self) -> int:
         return len(self.images)
 
+    def set_epoch(self, epoch: int) -> None:
+        until = self.augment_until_epoch
+        self.augment_enabled = until is None or epoch < until
+
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int]]:
         """Resized uint8 image (3, H, W), mask (H, W) or None, and the valid region."""
         if index in self._cache:
             return self._cache[index]
-        image = to_tensor_image(read_image(self.images[index]))
+        image = to_tensor_image(self.reader.image(self.images[index]))
         mask = None
         if self.masks is not None:
-            mask = torch.from_numpy(read_mask(self.masks[index], self.num_classes))
+            mask = torch.from_numpy(self.reader.mask(self.masks[index]))
         item = fit_to_size(image, mask, self.size, self.resize_mode)
         if self.cache:
             self._cache[index] = item
@@ -153,10 +205,28 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         image, mask, _ = self.load(index)
-        if self._transform is not None and mask is not None:
+        if self._transform is not None and mask is not None and self.augment_enabled:
             image, mask = augment_pair(self._transform, image, mask)
-        item = {"input": normalize(image), "index": index}
+        item = {"input": network_input(image, self.in_channels), "index": index}
         if mask is not None:
             item["target"] = mask.long()
         return item
 
+
+
+def class_pixel_counts(dataset: SegmentationDataset) -> np.ndarray:
+    """``(C,)`` int64 pixels of each class over the (resized) masks of ``dataset``."""
+    counts = np.zeros(dataset.num_classes, np.int64)
+    for index in range(len(dataset)):
+        _, mask, _ = dataset.load(index)
+        counts += np.bincount(mask.numpy().ravel(), minlength=dataset.num_classes)
+    return counts
+
+
+def inverse_frequency_weights(counts: np.ndarray) -> np.ndarray:
+    """``(C,)`` float weights ``1 / frequency`` normalised to mean 1 (a class with no pixel
+    gets the largest weight of the others, not infinity)."""
+    counts = np.asarray(counts, np.float64)
+    weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1.0), 0.0)
+    weights[counts == 0] = weights.max() if weights.max() > 0 else 1.0
+    return weights / weights.mean()

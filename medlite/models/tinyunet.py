@@ -36,31 +36,31 @@ def _cmrf_conv(in_channels: int, out_channels: int, kernel_size: int = 1, *, gro
 class CMRF(nn.Module):
     """Cascade Multi-Receptive Fields block.
 
-    1x1 conv-BN-GELU to ``out_channels / n`` channels; the even-index channels are kept as
-    ``even + odd``, the odd-index ones go through a cascade of ``n - 1`` depthwise 3x3
-    conv-BN blocks (receptive fields 3, 5, ..., 2n - 1) whose outputs are all kept; the
-    ``n`` pieces (``out_channels / 2`` channels) are concatenated and mixed by a 1x1
-    conv-BN-GELU to ``out_channels``. The input is added back when the channel counts match.
+    1x1 conv-BN-GELU to ``2b`` channels, ``b = out_channels // (2n)``; the even-index
+    channels are kept as ``even + odd``, the odd-index ones go through a cascade of ``n - 1``
+    depthwise 3x3 conv-BN blocks (receptive fields 3, 5, ..., 2n - 1) whose outputs are all
+    kept; the ``n`` pieces (``n * b`` channels, ``out_channels / 2`` when ``2n`` divides
+    ``out_channels``) are concatenated and mixed by a 1x1 conv-BN-GELU to ``out_channels``.
+    The input is added back when the channel counts match.
 
     Args:
-        in_channels / out_channels: ``out_channels`` must be a multiple of ``2 * n``.
-        n: number of pieces (the paper's N = 8).
+        in_channels / out_channels: ``out_channels`` at least ``2 * n``.
+        n: number of pieces (the paper's N = 8; its Table 4 varies it).
 
     Shapes: (N, in_channels, H, W) float -> (N, out_channels, H, W).
     """
 
     def __init__(self, in_channels: int, out_channels: int, n: int = 8):
         super().__init__()
-        if n < 2 or out_channels % (2 * n):
-            raise ValueError(
-                f"CMRF: out_channels ({out_channels}) must be a multiple of 2 * n ({2 * n})"
-            )
+        if n < 2 or out_channels < 2 * n:
+            raise ValueError(f"CMRF: n must be >= 2 and out_channels ({out_channels}) at "
+                             f"least 2 * n ({2 * n})")
         self.n = n
         self.add_residual = in_channels == out_channels
         branch = out_channels // (2 * n)
         # Registration order (pwconv1, pwconv2, m) matches the reference implementation.
-        self.pwconv1 = _cmrf_conv(in_channels, out_channels // n)
-        self.pwconv2 = _cmrf_conv(out_channels // 2, out_channels)
+        self.pwconv1 = _cmrf_conv(in_channels, 2 * branch)
+        self.pwconv2 = _cmrf_conv(n * branch, out_channels)
         # `m` is the reference's name for the depthwise cascade; kept for checkpoint keys.
         self.m = nn.ModuleList(
             _cmrf_conv(branch, branch, 3, groups=branch, act=False) for _ in range(n - 1)
@@ -86,9 +86,9 @@ class EncoderStage(nn.Module):
     Shapes: (N, C_in, H, W) -> ((N, C_out, H/2, W/2), (N, C_out, H, W)).
     """
 
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int, n: int = 8):
         super().__init__()
-        self.cmrf = CMRF(in_channels, out_channels)
+        self.cmrf = CMRF(in_channels, out_channels, n)
         self.downsample = nn.MaxPool2d(kernel_size=2, stride=2)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -111,13 +111,13 @@ class DecoderStage(nn.Module):
     Shapes: (N, x_channels, H, W), (N, skip_channels, 2H, 2W) -> (N, out_channels, 2H, 2W).
     """
 
-    def __init__(self, x_channels: int, skip_channels: int, out_channels: int):
+    def __init__(self, x_channels: int, skip_channels: int, out_channels: int, n: int = 8):
         super().__init__()
         # The split of the block's concatenated input, read by optimize_for_inference.
         self.upsampled_channels = x_channels
         self.skip_channels = skip_channels
         self.upsample = BicubicUpsample2x()
-        self.cmrf = CMRF(x_channels + skip_channels, out_channels)
+        self.cmrf = CMRF(x_channels + skip_channels, out_channels, n)
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
         pwconv1 = self.cmrf.pwconv1
@@ -135,27 +135,30 @@ class TinyUNet(nn.Module):
         num_classes: output channels (2 for lesion / background).
         widths: encoder widths, each a multiple of 16; the default is the paper's
             (64, 128, 256, 512), which gives 481,170 parameters for (3, 2).
+        cmrf_n: pieces per CMRF block (:class:`CMRF`'s ``n``, the paper's N = 8); the
+            ablation of its Table 4 varies it.
 
     Shapes: (N, in_channels, H, W) float, H and W multiples of 16 ->
     logits (N, num_classes, H, W) float.
     """
 
     def __init__(self, in_channels: int = 3, num_classes: int = 2,
-                 widths: Sequence[int] = TINYUNET_WIDTHS):
+                 widths: Sequence[int] = TINYUNET_WIDTHS, cmrf_n: int = 8):
         super().__init__()
         widths = tuple(int(w) for w in widths)
         if len(widths) != 4:
             raise ValueError(f"TinyUNet: widths must have 4 entries, got {widths}")
         w1, w2, w3, w4 = widths
-        self.encoder1 = EncoderStage(in_channels, w1)
-        self.encoder2 = EncoderStage(w1, w2)
-        self.encoder3 = EncoderStage(w2, w3)
-        self.encoder4 = EncoderStage(w3, w4)
+        n = cmrf_n
+        self.encoder1 = EncoderStage(in_channels, w1, n)
+        self.encoder2 = EncoderStage(w1, w2, n)
+        self.encoder3 = EncoderStage(w2, w3, n)
+        self.encoder4 = EncoderStage(w3, w4, n)
         # The deepest decoder upsamples the pooled encoder4 output (w4 channels).
-        self.decoder4 = DecoderStage(w4, w4, w4)
-        self.decoder3 = DecoderStage(w4, w3, w3)
-        self.decoder2 = DecoderStage(w3, w2, w2)
-        self.decoder1 = DecoderStage(w2, w1, w1)
+        self.decoder4 = DecoderStage(w4, w4, w4, n)
+        self.decoder3 = DecoderStage(w4, w3, w3, n)
+        self.decoder2 = DecoderStage(w3, w2, w2, n)
+        self.decoder1 = DecoderStage(w2, w1, w1, n)
         self.final_conv = nn.Conv2d(w1, num_classes, kernel_size=1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -203,12 +206,16 @@ def refuse_pretrained(name: str, pretrained: bool) -> None:
 @register_model("tinyunet", family="tinyunet", tasks=("segmentation",),
                 description="TinyU-Net (CMRF blocks, 0.48 M parameters), MICCAI 2024")
 def build_tinyunet(num_classes: int = 2, in_channels: int = 3,
-                   widths: Sequence[int] = TINYUNET_WIDTHS, *, task: str | None = None,
-                   pretrained: bool = False, weights_path: str | Path | None = None
-                   ) -> TinyUNet:
+                   widths: Sequence[int] = TINYUNET_WIDTHS, cmrf_n: int = 8, *,
+                   task: str | None = None, pretrained: bool = False,
+                   weights_path: str | Path | None = None) -> TinyUNet:
     """Registry builder for :class:`TinyUNet` (``task`` is accepted and ignored)."""
     refuse_pretrained("tinyunet", pretrained)
-    model = TinyUNet(in_channels=in_channels, num_classes=num_classes, widths=widths)
+    try:
+        model = TinyUNet(in_channels=in_channels, num_classes=num_classes, widths=widths,
+                         cmrf_n=cmrf_n)
+    except ValueError as error:
+        raise ConfigError(f"model.kwargs: {error}") from None
     if weights_path is not None:
         load_local_weights(model, weights_path)
     return model

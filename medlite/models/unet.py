@@ -37,12 +37,12 @@ class DoubleConv(nn.Sequential):
         )
 
 
-def make_block(kind: str, in_channels: int, out_channels: int) -> nn.Module:
-    """A U-Net stage block: ``double_conv`` or ``cmrf``."""
+def make_block(kind: str, in_channels: int, out_channels: int, cmrf_n: int = 8) -> nn.Module:
+    """A U-Net stage block: ``double_conv`` or ``cmrf`` (with ``cmrf_n`` pieces)."""
     if kind == "double_conv":
         return DoubleConv(in_channels, out_channels)
     if kind == "cmrf":
-        return CMRF(in_channels, out_channels)
+        return CMRF(in_channels, out_channels, cmrf_n)
     raise ValueError(f"UNet: block must be one of {BLOCKS}, got {kind!r}")
 
 

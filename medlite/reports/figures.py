@@ -12,6 +12,10 @@ from medlite.reports.style import new_figure
 
 TRUTH_COLOUR = (0, 200, 0)
 PREDICTION_COLOUR = (255, 40, 40)
+#: Colours of foreground classes 1, 2, ... in multi-class overlays (Okabe-Ito, readable
+#: with colour-blindness and in grey print).
+CLASS_COLOURS = ((230, 159, 0), (213, 94, 0), (86, 180, 233), (0, 158, 115),
+                 (240, 228, 66), (0, 114, 178), (204, 121, 167))
 
 
 def mask_outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
@@ -35,16 +39,43 @@ def overlay_image(image: np.ndarray, prediction: np.ndarray,
     return out.clip(0, 255).astype(np.uint8)
 
 
+def class_colour(k: int) -> tuple[int, int, int]:
+    """The overlay colour of foreground class ``k`` >= 1."""
+    return CLASS_COLOURS[(k - 1) % len(CLASS_COLOURS)]
+
+
+def class_overlay(image: np.ndarray, mask: np.ndarray, num_classes: int) -> np.ndarray:
+    """(H, W, 3) uint8 with each foreground class of ``mask`` tinted and outlined in its
+    :func:`class_colour` (for masks of more than one foreground class)."""
+    out = image.astype(np.float32).copy()
+    width = max(1, round(max(image.shape[:2]) / 256))
+    for k in range(1, num_classes):
+        region = mask == k
+        if region.any():
+            colour = np.array(class_colour(k), np.float32)
+            out[region] = 0.55 * out[region] + 0.45 * colour
+            out[mask_outline(region.astype(np.uint8), width)] = colour
+    return out.clip(0, 255).astype(np.uint8)
+
+
 def save_case_grid(cases: list[tuple], per_image: pd.DataFrame, score_key: str, path: Path,
-                   title: str) -> Path:
+                   title: str, class_names: list[str] | None = None) -> Path:
     """Rows of image / truth / prediction overlay for ``cases`` = [(sample, image, truth,
-    prediction), ...], each row titled with its ``score_key`` value."""
+    prediction), ...], each row titled with its ``score_key`` value. With more than two
+    ``class_names``, truth and prediction are tinted per class, with a legend."""
+    from matplotlib.patches import Patch
+
     scores = per_image.set_index("sample")[score_key]
-    fig = new_figure((7.5, 2.5 * len(cases)))
+    multi = class_names is not None and len(class_names) > 2
+    fig = new_figure((7.5, 2.5 * len(cases) + (0.4 if multi else 0)))
     axes = fig.subplots(len(cases), 3, squeeze=False)
     for row, (sample, image, truth, pred) in enumerate(cases):
-        panels = [(image, "image"), (truth * (255 // max(1, truth.max())), "truth"),
-                  (overlay_image(image, pred, truth), "prediction (red) vs truth (green)")]
+        if multi:
+            panels = [(image, "image"), (class_overlay(image, truth, len(class_names)), "truth"),
+                      (class_overlay(image, pred, len(class_names)), "prediction")]
+        else:
+            panels = [(image, "image"), (truth * (255 // max(1, truth.max())), "truth"),
+                      (overlay_image(image, pred, truth), "prediction (red) vs truth (green)")]
         for col, (panel, label) in enumerate(panels):
             ax = axes[row, col]
             ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None)
@@ -54,7 +85,13 @@ def save_case_grid(cases: list[tuple], per_image: pd.DataFrame, score_key: str, 
                 ax.set_title(label, fontsize=8)
         axes[row, 0].set_ylabel(f"{sample}\n{score_key}={scores[sample]:.3f}", fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
+    if multi:
+        fig.legend(handles=[Patch(color=np.array(class_colour(k)) / 255, label=name)
+                            for k, name in enumerate(class_names) if k],
+                   loc="lower center", ncol=min(4, len(class_names) - 1), fontsize=8)
+        fig.tight_layout(rect=(0, 0.35 / fig.get_figheight(), 1, 1))
+    else:
+        fig.tight_layout()
     fig.savefig(path, dpi=150)
     return Path(path)
 

@@ -48,7 +48,7 @@ class EpochShuffleSampler(Sampler):
     """Shuffled (or, with ``weights``, drawn with replacement) training indices whose order
     depends only on ``(seed, epoch)``; Lightning calls :meth:`set_epoch` before each epoch.
 
-    Yields ``(index, item_seed)`` pairs for :class:`SeededItems`.
+    Yields ``(index, item_seed, epoch)`` keys for :class:`SeededItems`.
 
     Under DDP every rank draws the same order and takes its share of each global batch:
     rank ``r`` of ``R`` gets items ``[k*B + r*B/R, k*B + (r+1)*B/R)`` of global batch
@@ -97,7 +97,8 @@ class EpochShuffleSampler(Sampler):
             order = torch.multinomial(self.weights, self.n_items, replacement=True,
                                       generator=generator)
         item_seeds = torch.randint(0, _SEED_MODULUS, (self.n_items,), generator=generator)
-        pairs = list(zip(order.tolist(), item_seeds.tolist(), strict=True))
+        pairs = [(index, item_seed, self.epoch) for index, item_seed
+                 in zip(order.tolist(), item_seeds.tolist(), strict=True)]
         if self.world_size == 1:
             yield from pairs
             return
@@ -125,8 +126,10 @@ class ShardSampler(Sampler):
 class SeededItems(Dataset):
     """``dataset[index]`` computed under torch's generator seeded with the item's seed, so
     random augmentation depends on ``(seed, epoch, position)`` only, not on the worker that
-    loads it. Keys are ``(index, item_seed)`` pairs (from :class:`EpochShuffleSampler`) or
-    plain indices (no reseeding)."""
+    loads it. Keys are ``(index, item_seed, epoch)`` (from :class:`EpochShuffleSampler`) or
+    plain indices (no reseeding). A dataset with a ``set_epoch(epoch)`` method is told the
+    epoch before each item, in whichever worker loads it (e.g. augmentation that stops
+    after an epoch)."""
 
     def __init__(self, dataset: Dataset):
         self.dataset = dataset
@@ -137,7 +140,9 @@ class SeededItems(Dataset):
     def __getitem__(self, key):
         if not isinstance(key, tuple):
             return self.dataset[key]
-        index, item_seed = key
+        index, item_seed, epoch = key
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(item_seed)
             return self.dataset[index]

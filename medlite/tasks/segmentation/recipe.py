@@ -21,21 +21,25 @@ from torchmetrics.segmentation import DiceScore, MeanIoU
 from medlite.config import (
     OptimizerConfig,
 )
-from medlite.data.io import image_files, read_image, read_mask
+from medlite.data.io import image_files
 from medlite.data.manifest import read_manifest
 from medlite.data.segmentation import (
+    ScanReader,
     SegmentationDataset,
+    class_pixel_counts,
     fit_to_size,
+    inverse_frequency_weights,
+    network_input,
     postprocess_mask,
     restore_logits,
 )
-from medlite.data.transforms import normalize, to_tensor_image
+from medlite.data.transforms import to_tensor_image
 from medlite.errors import DataError
 from medlite.inference.predictor import Prepared
 from medlite.inference.types import ImageInput, SegmentationOutput
 from medlite.metrics import per_image_scores, segmentation_counts, segmentation_statistic
 from medlite.models import create_model
-from medlite.reports.figures import overlay_image, save_case_grid
+from medlite.reports.figures import class_overlay, overlay_image, save_case_grid
 from medlite.tasks.base import Task, model_profile, resolve_relative
 from medlite.tasks.segmentation.config import (
     SegmentationConfig,
@@ -96,7 +100,8 @@ class SegmentationTask(Task):
     def build_model(self, config: SegmentationConfig, for_training: bool = True):
         return create_model(
             config.model.name, task="segmentation", num_classes=config.data.num_classes,
-            in_channels=3, pretrained=config.model.pretrained and for_training,
+            in_channels=config.data.in_channels,
+            pretrained=config.model.pretrained and for_training,
             weights_path=config.model.initial_weights() if for_training else None,
             **config.model.kwargs)
 
@@ -108,7 +113,14 @@ class SegmentationTask(Task):
                                        size=data.image_size, num_classes=data.num_classes,
                                        resize_mode=data.resize_mode,
                                        augment=data.augment if train else None,
-                                       cache=data.cache)
+                                       cache=data.cache, in_channels=data.in_channels,
+                                       reader=scan_reader(config),
+                                       augment_until_epoch=data.augment_until_epoch)
+
+        train = dataset(train_rows, True)
+        weights = config.loss.class_weights
+        if weights == "inverse_frequency":
+            weights = inverse_frequency_weights(class_pixel_counts(train))
 
         with warnings.catch_warnings():
             # torchmetrics warns about a default we set explicitly (average="micro").
@@ -119,20 +131,24 @@ class SegmentationTask(Task):
                 "miou": MeanIoU(num_classes=data.num_classes, include_background=True,
                                 input_format="index"),
             })
+        loss = DiceCELoss(config.loss.ce_weight, config.loss.dice_weight,
+                          class_weights=None if weights is None else torch.tensor(weights),
+                          include_background=config.loss.dice_classes == "all")
         return TrainingParts(
-            model=model, loss_fn=DiceCELoss(config.loss.ce_weight, config.loss.dice_weight),
-            train_data=dataset(train_rows, True), val_data=dataset(val_rows, False),
+            model=model, loss_fn=loss, train_data=train, val_data=dataset(val_rows, False),
             val_metrics=metrics, prediction_fn=_argmax, monitor="val_dice", monitor_mode="max")
 
     # -- inference -------------------------------------------------------------------------
     def example_input(self, config: SegmentationConfig) -> torch.Tensor:
-        return torch.randn(1, 3, *config.data.image_size)
+        return torch.randn(1, config.data.in_channels, *config.data.image_size)
 
     def prepare(self, item: ImageInput, config: SegmentationConfig) -> Prepared:
-        image = item.load()
+        image = (item.image if isinstance(item.image, np.ndarray)
+                 else scan_reader(config).image(item.image))
         tensor, _, valid = fit_to_size(to_tensor_image(image), None, config.data.image_size,
                                        config.data.resize_mode)
-        return Prepared([normalize(tensor)], (image, valid, item.source))
+        return Prepared([network_input(tensor, config.data.in_channels)],
+                        (image, valid, item.source))
 
     def forward(self, model, batch: torch.Tensor, config: SegmentationConfig) -> torch.Tensor:
         """Softmax probabilities ``(B, C, h, w)``, averaged over flips with ``flip_tta``."""
@@ -161,8 +177,10 @@ class SegmentationTask(Task):
     def write_prediction(self, output: SegmentationOutput, name: str, writer):
         mask_file = writer.save_png(mask_to_png(output.mask, len(output.class_names)), name,
                                     "_mask.png")
-        overlay = writer.save_png(overlay_image(output.image, output.mask, None), name,
-                                  "_overlay.png")
+        num_classes = len(output.class_names)
+        overlay = writer.save_png(
+            overlay_image(output.image, output.mask, None) if num_classes == 2
+            else class_overlay(output.image, output.mask, num_classes), name, "_overlay.png")
         pixels = {f"pixels_{c}": output.area_pixels(k)
                   for k, c in enumerate(output.class_names) if k}
         return [mask_file, overlay], pixels
@@ -176,7 +194,7 @@ class SegmentationTask(Task):
     def score(self, output: SegmentationOutput, info: dict, config: SegmentationConfig,
               prediction_dir: Path | None) -> list[dict]:
         num_classes = config.data.num_classes
-        truth = read_mask(info["mask"], num_classes)
+        truth = scan_reader(config).mask(info["mask"])
         if truth.shape != output.mask.shape:
             raise DataError(f"{info['mask']}: mask is {truth.shape[1]}x{truth.shape[0]}, image "
                             f"is {output.mask.shape[1]}x{output.mask.shape[0]}")
@@ -193,6 +211,11 @@ class SegmentationTask(Task):
         for k, name in enumerate(names):
             for j, kind in enumerate(_COUNTS):
                 row[f"{kind}_{name}"] = int(counts[0, k, j])
+        if num_classes > 2:
+            pixels = np.bincount(truth.ravel() * num_classes + output.mask.ravel(),
+                                 minlength=num_classes ** 2)
+            row.update({confusion_column(names, t, p): int(pixels[t * num_classes + p])
+                        for t in range(num_classes) for p in range(num_classes)})
         return [row]
 
     def statistic(self, table: pd.DataFrame, config: SegmentationConfig, extras: dict):
@@ -211,24 +234,54 @@ class SegmentationTask(Task):
                 "pixels of all images pooled; computed at original image resolution",
                 "inference": config.inference.model_dump()}
         prediction_dir = figure_dir.parent / "predictions"
-        key = f"dice_{config.data.class_names[-1]}"
+        names = self.class_names(config)
+        num_classes = config.data.num_classes
+        # Multi-class cases are ranked by their mean foreground Dice.
+        key = f"dice_{names[-1]}" if num_classes == 2 else "mean_dice_foreground"
+        if num_classes > 2:
+            table = table.assign(mean_dice_foreground=table[
+                [f"dice_{n}" for n in names[1:]]].mean(axis=1))
         figures = {}
+        if num_classes > 2:
+            from medlite.reports.classification_figures import plot_confusion_matrix
+
+            figure_dir.mkdir(parents=True, exist_ok=True)
+            matrix = np.array([[int(table[confusion_column(names, t, p)].sum())
+                                for p in range(num_classes)] for t in range(num_classes)])
+            info["pixel_confusion_matrix"] = {"class_names": names, "rows": "true class",
+                                              "columns": "predicted class",
+                                              "pixels": matrix.tolist()}
+            figures["pixel_confusion_matrix"] = plot_confusion_matrix(
+                matrix, names, figure_dir / "pixel_confusion_matrix.png", normalize=True,
+                title="pixels, row-normalised (recall on the diagonal)")
         if (prediction_dir / f"{table['sample'].iloc[0]}_mask.png").is_file():
             figure_dir.mkdir(parents=True, exist_ok=True)
             ranked = table.iloc[table[key].fillna(-1).to_numpy().argsort()]
-            num_classes = config.data.num_classes
+            reader = scan_reader(config)
+            saved = ScanReader(num_classes)  # predictions are written as class indices
 
             def case(row) -> tuple:
-                return (row.sample, read_image(row.image), read_mask(row.mask, num_classes),
-                        read_mask(prediction_dir / f"{row.sample}_mask.png", num_classes))
+                return (row.sample, reader.image(row.image), reader.mask(row.mask),
+                        saved.mask(prediction_dir / f"{row.sample}_mask.png"))
 
             for name, rows in (("best_cases", ranked.iloc[::-1][:4]),
                                ("worst_cases", ranked.iloc[:4])):
                 figures[name] = save_case_grid([case(r) for r in rows.itertuples()], table,
                                                key, figure_dir / f"{name}.png",
-                                               name.replace("_", " ").capitalize())
+                                               name.replace("_", " ").capitalize(), names)
         info["profile"] = model_profile(self, config)
         return figures, [], info
+
+
+def scan_reader(config: SegmentationConfig) -> ScanReader:
+    """How the run's images and masks are read (CT window, mask palette)."""
+    data = config.data
+    return ScanReader(data.num_classes, data.palette(), data.hu_window, data.hu_offset)
+
+
+def confusion_column(names: list[str], true: int, predicted: int) -> str:
+    """The per-image column of pixels of class ``true`` predicted as ``predicted``."""
+    return f"pixels_{names[true]}_as_{names[predicted]}"
 
 
 def _argmax(logits: torch.Tensor) -> torch.Tensor:
