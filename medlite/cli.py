@@ -75,6 +75,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="classes in the masks (2: masks are 0/255 or 0/1)")
     index.add_argument("--overwrite", action="store_true", help="replace an existing manifest")
 
+    synthetic = data_sub.add_parser(
+        "synthetic", help="write a built-in synthetic data set with its manifest",
+        description="ct: axial chest CT slices with ground-glass opacity and consolidation "
+        "(masks 0 background, 1 ggo, 2 consolidation; 8-bit lung window, or HU .npy with "
+        "--hu). lesions: dermoscopy-like photos with binary lesion masks.")
+    synthetic.add_argument("kind", choices=["ct", "lesions"])
+    synthetic.add_argument("--out", type=Path, required=True, help="an empty or new folder")
+    synthetic.add_argument("--subjects", type=int, default=30)
+    synthetic.add_argument("--per-subject", type=int, default=2, help="images per subject")
+    synthetic.add_argument("--size", type=int, default=128, help="side in pixels")
+    synthetic.add_argument("--hu", action="store_true", help="ct: float32 HU .npy slices")
+    synthetic.add_argument("--seed", type=int, default=0)
+
     check = data_sub.add_parser(
         "check", help="check PASI photo and score tables",
         description="Validate a photos CSV (subject, visit, region, image) and a scores CSV "
@@ -261,6 +274,23 @@ def cmd_data(args) -> int:
               f"{items['subject'].nunique()} subjects, "
               f"{items.groupby(['subject', 'visit']).ngroups} visits, {len(items)} composites; "
               f"scores per {tables.score_level}")
+        return 0
+    if args.data_command == "synthetic":
+        if args.subjects < 1 or args.per_subject < 1 or args.size < 16:
+            raise MedliteError("data synthetic: --subjects and --per-subject must be at least "
+                               f"1 and --size at least 16 (got {args.subjects}, "
+                               f"{args.per_subject}, {args.size})")
+        if args.kind == "ct":
+            from medlite.datasets.ct import write_ct_dataset
+
+            manifest = write_ct_dataset(args.out, args.subjects, args.per_subject, args.size,
+                                        args.seed, hu=args.hu)
+        else:
+            from medlite.datasets.lesions import write_lesion_dataset
+
+            manifest = write_lesion_dataset(args.out, args.subjects, args.per_subject,
+                                            (args.size, args.size), args.seed)
+        print(f"wrote {manifest}: {args.subjects} subjects x {args.per_subject} images")
         return 0
 
     table = index_segmentation(args.images_dir, args.masks_dir, args.out,

@@ -203,3 +203,13 @@ def test_predict_reads_hounsfield_slices_and_tints_each_class(ct_run, tmp_path):
     assert {"pixels_ggo", "pixels_consolidation"} <= set(table.columns)
     mask = np.asarray(Image.open(next((tmp_path / "p").rglob(f"{slices[0].stem}_mask.png"))))
     assert mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 1, 2}
+
+
+def test_the_cli_writes_synthetic_ct_data(tmp_path, capsys):
+    assert main(["data", "synthetic", "ct", "--out", str(tmp_path / "ct"), "--subjects", "3",
+                 "--size", "32", "--hu"]) == 0
+    table = pd.read_csv(tmp_path / "ct" / "manifest.csv")
+    assert len(table) == 6 and table["subject"].nunique() == 3
+    assert np.load(tmp_path / "ct" / table["image"][0]).shape == (32, 32)
+    assert main(["data", "synthetic", "ct", "--out", str(tmp_path / "x"), "--size", "8"]) == 2
+    assert "--size" in capsys.readouterr().err
