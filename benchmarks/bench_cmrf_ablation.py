@@ -40,7 +40,10 @@ def main() -> None:
     parser.add_argument("--unet-widths", type=int, nargs="+", default=[16, 32, 64, 128, 256])
     parser.add_argument("--out", type=Path)
     parser.add_argument("--medseg", type=Path, default=MEDSEG)
-    parser.add_argument("--budget-minutes", type=float, default=5.0)
+    parser.add_argument("--budget-minutes", type=float, default=5.0,
+                        help="wall-clock cap per model")
+    parser.add_argument("--epochs", type=int, help="epochs per model (default: sized from "
+                        "a timing to fill the budget)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seed", type=int, default=42)
@@ -59,7 +62,8 @@ def main() -> None:
         config = medseg_config(manifest, model, widths, lr=args.lr, batch=args.batch,
                                seed=args.seed, kwargs=kwargs)
         folder = out / (f"{model}-n{kwargs['cmrf_n']}" if kwargs else model)
-        summary["variants"][label] = train_and_score(config, folder, args.budget_minutes)
+        summary["variants"][label] = train_and_score(config, folder, args.budget_minutes,
+                                                     args.epochs)
         write_json(out / "summary.json", summary)
     print("| model | parameters | epochs | GGO Dice | GGO IoU | consolidation Dice "
           "| consolidation IoU | dataset Dice GGO / consolidation |")
