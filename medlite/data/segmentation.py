@@ -22,6 +22,7 @@ from medlite.data.transforms import (
     joint_augmentation,
     normalize,
     resize_pair,
+    shades_of_gray,
     to_tensor_image,
 )
 
@@ -37,15 +38,18 @@ GREY_STD = (float(np.mean(IMAGENET_STD)),)
 @dataclass(frozen=True)
 class ScanReader:
     """How a segmentation run reads its files: images (CT windowing when ``hu_window`` is
-    set) and masks (class indices, or colours through ``palette``).
+    set) and masks (class indices, or colours through ``palette``), and what the network
+    sees of an image (:meth:`network_view`: colour constancy when ``color_constancy`` is
+    ``shades_of_gray``).
 
-    Both return what :func:`read_image` and :func:`read_mask` do: uint8 ``(H, W, 3)`` and
-    int64 ``(H, W)``."""
+    The readers return what :func:`read_image` and :func:`read_mask` do: uint8 ``(H, W, 3)``
+    and int64 ``(H, W)``."""
 
     num_classes: int = 2
     palette: dict[tuple[int, int, int], int] | None = None
     hu_window: tuple[float, float] | None = None
     hu_offset: float = 0.0
+    color_constancy: str = "none"
 
     def image(self, path: str | Path) -> np.ndarray:
         if self.hu_window is None and Path(path).suffix.lower() != ".npy":
@@ -54,6 +58,10 @@ class ScanReader:
 
     def mask(self, path: str | Path) -> np.ndarray:
         return read_mask(path, self.num_classes, self.palette)
+
+    def network_view(self, image: np.ndarray) -> np.ndarray:
+        """The image as the network is trained on it and predicts from it."""
+        return shades_of_gray(image) if self.color_constancy == "shades_of_gray" else image
 
 
 def network_input(image: torch.Tensor, in_channels: int = 3) -> torch.Tensor:
@@ -194,7 +202,7 @@ class SegmentationDataset(Dataset):
         """Resized uint8 image (3, H, W), mask (H, W) or None, and the valid region."""
         if index in self._cache:
             return self._cache[index]
-        image = to_tensor_image(self.reader.image(self.images[index]))
+        image = to_tensor_image(self.reader.network_view(self.reader.image(self.images[index])))
         mask = None
         if self.masks is not None:
             mask = torch.from_numpy(self.reader.mask(self.masks[index]))

@@ -33,6 +33,12 @@ class AugmentConfig(StrictModel):
     contrast: float = Field(0.2, ge=0)
     saturation: float = Field(0.2, ge=0)
     hue: float = Field(0.02, ge=0, le=0.5)
+    hair: float = Field(0.0, ge=0, le=1, description="Probability of drawing 1-8 dark "
+                        "hairs across the image (dermoscopy artefact).")
+    ink: float = Field(0.0, ge=0, le=1, description="Probability of a purple skin-marker "
+                       "stroke near the border.")
+    vignette: float = Field(0.0, ge=0, le=1, description="Probability of darkening the "
+                            "corners, as a dermatoscope's circular field of view does.")
 
 
 def to_tensor_image(image: np.ndarray) -> torch.Tensor:
@@ -80,7 +86,92 @@ def joint_augmentation(config: AugmentConfig, size: tuple[int, int]) -> T.Compos
     if any((config.brightness, config.contrast, config.saturation, config.hue)):
         steps.append(T.ColorJitter(config.brightness, config.contrast, config.saturation,
                                    config.hue))
+    if any((config.hair, config.ink, config.vignette)):
+        steps.append(DermoscopyArtefacts(config.hair, config.ink, config.vignette))
     return T.Compose(steps)
+
+
+class DermoscopyArtefacts(T.Transform):
+    """Artefacts of other clinics' dermoscopy drawn on the image only (the mask is left as
+    it is: a hair over a lesion is still lesion): dark hairs (quadratic Bezier curves, 1-3 px),
+    a purple skin-marker stroke near the border, and dark corners of a circular field of
+    view, each with its probability. Randomness comes from torch's generator, so the
+    training loop's per-item seeds make it reproducible.
+
+    Shapes: uint8 ``(3, H, W)`` -> uint8 ``(3, H, W)``.
+    """
+
+    def __init__(self, hair: float = 0.0, ink: float = 0.0, vignette: float = 0.0):
+        super().__init__()
+        self.hair, self.ink, self.vignette = hair, ink, vignette
+
+    def transform(self, inpt, params):
+        if not isinstance(inpt, tv_tensors.Image):
+            return inpt
+        image = inpt.as_subclass(torch.Tensor)
+        if float(torch.rand(())) < self.hair:
+            image = _draw_strokes(image, int(torch.randint(1, 9, ())), colour=None,
+                                  width=(1, 3), near_border=False)
+        if float(torch.rand(())) < self.ink:
+            image = _draw_strokes(image, 1, colour=(110, 40, 140), width=(3, 7),
+                                  near_border=True)
+        if float(torch.rand(())) < self.vignette:
+            image = _vignette(image)
+        return tv_tensors.wrap(image, like=inpt)
+
+
+def _draw_strokes(image: torch.Tensor, count: int, colour: tuple[int, int, int] | None,
+                  width: tuple[int, int], near_border: bool) -> torch.Tensor:
+    """``count`` curves drawn with Pillow: dark brown hairs (``colour`` None, a fraction of
+    the image's mean colour) or strokes of ``colour``, blended at 60-95% opacity."""
+    from PIL import Image, ImageDraw
+
+    height, width_px = image.shape[-2:]
+    rgb = image.permute(1, 2, 0).numpy()
+    layer = Image.new("RGBA", (width_px, height), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    mean = rgb.reshape(-1, 3).mean(axis=0)
+    for _ in range(count):
+        ends = torch.rand(3, 2) * torch.tensor([width_px, height])
+        if near_border:  # a marker circles the lesion near the edge of the photo
+            ends[:, 1] = ends[:, 1] * 0.2 + (0.78 * height if float(torch.rand(())) < 0.5
+                                             else 0.02 * height)
+        t = torch.linspace(0, 1, 32)[:, None]
+        curve = ((1 - t) ** 2 * ends[0] + 2 * (1 - t) * t * ends[1] + t ** 2 * ends[2])
+        tone = colour or tuple(int(c) for c in mean * float(0.15 + 0.25 * torch.rand(())))
+        alpha = int(255 * float(0.6 + 0.35 * torch.rand(())))
+        draw.line([tuple(p) for p in curve.tolist()], fill=(*tone, alpha),
+                  width=int(torch.randint(width[0], width[1] + 1, ())), joint="curve")
+    over = np.asarray(layer, dtype=np.float32)
+    alpha = over[:, :, 3:] / 255
+    blended = rgb * (1 - alpha) + over[:, :, :3] * alpha
+    return torch.from_numpy(np.round(blended).astype(np.uint8)).permute(2, 0, 1).contiguous()
+
+
+def _vignette(image: torch.Tensor) -> torch.Tensor:
+    """Darken outside a circle of radius 0.85-1.1 half-diagonals, softly."""
+    height, width = image.shape[-2:]
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width),
+                            indexing="ij")
+    radius = torch.sqrt(xx ** 2 + yy ** 2) / math.sqrt(2)
+    start = 0.6 + 0.3 * float(torch.rand(()))
+    keep = (1 - ((radius - start) / 0.15).clamp(0, 1)) * 0.9 + 0.1
+    return (image.float() * keep).round().to(torch.uint8)
+
+
+def shades_of_gray(image: np.ndarray, power: float = 6.0) -> np.ndarray:
+    """Colour constancy by the Shades of Gray algorithm (Finlayson and Trezzi 2004): the
+    illuminant is the Minkowski ``power``-mean of each channel, and each channel is scaled
+    so that the illuminant becomes neutral grey (the ISIC challenges' usual correction for
+    the colour casts of different dermatoscopes).
+
+    Shapes: uint8 ``(H, W, 3)`` -> uint8 ``(H, W, 3)``.
+    """
+    values = image.astype(np.float64)
+    illuminant = np.power(np.mean(np.power(values, power), axis=(0, 1)), 1.0 / power)
+    illuminant = illuminant / max(float(np.linalg.norm(illuminant)), 1e-12)
+    gains = 1.0 / (illuminant * math.sqrt(3.0))
+    return np.clip(np.round(values * gains), 0, 255).astype(np.uint8)
 
 
 def augment_pair(transform: T.Compose, image: torch.Tensor, mask: torch.Tensor):

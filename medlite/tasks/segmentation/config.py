@@ -37,6 +37,10 @@ class SegmentationDataConfig(StrictModel):
         "they are.")
     hu_offset: float = Field(0.0, description="Added to stored values to give HU (e.g. "
                              "-1024 for files storing HU + 1024).")
+    color_constancy: Literal["none", "shades_of_gray"] = Field(
+        "none", description="shades_of_gray: scale each channel so that the image's "
+        "illuminant (Minkowski p=6 mean) is neutral, in training and inference alike (other "
+        "dermatoscopes' colour casts).")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     augment_until_epoch: int | None = Field(
         None, ge=0, description="Train with augmentation for this many epochs, then without "

@@ -143,10 +143,10 @@ class SegmentationTask(Task):
         return torch.randn(1, config.data.in_channels, *config.data.image_size)
 
     def prepare(self, item: ImageInput, config: SegmentationConfig) -> Prepared:
-        image = (item.image if isinstance(item.image, np.ndarray)
-                 else scan_reader(config).image(item.image))
-        tensor, _, valid = fit_to_size(to_tensor_image(image), None, config.data.image_size,
-                                       config.data.resize_mode)
+        reader = scan_reader(config)
+        image = item.image if isinstance(item.image, np.ndarray) else reader.image(item.image)
+        tensor, _, valid = fit_to_size(to_tensor_image(reader.network_view(image)), None,
+                                       config.data.image_size, config.data.resize_mode)
         return Prepared([network_input(tensor, config.data.in_channels)],
                         (image, valid, item.source))
 
@@ -276,7 +276,8 @@ class SegmentationTask(Task):
 def scan_reader(config: SegmentationConfig) -> ScanReader:
     """How the run's images and masks are read (CT window, mask palette)."""
     data = config.data
-    return ScanReader(data.num_classes, data.palette(), data.hu_window, data.hu_offset)
+    return ScanReader(data.num_classes, data.palette(), data.hu_window, data.hu_offset,
+                      data.color_constancy)
 
 
 def confusion_column(names: list[str], true: int, predicted: int) -> str:
