@@ -23,18 +23,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
+import sys
 import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 
-from medlite.config import apply_overrides
-from medlite.runs import write_csv_atomic, write_json
-from medlite.tasks import get_task
-from medlite.tasks.segmentation import SegmentationConfig
-from medlite.training.runner import train_run
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_ph2_segmentation import seconds_per_epoch  # noqa: E402
+
+from medlite.config import apply_overrides  # noqa: E402
+from medlite.runs import write_csv_atomic, write_json  # noqa: E402
+from medlite.tasks import get_task  # noqa: E402
+from medlite.tasks.segmentation import SegmentationConfig  # noqa: E402
+from medlite.training.runner import train_run  # noqa: E402
 
 MEDSEG = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct_multiclass" / "medseg100"
 CLASS_NAMES = ["background", "ggo", "consolidation"]
@@ -81,29 +84,6 @@ def medseg_config(manifest: Path, model: str, widths: list[int] | None, *, lr: f
         "split": {"val_fraction": 10 / 50, "test_fraction": 0.0},
         "evaluation": {"bootstrap_resamples": 1000}}
     return SegmentationConfig.model_validate(apply_overrides(raw, list(overrides)))
-
-
-def seconds_per_epoch(config: SegmentationConfig, n_train: int, n_val: int) -> float:
-    """A few timed training steps and a validation batch of the model on random data."""
-    torch.set_num_threads(config.trainer.threads)
-    model = get_task("segmentation").build_model(config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    batch = config.trainer.batch_size
-    x = torch.randn(batch, config.data.in_channels, *config.data.image_size)
-    y = torch.randint(0, config.data.num_classes, (batch, *config.data.image_size))
-    for step in range(4):
-        if step == 1:
-            start = time.perf_counter()
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
-    train_step = (time.perf_counter() - start) / 3
-    model.eval()
-    with torch.no_grad():
-        start = time.perf_counter()
-        model(x)
-        val_step = time.perf_counter() - start
-    return n_train / batch * train_step + math.ceil(n_val / batch) * val_step
 
 
 def train_and_score(config: SegmentationConfig, out: Path, budget_minutes: float,

@@ -65,8 +65,8 @@ def seconds_per_epoch(config: SegmentationConfig, n_train: int, n_val: int) -> f
     model = get_task("segmentation").build_model(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     batch = config.trainer.batch_size
-    x = torch.randn(batch, 3, *config.data.image_size)
-    y = torch.randint(0, 2, (batch, *config.data.image_size))
+    x = torch.randn(batch, config.data.in_channels, *config.data.image_size)
+    y = torch.randint(0, config.data.num_classes, (batch, *config.data.image_size))
     loss_fn = torch.nn.CrossEntropyLoss()
     steps = 3
     for i in range(steps + 1):
