@@ -349,9 +349,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from medlite.inference.predictor import load_run
-    from medlite.inference.writer import OutputWriter, unique_names
-    from medlite.pretrained import shipped_model_dir
+    from medlite.pretrained import resolve_run, shipped_model_dir
+    from medlite.runs import lock_if_inside
 
     run, inputs = args.run, list(args.inputs)
     if args.model is not None:
@@ -360,6 +359,14 @@ def cmd_predict(args) -> int:
         raise MedliteError("predict: give a run folder (or --model NAME) and the inputs")
     if not inputs and not args.visit:
         raise MedliteError("predict: give files or folders (or --visit folders for pasi)")
+    with lock_if_inside(resolve_run(run), args.out):
+        return _predict(args, run, inputs)
+
+
+def _predict(args, run, inputs) -> int:
+    from medlite.inference.predictor import load_run
+    from medlite.inference.writer import OutputWriter, unique_names
+
     predictor = load_run(run, overrides=args.overrides, fast=args.fast)
     task, config = predictor.task, predictor.config
     inputs = task.parse_inputs(inputs, list(args.visit), config)
@@ -377,12 +384,14 @@ def cmd_predict(args) -> int:
 
 def cmd_export(args) -> int:
     from medlite.inference.predictor import load_run
+    from medlite.runs import lock_if_inside
 
     predictor = load_run(args.run)
     path = args.out or Path(args.run) / "export" / "model.onnx"
     if path.exists() and not args.overwrite:
         raise MedliteError(f"{path}: exists; pass --overwrite to replace it")
-    path, difference = predictor.export_onnx(path)
+    with lock_if_inside(predictor.run_dir, path):
+        path, difference = predictor.export_onnx(path)
     print(f"wrote {path}; ONNX Runtime vs PyTorch on a batch of 3: max abs difference "
           f"{difference:.2e}")
     if difference > 1e-3:
@@ -465,11 +474,22 @@ COMMANDS = {"demo": cmd_demo, "data": cmd_data, "train": cmd_train, "configs": c
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        try:
+            return COMMANDS[args.command](args)
+        except OSError as exc:  # a write outside medlite's writers: disk full, read-only
+            import errno
+
+            from medlite.runs import write_error
+
+            permission = exc.errno in (errno.EACCES, errno.EPERM)  # maybe a read
+            error = write_error(exc, action="accessing" if permission else "writing")
+            if error is None:
+                raise
+            raise error from exc
     except MedliteError as exc:
         print(f"medlite: error: {exc}", file=sys.stderr)
         for line in exc.problems:
-            if line != str(exc):
+            if line not in str(exc):  # the message shows it already
                 print(f"  {line}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

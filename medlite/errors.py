@@ -27,7 +27,14 @@ class DataError(MedliteError):
 
 
 class RunDirError(MedliteError):
-    """A run directory exists and neither --resume nor --overwrite was given, or is not a run."""
+    """A run directory exists and neither --resume nor --overwrite was given, is not a run,
+    or is in use by another medlite process (its ``.lock``)."""
+
+
+class WriteError(RunDirError):
+    """An output folder cannot be written: the disk is full, or the folder is read-only or
+    not ours to write. Nothing half-written is left; it stops a whole run (every other fit
+    would fail the same way), and the message names the folder and the file."""
 
 
 class WeightsNotFoundError(MedliteError):

@@ -206,9 +206,8 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     target = tmp_path / "last.ckpt"
     io.save_checkpoint({"epoch": 1, "w": torch.ones(3)}, target)
 
-    def failing_save(obj, path, *args, **kwargs):
-        with open(path, "wb") as handle:
-            handle.write(b"half a checkpoint")
+    def failing_save(obj, handle, *args, **kwargs):  # the open temporary file
+        handle.write(b"half a checkpoint")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", failing_save)

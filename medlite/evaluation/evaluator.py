@@ -157,15 +157,17 @@ def summarize(task: Task, config: BaseTaskConfig, table: pd.DataFrame, out_dir: 
 def record(result: EvaluationResult, out_dir: Path, config: BaseTaskConfig, *,
            run_dir: Path, title: str, history: pd.DataFrame | None = None,
            monitor: str | None = None, markers: dict[str, int] | None = None) -> Path:
-    """Write ``metrics.json``, ``per_sample.csv`` and ``report.html`` into ``out_dir``."""
+    """Write ``per_sample.csv``, ``report.html`` and, last, ``metrics.json`` into ``out_dir``
+    (so a folder with ``metrics.json`` holds the whole evaluation); returns the report."""
     from medlite.reports.html import write_report
 
     out_dir = Path(out_dir)
     write_csv_atomic(result.per_sample, out_dir / PER_SAMPLE_FILE)
+    report = write_report(result, config, run_dir=run_dir, out_path=out_dir / REPORT_FILE,
+                          title=title, history=history, monitor=monitor, markers=markers)
     write_json(out_dir / METRICS_FILE, {"task": config.task, **result.info,
                                         "metrics": result.metrics})
-    return write_report(result, config, run_dir=run_dir, out_path=out_dir / REPORT_FILE,
-                        title=title, history=history, monitor=monitor, markers=markers)
+    return report
 
 
 def headline(metrics: dict[str, dict[str, dict]]) -> dict[str, float]:

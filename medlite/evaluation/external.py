@@ -17,7 +17,7 @@ from medlite.data.splits import read_splits
 from medlite.errors import DataError
 from medlite.evaluation.evaluator import EvaluationResult, predict_table, record, summarize
 from medlite.inference.predictor import load_run
-from medlite.runs import make_output_dir
+from medlite.runs import lock_if_inside, make_output_dir
 from medlite.tasks.base import SPLITS_FILE, with_saved_splits
 
 EVALUATIONS_DIR = "evaluations"
@@ -49,7 +49,20 @@ def evaluate_run(run_dir: Path, *, data: Path | None = None, scores: Path | None
                  fast: str = "none") -> tuple[EvaluationResult, Path]:
     """Evaluate run ``run_dir`` on ``data`` (a manifest, folder or recordings), or again on
     its own ``split``, through the ``fast`` inference path; returns the evaluation and the
-    folder it was written to."""
+    folder it was written to. Writing inside the run (the default), it holds the run's lock:
+    a run another process is writing is refused."""
+    from medlite.pretrained import resolve_run
+
+    run_dir = resolve_run(run_dir)
+    with lock_if_inside(run_dir, out):
+        return _evaluate(run_dir, data=data, scores=scores, split=split, out=out,
+                         overwrite=overwrite, allow_overlap=allow_overlap, overrides=overrides,
+                         fast=fast)
+
+
+def _evaluate(run_dir: Path, *, data: Path | None, scores: Path | None, split: str,
+              out: Path | None, overwrite: bool, allow_overlap: bool,
+              overrides: list[str] | None, fast: str) -> tuple[EvaluationResult, Path]:
     predictor = load_run(run_dir, overrides=overrides, fast=fast)
     task, config = predictor.task, predictor.config
     run_dir = Path(run_dir)

@@ -25,6 +25,7 @@ from medlite.config import apply_overrides, validate_config
 from medlite.errors import ConfigError, DataError, MedliteError
 from medlite.evaluation.conformal import load_calibration
 from medlite.inference.types import ClassificationOutput, PasiOutput
+from medlite.models.weights import check_fit
 from medlite.runs import find_run, load_state_dict
 
 if TYPE_CHECKING:
@@ -235,7 +236,8 @@ def load_run(run_dir: Path | str, *, device: str = "cpu", batch_size: int | None
             keys (how the trained model is applied), e.g. ``["inference.flip_tta=true"]``.
 
     Raises:
-        RunDirError: not a run; DataError: the run has no trained weights; ConfigError: an
+        RunDirError: not a run; DataError: the run has no trained weights, or weights that
+        are not a plain state_dict or do not fit its config's model; ConfigError: an
         override of another key.
     """
     from medlite.pretrained import resolve_run
@@ -248,7 +250,10 @@ def load_run(run_dir: Path | str, *, device: str = "cpu", batch_size: int | None
     if not weights.is_file():
         raise DataError(f"{weights}: no trained weights (did training finish?)")
     model = task.build_model(config, for_training=False)
-    model.load_state_dict(load_state_dict(weights))
+    state = load_state_dict(weights)
+    check_fit(model, state, source=weights, field=None, model_name=config.model.name,
+              task=config.task, error=DataError)
+    model.load_state_dict(state)
     return Predictor(task, config, model, device=device, batch_size=batch_size, fast=fast,
                      run_dir=run_dir)
 

@@ -159,7 +159,7 @@ def build_plain_cnn(num_classes: int = 2, in_channels: int = 3,
     refuse_pretrained("plain_cnn", pretrained)
     model = PlainCNN(num_classes, in_channels, widths, hidden, dropout)
     if weights_path is not None:
-        load_local_weights(model, weights_path)
+        load_local_weights(model, weights_path, model_name="plain_cnn", task=task)
     return model
 
 
@@ -173,5 +173,5 @@ def build_tinyunet_classifier(num_classes: int = 2, in_channels: int = 3,
     refuse_pretrained("tinyunet_classifier", pretrained)
     model = TinyUNetClassifier(num_classes, in_channels, widths, dropout)
     if weights_path is not None:
-        load_local_weights(model, weights_path)
+        load_local_weights(model, weights_path, model_name="tinyunet_classifier", task=task)
     return model

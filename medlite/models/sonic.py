@@ -204,7 +204,7 @@ def build_sonic(backbones: Sequence[str] | None = None, num_classes: int = 2, *,
                         backbone_weights=backbone_weights, image_size=image_size,
                         in_channels=in_channels, pooling=pooling)
     if weights_path is not None:
-        load_local_weights(model, weights_path)
+        load_local_weights(model, weights_path, model_name="sonic", task=task)
     return model
 
 

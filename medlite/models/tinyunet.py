@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from medlite.errors import ConfigError, WeightsNotFoundError
 from medlite.models.layers import BicubicUpsample2x, ConvBNAct
 from medlite.models.registry import register_model
-from medlite.models.weights import load_state_dict_file
+from medlite.models.weights import check_fit, load_state_dict_file
 
 # The reference code inherits YOLO's BatchNorm settings, not PyTorch's defaults.
 CMRF_BN_EPS = 1e-3
@@ -175,22 +175,19 @@ class TinyUNet(nn.Module):
         return self.final_conv(x)
 
 
-def load_local_weights(model: nn.Module, weights_path: str | Path) -> nn.Module:
+def load_local_weights(model: nn.Module, weights_path: str | Path, *,
+                       model_name: str | None = None, task: str | None = None) -> nn.Module:
     """Load a local state_dict file (read with ``torch.load(weights_only=True)`` by
     :func:`~medlite.models.weights.load_state_dict_file`) into ``model``, strictly.
 
     Raises WeightsNotFoundError when the file is missing and ConfigError when it is not a
     state_dict or its keys or shapes do not fit the model; both name the file and
-    ``model.weights_path``.
+    ``model.weights_path``; a misfit also names the expected model (``model_name``) and
+    ``task``, and what the file holds (see :func:`~medlite.models.weights.check_fit`).
     """
     state = load_state_dict_file(weights_path, field="model.weights_path")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        detail = " ".join(line.strip() for line in str(error).strip().splitlines()[:3])
-        raise ConfigError(
-            f"model.weights_path: {weights_path} does not fit the model ({detail})"
-        ) from None
+    check_fit(model, state, source=weights_path, model_name=model_name, task=task)
+    model.load_state_dict(state)
     return model
 
 
@@ -217,5 +214,5 @@ def build_tinyunet(num_classes: int = 2, in_channels: int = 3,
     except ValueError as error:
         raise ConfigError(f"model.kwargs: {error}") from None
     if weights_path is not None:
-        load_local_weights(model, weights_path)
+        load_local_weights(model, weights_path, model_name="tinyunet", task=task)
     return model

@@ -119,6 +119,7 @@ def build_torchvision_backbone(
             source=str(source),
             field=field,
             model_name=arch,
+            task=task,
         )
     if in_channels != 3 and not first_conv_adapted:
         adapt_first_conv(model, in_channels, from_pretrained=loads_weights)

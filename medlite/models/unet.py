@@ -137,14 +137,14 @@ class UNet(nn.Module):
 
 def _build_unet(name: str, block: str, num_classes: int, in_channels: int,
                 widths: Sequence[int], upsample: str, pretrained: bool,
-                weights_path: str | Path | None) -> UNet:
+                weights_path: str | Path | None, task: str | None = None) -> UNet:
     refuse_pretrained(name, pretrained)
     try:
         model = UNet(in_channels, num_classes, widths=widths, block=block, upsample=upsample)
     except ValueError as error:
         raise ConfigError(f"model.kwargs: {error}") from None
     if weights_path is not None:
-        load_local_weights(model, weights_path)
+        load_local_weights(model, weights_path, model_name=name, task=task)
     return model
 
 
@@ -155,7 +155,7 @@ def build_unet(num_classes: int = 2, in_channels: int = 3, widths: Sequence[int]
                pretrained: bool = False, weights_path: str | Path | None = None) -> UNet:
     """Registry builder for the double-conv :class:`UNet` (``task`` is accepted and ignored)."""
     return _build_unet("unet", "double_conv", num_classes, in_channels, widths, upsample,
-                       pretrained, weights_path)
+                       pretrained, weights_path, task)
 
 
 @register_model("unet_cmrf", family="unet", tasks=("segmentation",),
@@ -166,4 +166,4 @@ def build_unet_cmrf(num_classes: int = 2, in_channels: int = 3,
                     weights_path: str | Path | None = None) -> UNet:
     """Registry builder for the CMRF :class:`UNet` (``task`` is accepted and ignored)."""
     return _build_unet("unet_cmrf", "cmrf", num_classes, in_channels, widths, upsample,
-                       pretrained, weights_path)
+                       pretrained, weights_path, task)

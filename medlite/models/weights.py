@@ -7,7 +7,6 @@ checkpoints torchvision publishes).
 
 from __future__ import annotations
 
-import pickle
 import re
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
@@ -18,7 +17,8 @@ import torch
 import torchvision
 from torch import nn
 
-from medlite.errors import ConfigError, WeightsNotFoundError
+from medlite.errors import ConfigError, DataError, MedliteError, WeightsNotFoundError
+from medlite.runs import load_torch_file
 
 # Wrappers that prefix every key: DataParallel/DDP ("module.") and Lightning modules or
 # training scripts that keep the network in ``self.model`` ("model.").
@@ -84,20 +84,20 @@ def load_state_dict_file(path: Path | str, field: str = "model.weights_path") ->
     """Read a state_dict saved with ``torch.save`` safely (``weights_only=True``).
 
     Accepts a raw state_dict or a checkpoint dict holding one under ``"state_dict"`` (Lightning)
-    or ``"model"``; strips wrapper prefixes ``module.`` / ``model.`` from the keys. ``field``
-    is the config key named in error messages.
+    or ``"model"``, or a medlite run folder (its ``model.pt``); strips wrapper prefixes
+    ``module.`` / ``model.`` from the keys. ``field`` is the config key named in error
+    messages. A file naming any global but tensors and containers (a custom class,
+    ``os.system``) is refused with a ConfigError naming it; nothing in it runs.
     """
     path = Path(path)
+    if path.is_dir() and _run_of(path / "model.pt") is not None:
+        path = path / "model.pt"
     if not path.is_file():
         raise WeightsNotFoundError(f"{field}: weights file not found: {path}")
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(
-            f"{field}: {path} is not a state_dict readable with torch.load(weights_only=True) "
-            f"({first_line})"
-        ) from None
+        loaded = load_torch_file(path)
+    except DataError as error:
+        raise ConfigError(f"{field}: {error}") from None
     state = _unwrap_checkpoint(loaded)
     if state is None:
         raise ConfigError(
@@ -122,51 +122,25 @@ def load_backbone_weights(
     source: str,
     field: str = "model.weights_path",
     model_name: str | None = None,
+    task: str | None = None,
 ) -> None:
     """Copy ``state`` into ``model``; every key outside ``ignore_prefixes`` must match.
 
     ``ignore_prefixes`` names the parts the caller replaces or drops (the classifier head,
     auxiliary heads): their keys may be missing from ``state`` or present with any shape.
     Anything else missing, unexpected or of the wrong shape raises :class:`ConfigError` whose
-    message names ``field``, ``source`` (a path), ``model_name`` (default: the class name) and
-    the first few offending keys; the full lists are in ``error.problems``.
+    message names ``field``, ``source`` (a path), ``model_name`` (default: the class name),
+    ``task``, the first few offending keys and what the file holds (:func:`check_fit`); the
+    full lists are in ``error.problems``.
     """
     prefixes = tuple(ignore_prefixes)
 
     def ignored(key: str) -> bool:
         return key.startswith(prefixes)
 
-    expected = {k: v for k, v in model.state_dict().items() if not ignored(k)}
     given = {k: v for k, v in state.items() if not ignored(k)}
-    # Keys are listed in the model's (or the file's) order, so the first ones shown point at
-    # the first layer that differs.
-    missing = [k for k in expected if k not in given]
-    unexpected = [k for k in given if k not in expected]
-    mismatched = [
-        f"{k} {tuple(given[k].shape)} vs {tuple(value.shape)}"
-        for k, value in expected.items()
-        if k in given and tuple(given[k].shape) != tuple(value.shape)
-    ]
-    if missing or unexpected or mismatched:
-        problems = (
-            [f"missing backbone key {k}" for k in missing]
-            + [f"unexpected key {k}" for k in unexpected]
-            + [f"shape mismatch {k} (file vs model)" for k in mismatched]
-        )
-        parts = [
-            _summarise(label, keys)
-            for label, keys in (
-                ("missing backbone keys", missing),
-                ("unexpected keys", unexpected),
-                ("shape mismatches (file vs model)", mismatched),
-            )
-            if keys
-        ]
-        raise ConfigError(
-            f"{field}: {source} does not fit {model_name or type(model).__name__} "
-            f"({'; '.join(parts)})",
-            problems=problems,
-        )
+    check_fit(model, given, source=source, field=field, model_name=model_name, task=task,
+              ignored=ignored, missing_label="backbone key", list_all=True)
     to_load = OrderedDict(given)
     # Modules read their format version from `_metadata` (MNASNet refuses to load without
     # one); a file that carries none is taken to be in the current format.
@@ -175,6 +149,106 @@ def load_backbone_weights(
     to_load._metadata = metadata  # type: ignore[attr-defined]
     # strict=False because the ignored (head) keys may be missing; everything else was checked.
     model.load_state_dict(to_load, strict=False)
+
+
+def check_fit(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: Path | str,
+              field: str | None = "model.weights_path", model_name: str | None = None,
+              task: str | None = None, ignored=lambda key: False, missing_label: str = "key",
+              error: type[MedliteError] = ConfigError, list_all: bool = False) -> None:
+    """Raise ``error`` when ``state``'s keys or shapes differ from ``model``'s (keys for which
+    ``ignored(key)`` holds aside). The one-line message names ``field``, ``source``, the
+    expected model (``model_name``, default the class name) and ``task``, the first few
+    offending keys (``list_all``: all of them in ``error.problems``, which the CLI prints one
+    per line), and what the file holds: the task and model of the run it comes from, or the
+    architecture its keys look like."""
+    expected = {k: v for k, v in model.state_dict().items() if not ignored(k)}
+    # Keys are listed in the model's (or the file's) order, so the first ones shown point at
+    # the first layer that differs.
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(value.shape)}"
+        for k, value in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(value.shape)
+    ]
+    if not (missing or unexpected or mismatched):
+        return
+    problems = (
+        [f"missing {missing_label} {k}" for k in missing]
+        + [f"unexpected key {k}" for k in unexpected]
+        + [f"shape mismatch {k} (file vs model)" for k in mismatched]
+    )
+    parts = [
+        _summarise(label, keys)
+        for label, keys in (
+            (f"missing {missing_label}s", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatches (file vs model)", mismatched),
+        )
+        if keys
+    ]
+    name = model_name or type(model).__name__
+    wanted = f"{name} for {task}" if task else name
+    origin = weights_origin(source)
+    looks_like = guess_architecture(state)
+    if origin is not None and origin[:2] != (task, name):
+        found = f"the file is from a {origin[0]} run (model {origin[1]}, {origin[2]})"
+    else:
+        found = f"its keys look like {looks_like}'s" if looks_like else None
+    prefix = f"{field}: " if field else ""
+    raise error(f"{prefix}{source} does not fit {wanted}" + (f": {found}" if found else "")
+                + f" ({'; '.join(parts)})", problems=problems if list_all else None)
+
+
+def _run_of(path: Path) -> Path | None:
+    """The run folder a weights file belongs to: ``RUN/model.pt`` or
+    ``RUN/fits/<key>/model.pt`` (a folder with ``config.yaml`` and ``run.json``), or the
+    run folder itself."""
+    for folder in (path, path.parent, path.parent.parent.parent):
+        if (folder / "config.yaml").is_file() and (folder / "run.json").is_file():
+            return folder
+    return None
+
+
+def weights_origin(path: Path | str) -> tuple[str, str, Path] | None:
+    """``(task, model name, run folder)`` of the run a weights file belongs to (its
+    ``config.yaml`` says), or None for a file outside a run."""
+    run = _run_of(Path(path))
+    if run is None:
+        return None
+    from medlite.config import read_yaml
+
+    try:
+        raw = read_yaml(run / "config.yaml")
+    except MedliteError:
+        return None
+    model = raw.get("model") if isinstance(raw.get("model"), Mapping) else {}
+    return str(raw.get("task")), str(model.get("name")), run
+
+
+# Key prefixes that tell architectures apart; the first one a state_dict has names it.
+_ARCHITECTURE_KEYS = (
+    ("decoder1.", "tinyunet"), ("encoder1.cmrf.", "tinyunet_classifier"),
+    ("stem.pwconv1.", "unet_cmrf"), ("stem.0.conv.", "unet"),
+    ("branches.0.backbone.", "sonic"), ("backbone.", "logit_backbone"),
+    ("layer1.0.", "a torchvision ResNet"), ("features.denseblock1.", "a torchvision DenseNet"),
+    ("encoder.layers.encoder_layer_0.", "a torchvision ViT"),
+    ("Conv2d_1a_3x3.", "inception_v3"), ("inception3a.", "googlenet"),
+    ("stage2.0.", "a torchvision ShuffleNetV2"), ("layers.0.", "a torchvision MNASNet"),
+    ("trunk_output.", "a torchvision RegNet"), ("features.3.squeeze.", "a torchvision SqueezeNet"),
+    ("features.1.0.attn.", "a torchvision Swin"), ("features.1.0.block.", "a torchvision ConvNeXt"),
+    ("features.0.0.bias", "plain_cnn"),
+    ("features.0.1.", "a torchvision MobileNet or EfficientNet"),
+    ("features.0.weight", "a torchvision VGG or AlexNet"),
+)
+
+
+def guess_architecture(state: Mapping[str, object]) -> str | None:
+    """The architecture whose keys ``state``'s look like (see :data:`_ARCHITECTURE_KEYS`)."""
+    for prefix, name in _ARCHITECTURE_KEYS:
+        if any(key.startswith(prefix) for key in state):
+            return name
+    return None
 
 
 def _summarise(label: str, keys: list[str]) -> str:

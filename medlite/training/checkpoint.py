@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from medlite.runs import save_torch_atomic
+from medlite.errors import DataError
+from medlite.runs import load_torch_file, save_torch_atomic
 
 SAVED_MARKER = ".saved"
 LAST_CHECKPOINT = "last.ckpt"
@@ -34,12 +35,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             (path.parent / SAVED_MARKER).touch()
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
-        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        return load_torch_file(path, map_location=map_location or "cpu")
 
 
 def model_state_from_checkpoint(checkpoint_path: Path) -> dict[str, torch.Tensor]:
     """The wrapped network's ``state_dict`` from a Lightning checkpoint of a TaskModule."""
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    checkpoint = load_torch_file(checkpoint_path)
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise DataError(f"{checkpoint_path}: not a Lightning checkpoint (no state_dict)")
     prefix = "model."
     return {
         key[len(prefix):]: value

@@ -56,7 +56,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor
 from concurrent.futures import wait as wait_futures
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from multiprocessing import get_context
@@ -66,8 +66,8 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
-from medlite.errors import MedliteError, RunDirError
-from medlite.runs import atomic_target, read_json, write_json, write_text_atomic
+from medlite.errors import MedliteError, RunDirError, WriteError
+from medlite.runs import atomic_target, read_json, write_json, write_text_atomic, writing
 
 DONE_FILE = "done.json"
 ATTEMPTS_FILE = "attempts.json"
@@ -262,7 +262,10 @@ def job_lock(job_dir: Path):
     except ImportError:  # pragma: no cover (Windows)
         yield
         return
-    with open(Path(job_dir) / LOCK_FILE, "a") as handle:
+    lock = Path(job_dir) / LOCK_FILE
+    with writing(lock):
+        handle = open(lock, "a")  # noqa: SIM115 (closed below)
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -294,7 +297,8 @@ def _attempt(job_fn: JobFn, job: Job, job_dir: Path) -> dict:
             # Round trip so a fresh run returns exactly what a resumed run reads back.
             result = json.loads(json.dumps(result, default=_to_builtin))
         except Exception:
-            write_text_atomic(job_dir / ERROR_FILE, traceback.format_exc())
+            with suppress(WriteError):  # a full disk: the error itself says more
+                write_text_atomic(job_dir / ERROR_FILE, traceback.format_exc())
             log.exception("attempt %d failed after %.1f s", attempts,
                           time.perf_counter() - start)
             raise
@@ -320,7 +324,8 @@ def job_log(path: Path):
     """Append what is logged while a job runs in this process (its start and end, Python
     warnings, Lightning's and medlite's messages, a failure's traceback) to the job's
     ``path``; yields the job's logger. The console shows what it showed before."""
-    handler = logging.FileHandler(path, encoding="utf-8")
+    with writing(path):
+        handler = _QuietFileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     # Lightning's loggers do not propagate to the root logger.
     loggers = [logging.getLogger(name) for name in ("", "lightning.pytorch", "lightning.fabric")]
@@ -345,6 +350,15 @@ def job_log(path: Path):
         for logger in loggers:
             logger.removeHandler(handler)
         handler.close()
+
+
+class _QuietFileHandler(logging.FileHandler):
+    """A fit's log is kept as well as the disk allows: a failed write (a full disk) is
+    dropped instead of printing logging's traceback; the error that stops the fit says
+    what happened."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        pass
 
 
 def _to_builtin(value: Any) -> Any:
@@ -427,6 +441,8 @@ def run_jobs(
     Raises:
         ValueError: duplicate keys, unknown dependencies or a cycle.
         RunDirError: a finished job's stored params differ from the job's params.
+        WriteError: a job could not write its folder (disk full, read-only): raised as
+            soon as it is known, without starting the jobs still waiting.
         JobsFailed: after all runnable jobs ran, when some raised; lists each failed key.
     """
     jobs = list(jobs)
@@ -451,6 +467,7 @@ def run_jobs(
     _write_status(rows, status_file)
 
     failures: dict[str, str] = {}
+    fatal: list[WriteError] = []  # a full disk or a read-only folder: stop submitting
     running: dict[Any, Job] = {}  # submitted and not finished: queued or running
     started: dict[str, int] = {}  # attempts a submitted job had when it was submitted
     bar = tqdm(total=len(jobs), initial=len(results), desc="fits", unit="fit",
@@ -462,6 +479,8 @@ def run_jobs(
         job_dir = jobs_dir / job.key
         error = future.exception()
         if error is not None:
+            if isinstance(error, WriteError):
+                fatal.append(error)
             failures[job.key] = _one_line(error)
             rows[job.key] = _row(job.key, "failed", None, _read_attempts(job_dir),
                                  failures[job.key])
@@ -494,7 +513,7 @@ def run_jobs(
         return changed
 
     try:
-        while pending or running:
+        while (pending or running) and not fatal:
             for key in [k for k, job in pending.items()
                         if any(d in failures for d in job.depends_on)]:
                 failed = next(d for d in pending[key].depends_on if d in failures)
@@ -504,6 +523,8 @@ def run_jobs(
             ready = [job for job in pending.values()
                      if all(d in results for d in job.depends_on)]
             for job in ready:
+                if fatal:
+                    break
                 del pending[job.key]
                 job_dir = jobs_dir / job.key
                 job_dir.mkdir(exist_ok=True)
@@ -530,6 +551,8 @@ def run_jobs(
         bar.close()
         executor.close()
 
+    if fatal:
+        raise fatal[0]
     if failures:
         problems = [f"{key}: {error}" for key, error in failures.items()]
         blocked = sum(error.startswith("not run:") for error in failures.values())

@@ -27,6 +27,7 @@ from medlite.runs import (
     environment_record,
     prepare_run_dir,
     read_json,
+    run_lock,
     save_torch_atomic,
     write_csv_atomic,
     write_json,
@@ -53,12 +54,19 @@ def train_run(config: BaseTaskConfig, run_dir: Path, *, resume: bool = False,
     ``run_dir/metrics.json``).
 
     ``run_dir_ready`` says the caller already made the run directory (the demo puts its
-    generated data inside it first).
+    generated data inside it first). The run's lock (``run_dir/.lock``) is held throughout:
+    a run another process is writing is refused before anything in it changes.
     """
+    with run_lock(run_dir):
+        return _train_run(config, Path(run_dir), resume=resume, overwrite=overwrite,
+                          progress=progress, run_dir_ready=run_dir_ready)
+
+
+def _train_run(config: BaseTaskConfig, run_dir: Path, *, resume: bool, overwrite: bool,
+               progress: bool, run_dir_ready: bool) -> EvaluationResult:
     from medlite.tasks import get_task
 
     task = get_task(config.task)
-    run_dir = Path(run_dir)
     if resume:
         run_dir = prepare_run_dir(run_dir, resume=True)
         config = resumed_config(task, config, run_dir)
