@@ -226,16 +226,23 @@ class BaseTaskConfig(StrictModel):
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
 
 
+def _key_text(part: object) -> str:
+    """A key of a dotted location as written, or quoted when it holds odd characters."""
+    text = str(part)
+    return text if text.isprintable() and text.strip() == text and text else repr(text)
+
+
 def _format_error(source: str, error: dict) -> str:
-    location = ".".join(str(part) for part in error["loc"])
+    location = ".".join(_key_text(part) for part in error["loc"])
     kind = error["type"]
     if kind == "extra_forbidden":
         return f"{source}: {location}: unknown key"
     if kind == "missing":
         return f"{source}: {location}: required key is missing"
     value = error.get("input")
-    shown = f" (got {value!r})" if not isinstance(value, dict | list) else ""
-    message = error["msg"]
+    text = "" if isinstance(value, dict | list) else repr(value)
+    shown = f" (got {text if len(text) <= 80 else text[:77] + '...'})" if text else ""
+    message = " ".join(error["msg"].split())
     if kind == "value_error":
         message = message.removeprefix("Value error, ")
         # A section's validator names its field first ("batch_size: ..."): one dotted key.
@@ -270,17 +277,76 @@ def validate_config(raw: dict, config_class: type[BaseTaskConfig], source: str) 
         raise ConfigError(lines[0], problems=lines) from None
 
 
-def read_yaml(path: Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+#: A config file larger than this is refused unread (the shipped ones are under 3 KiB).
+MAX_CONFIG_BYTES = 1 << 20
+#: Most YAML nodes a config may expand to, each alias counted as a copy of what it names:
+#: nine levels of ten aliases ("billion laughs") are 10**9 nodes from under 1 KiB of text.
+MAX_CONFIG_NODES = 100_000
+#: Deepest nesting of mappings and sequences (configs use 4; PyYAML composes recursively).
+MAX_CONFIG_DEPTH = 64
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _check_yaml_expansion(text: str, source: str) -> None:
+    """Refuse YAML nested deeper than :data:`MAX_CONFIG_DEPTH` or expanding to more than
+    :data:`MAX_CONFIG_NODES` nodes, from the parser's events, before any object is built."""
+    expanded: dict[str, int] = {}  # anchor -> nodes of what it names, aliases expanded
+    open_nodes: list[list] = [[None, 0]]  # [anchor, nodes so far] per open collection
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            open_nodes.append([event.anchor, 1])
+            if len(open_nodes) - 1 > MAX_CONFIG_DEPTH:
+                raise ConfigError(f"{source}: nested more than {MAX_CONFIG_DEPTH} levels deep")
+            continue
+        if isinstance(event, yaml.CollectionEndEvent):
+            anchor, nodes = open_nodes.pop()
+        elif isinstance(event, yaml.ScalarEvent):
+            anchor, nodes = event.anchor, 1
+        elif isinstance(event, yaml.AliasEvent):
+            anchor, nodes = None, expanded.get(event.anchor, 1)
+        else:
+            continue
+        if anchor is not None:
+            expanded[anchor] = nodes
+        open_nodes[-1][1] += nodes
+        if sum(count for _, count in open_nodes) > MAX_CONFIG_NODES:
+            raise ConfigError(f"{source}: expands to more than {MAX_CONFIG_NODES:,} YAML "
+                              "nodes (aliases of aliases?)")
+
+
+def parse_yaml(text: str, source: str):
+    """``yaml.safe_load`` of ``text`` within the size limits above; every problem is a
+    one-line ConfigError starting with ``source`` (and the line, when YAML knows it)."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        _check_yaml_expansion(text, source)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        problem = getattr(exc, "problem", exc)
-        raise ConfigError(f"{path}:{where}: not valid YAML ({problem})") from None
+        problem = getattr(exc, "problem", None) or exc
+        raise ConfigError(f"{source}{where}: not valid YAML ({_one_line(problem)})") from None
+    except (ValueError, OverflowError) as exc:  # dates such as 2024-02-30, 5000-digit ints
+        raise ConfigError(f"{source}: a value cannot be read ({_one_line(exc)})") from None
+
+
+def read_yaml(path: Path) -> dict:
+    """A config file's top-level mapping (see :func:`parse_yaml`; UTF-8, at most
+    :data:`MAX_CONFIG_BYTES`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {size:,} bytes, more than the {MAX_CONFIG_BYTES:,} a config "
+                          "may have")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (at byte offset {exc.start})") from None
+    raw = parse_yaml(text, str(path))
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top level")
     return raw
@@ -298,7 +364,7 @@ def apply_overrides(raw: dict, overrides: list[str], source: str = "--set") -> d
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"{source} {key}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(value)
+        node[parts[-1]] = parse_yaml(value, f"{source} {key}")
     return raw
 
 

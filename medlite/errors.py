@@ -8,14 +8,24 @@ Anything else that escapes is a bug in medlite and keeps its traceback.
 from __future__ import annotations
 
 
+def one_line(text: str) -> str:
+    """``text`` with line breaks and other unprintable characters escaped (``\\n``,
+    ``\\x1b``, ``\\u202e``), so a message quoting a hostile file stays one plain line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
+
+
 class MedliteError(Exception):
-    """A problem with user input, reported on one line."""
+    """A problem with user input, reported on one line: the message and each of
+    ``problems`` are passed through :func:`one_line` (a quoted cell may hold a newline)."""
 
     exit_code = 2
 
     def __init__(self, message: str, problems: list[str] | None = None):
-        super().__init__(message)
-        self.problems = list(problems or [])
+        super().__init__(one_line(str(message)))
+        self.problems = [one_line(str(problem)) for problem in problems or []]
 
 
 class ConfigError(MedliteError):

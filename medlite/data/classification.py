@@ -21,7 +21,13 @@ from pydantic import Field
 from torch.utils.data import Dataset, WeightedRandomSampler
 
 from medlite.config import StrictModel
-from medlite.data.io import IMAGE_EXTENSIONS, decoded_image_size, read_image
+from medlite.data.io import (
+    IMAGE_EXTENSIONS,
+    decoded_image_size,
+    expand_user,
+    is_file,
+    read_image,
+)
 from medlite.data.manifest import (
     csv_line,
     image_files_in,
@@ -91,7 +97,7 @@ def index_image_folder(root: str | os.PathLike) -> pd.DataFrame:
         DataError: ``root`` is not a folder, or (all listed) a class folder without images,
             or fewer than two classes with images.
     """
-    root = Path(root).expanduser()
+    root = expand_user(root)
     if not root.is_dir():
         reason = "is a file, not a folder" if root.exists() else "folder not found"
         raise DataError(f"{root}: image folder {reason}")
@@ -129,7 +135,7 @@ def write_classification_manifest(
     Raises:
         DataError: ``out_path`` exists and ``overwrite`` is false, or is a folder.
     """
-    out_path = Path(out_path).expanduser()
+    out_path = expand_user(out_path)
     if out_path.is_dir():
         raise DataError(f"{out_path}: is a folder, expected a CSV file path")
     if out_path.exists() and not overwrite:
@@ -183,7 +189,7 @@ def read_classification_manifest(
         DataError: every problem, one line each in ``problems``.
         ValueError: ``class_names`` has fewer than two or repeated names.
     """
-    path = Path(path).expanduser()
+    path = expand_user(path)
     if class_names is not None:
         class_names = [str(c) for c in class_names]
         if len(class_names) < 2 or len(set(class_names)) != len(class_names):
@@ -215,7 +221,7 @@ def read_classification_manifest(
     if check_images and "image" in raw.columns:
         for row, value in raw["image"].items():
             image = resolve_path(value, base) if value else None
-            if image is None or not image.is_file():
+            if image is None or not is_file(image):
                 continue  # empty cell or missing file: already reported
             try:
                 decoded_image_size(image)
@@ -559,7 +565,7 @@ def load_dermamnist(
         DataError: a file or key is missing, or (all listed) image ids, positions or class
             names disagree with the arrays.
     """
-    root = Path(root).expanduser()
+    root = expand_user(root)
     npz_path, labels_csv = root / "dermamnist_28_from_jpg.npz", root / "labels.csv"
     missing = [f"{p}: file not found" for p in (npz_path, labels_csv) if not p.is_file()]
     raise_if_problems(missing, str(root), note="DermaMNIST needs both files")

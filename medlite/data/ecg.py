@@ -21,6 +21,8 @@ Sources:
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import pickle
 import re
@@ -29,12 +31,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import ndimage, signal
 
+from medlite.data.arrays import load_npy, load_npz
 from medlite.errors import DataError
 
 __all__ = [
@@ -296,6 +300,55 @@ def _quiet_wfdb() -> Iterator[None]:
         yield
 
 
+#: Most samples (all channels together) a WFDB header may declare: 2**30, 8 GiB as float64
+#: (a 24-hour 12-lead Holter recording at 1 kHz has 1.04e9).
+MAX_WFDB_SAMPLES = 1 << 30
+# Bytes per sample of the uncompressed WFDB signal formats (FLAC ones, 5xx, are not checked).
+_WFDB_BYTES_PER_SAMPLE = {"8": 1, "16": 2, "24": 3, "32": 4, "61": 2, "80": 1, "160": 2,
+                          "212": 1.5, "310": 4 / 3, "311": 4 / 3}
+
+
+def _wfdb_call(read, base: Path, header: Path):
+    """``read(str(base))`` with wfdb's errors (of every kind on a malformed header or signal
+    file: TypeError, IndexError, ...) as one DataError naming the header."""
+    try:
+        with _quiet_wfdb():
+            return read(str(base))
+    except Exception as exc:  # noqa: BLE001 - nothing but wfdb runs inside
+        raise DataError(f"{header}: not a readable WFDB record "
+                        f"({' '.join(str(exc).split()) or type(exc).__name__})") from None
+
+
+def _check_wfdb_header(meta, folder: Path, header: Path) -> None:
+    """Refuse a header whose rate is not positive or whose declared length is more than
+    :data:`MAX_WFDB_SAMPLES` or than its signal files hold, before wfdb allocates for it."""
+    fs = meta.fs
+    if not (isinstance(fs, numbers.Real) and math.isfinite(fs) and fs > 0):
+        raise DataError(f"{header}: sampling frequency {fs} must be a positive number of Hz")
+    per_frame = list(getattr(meta, "samps_per_frame", None) or [1] * (meta.n_sig or 0))
+    if any(not isinstance(n, numbers.Integral) or n < 1 for n in per_frame):
+        raise DataError(f"{header}: samples per frame {per_frame} must be 1 or more")
+    if meta.sig_len is None:
+        return  # wfdb takes the length from the signal file's size
+    if meta.sig_len * max(1, sum(per_frame)) > MAX_WFDB_SAMPLES:
+        raise DataError(f"{header}: declares {meta.sig_len:,} samples per channel, more than "
+                        f"the {MAX_WFDB_SAMPLES:,} samples allowed in all")
+    needed: dict[str, float] = {}
+    for i, name in enumerate(getattr(meta, "file_name", None) or []):
+        fmt = (meta.fmt or [None] * (i + 1))[i]
+        if fmt in _WFDB_BYTES_PER_SAMPLE and name and i < len(per_frame):
+            needed[name] = needed.get(name, 0) + per_frame[i] * _WFDB_BYTES_PER_SAMPLE[fmt]
+    for name, frame_bytes in needed.items():
+        try:
+            size = (folder / name).stat().st_size
+        except (OSError, ValueError):
+            continue  # no such signal file: wfdb says so
+        if meta.sig_len * frame_bytes > size + 4:
+            raise DataError(f"{header}: declares {meta.sig_len:,} samples per channel, "
+                            f"{meta.sig_len * frame_bytes:,.0f} bytes of {name}, which holds "
+                            f"{size:,}")
+
+
 def _read_wfdb(record_path: str | os.PathLike):
     """(header path, wfdb.Record read with every channel at its own rate)."""
     with _quiet_wfdb():
@@ -305,14 +358,16 @@ def _read_wfdb(record_path: str | os.PathLike):
     header = base.with_suffix(".hea")
     if not header.is_file():
         raise DataError(f"{header}: WFDB header not found")
-    try:
-        # smooth_frames=False keeps channels with several samples per frame (drivedb's
-        # ECG at 32 per frame) at their own rate instead of averaging them down.
-        with _quiet_wfdb():
-            record = wfdb.rdrecord(str(base), smooth_frames=False)
-    except (OSError, ValueError, IndexError, KeyError) as exc:
-        raise DataError(f"{header}: not a readable WFDB record ({exc})") from exc
+    _check_wfdb_header(_wfdb_call(wfdb.rdheader, base, header), base.parent, header)
+    # smooth_frames=False keeps channels with several samples per frame (drivedb's ECG at 32
+    # per frame) at their own rate instead of averaging them down.
+    record = _wfdb_call(partial(wfdb.rdrecord, smooth_frames=False), base, header)
     return header, record
+
+
+def _channel_names(record) -> list[str]:
+    """The record's channel names; a channel the header leaves unnamed is ""."""
+    return [str(name) if name is not None else "" for name in record.sig_name or []]
 
 
 def _channel_index(names: Sequence[str], channel: str | int | None, where: Path) -> int:
@@ -382,7 +437,7 @@ def load_wfdb(
         DataError: the header is missing or unreadable, or the channel is not found.
     """
     header, record = _read_wfdb(record_path)
-    index = _channel_index(list(record.sig_name), channel, header)
+    index = _channel_index(_channel_names(record), channel, header)
     recording = _channel_recording(header, record, index, subject)
     return recording if fs is None else resample_recording(recording, fs)
 
@@ -433,6 +488,8 @@ def _label_codes(
     series = pd.Series(np.asarray(values, dtype=object).ravel())
     blank = series.isna() | (series.astype(str).str.strip() == "")
     numeric = pd.to_numeric(series.where(~blank), errors="coerce")
+    if numeric.dtype.kind == "c":
+        raise DataError(f"{where}: labels must be integer codes, found complex numbers")
     if not (numeric.notna() | blank).all():
         by_name = {str(name): int(code) for code, name in (label_names or {}).items()}
         text = series.astype(str).str.strip()
@@ -506,6 +563,9 @@ def _read_table(path: Path) -> pd.DataFrame:
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: not a readable CSV ({' '.join(str(exc).split())})") from exc
     table.columns = [str(c).strip() for c in table.columns]
+    if table.columns.duplicated().any():
+        repeated = table.columns[table.columns.duplicated()][0]
+        raise DataError(f"{path}: column {repeated!r} appears more than once in the header")
     return table
 
 
@@ -547,16 +607,28 @@ def _pick_signal_column(
     )
 
 
+def _real_values(array: np.ndarray, where: str) -> np.ndarray:
+    """A float64 copy of a numeric array; text, structured or complex arrays are errors."""
+    if array.dtype.kind not in "biuf":
+        raise DataError(f"{where}: holds {array.dtype} values, expected numbers")
+    return array.astype(np.float64)
+
+
+def _stored_fs(value: np.ndarray, path: Path) -> float:
+    """The sampling rate an ``.npz`` stores as its ``fs`` array: one real number."""
+    if value.size != 1 or value.dtype.kind not in "iuf":
+        raise DataError(f"{path}: array 'fs' must be one number of Hz, got {value.dtype} "
+                        f"{value.shape}")
+    return float(value.reshape(-1)[0])
+
+
 def _read_signal_and_labels(
     path: Path, column: str | int | None, label_column: str
 ) -> tuple[np.ndarray, np.ndarray | pd.Series | None, float | None]:
     """(signal, per-sample labels or None, sampling rate stored in the file or None)."""
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{path}: not a readable .npy file ({exc})") from exc
+        array = load_npy(path)
         if array.ndim == 2 and array.shape[1] == 1:
             array = array[:, 0]
         if array.ndim == 2 and isinstance(column, (int, np.integer)):
@@ -565,16 +637,13 @@ def _read_signal_and_labels(
             raise DataError(
                 f"{path}: array of shape {array.shape}; expected (N,), or pass column as an index"
             )
-        return array.astype(np.float64), None, None
+        return _real_values(array, str(path)), None, None
     if suffix == ".npz":
-        try:
-            archive = dict(np.load(path, allow_pickle=False))
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{path}: not a readable .npz file ({exc})") from exc
-        stored_fs = float(archive.pop("fs")) if "fs" in archive else None
+        archive = load_npz(path)
+        stored_fs = _stored_fs(archive.pop("fs"), path) if "fs" in archive else None
         labels = archive.pop(label_column, archive.pop("labels", None))
         key = _pick_signal_column(list(archive), column, str(path))
-        return np.asarray(archive[key], dtype=np.float64).ravel(), labels, stored_fs
+        return _real_values(archive[key], f"{path} array {key!r}").ravel(), labels, stored_fs
     if suffix in {".csv", ".txt", ".tsv"}:
         table = _read_table(path)
         time_column = next((c for c in _TIME_COLUMNS if c in table.columns), None)
@@ -680,10 +749,7 @@ def _read_label_file(
     path: Path, n_samples: int, fs: float, label_names: Mapping[int, str] | None
 ) -> np.ndarray | pd.Series:
     if path.suffix.lower() == ".npy":
-        try:
-            return np.load(path, allow_pickle=False).ravel()
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{path}: not a readable .npy file ({exc})") from exc
+        return load_npy(path).ravel()
     table = _read_table(path)
     if {"start_s", "end_s"} <= set(table.columns):
         if "label" in table.columns:
@@ -908,7 +974,7 @@ def drivedb_stress_labels(
             does not fit the events found.
     """
     header, record = _read_wfdb(record_path)
-    names = list(record.sig_name)
+    names = _channel_names(record)
     ecg = _channel_recording(header, record, _channel_index(names, channel, header), None)
     marker_index = next((i for i, n in enumerate(names) if n.strip().lower() == "marker"), None)
     if marker_index is None:

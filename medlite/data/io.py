@@ -7,6 +7,11 @@ masks are checked against the class set because a wrong mask silently ruins trai
 
 Truncated files must fail loudly, so this module never sets Pillow's
 ``ImageFile.LOAD_TRUNCATED_IMAGES`` and always forces a full decode.
+
+Decompression bombs (a small file declaring a huge image) are refused from the header,
+before a pixel is decoded: every reader takes ``max_pixels``, by default
+``$MEDLITE_MAX_IMAGE_PIXELS`` (read at each call) or :data:`DEFAULT_MAX_IMAGE_PIXELS`.
+Pillow's global ``Image.MAX_IMAGE_PIXELS`` is neither changed nor relied on.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from medlite.errors import DataError
+from medlite.data.arrays import load_npy
+from medlite.errors import ConfigError, DataError
 
 #: File extensions (lower case, with the dot) treated as images when scanning folders.
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -27,40 +33,93 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".
 _EXIF_ORIENTATION_TAG = 0x0112
 _TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 
+#: Images with more pixels are refused before decoding: 89.5 million (1 GiB / 4 / 3, about
+#: 9,460 x 9,460 px, 256 MiB as RGB), Pillow's own warning threshold, so an accepted image
+#: never triggers its DecompressionBombWarning; several times the largest dermoscopy photos.
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+#: Environment variable overriding :data:`DEFAULT_MAX_IMAGE_PIXELS`, read at each call.
+MAX_IMAGE_PIXELS_ENV = "MEDLITE_MAX_IMAGE_PIXELS"
+
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 _MAX_VALUES_LISTED = 10
 
 
-def _load(path: str | os.PathLike) -> Image.Image:
+def max_image_pixels(max_pixels: int | None = None) -> int:
+    """The pixel limit of an image read: ``max_pixels`` when given, else the environment's
+    ``MEDLITE_MAX_IMAGE_PIXELS``, else :data:`DEFAULT_MAX_IMAGE_PIXELS`.
+
+    Raises:
+        ConfigError: the environment variable is not a positive integer.
+    """
+    if max_pixels is not None:
+        return int(max_pixels)
+    text = os.environ.get(MAX_IMAGE_PIXELS_ENV, "").strip().replace("_", "")
+    if not text:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"{MAX_IMAGE_PIXELS_ENV}: {text[:40]!r} is not a positive number of "
+                          "pixels")
+    return int(text)
+
+
+def _load(path: str | os.PathLike, max_pixels: int | None = None) -> Image.Image:
     """Open ``path``, check its structure, decode every pixel and apply the EXIF orientation.
 
     Raises:
-        DataError: "<path>: file not found" or "<path>: not a readable image (<reason>)".
+        DataError: "<path>: file not found", "<path>: not a readable image (<reason>)" or
+            "<path>: WxH pixels is more than the N allowed".
     """
     path = Path(path)
-    if not path.is_file():
+    if not is_file(path):
         raise DataError(f"{path}: {_missing_reason(path)}")
-    return _decode(lambda: Image.open(path), str(path))
+    return _decode(lambda: Image.open(path), str(path), max_pixels)
 
 
 def _decode(opener, source: str, max_pixels: int | None = None) -> Image.Image:
+    """Open (``opener()`` twice), check and fully decode one image, refusing more than
+    :func:`max_image_pixels` pixels from the header alone."""
+    limit = max_image_pixels(max_pixels)
     try:
         # verify() walks the chunk structure (PNG: catches a missing IEND that load() accepts);
         # the image object is unusable afterwards, hence the second open.
         with opener() as probe:
-            if max_pixels is not None and probe.width * probe.height > max_pixels:
+            if probe.width * probe.height > limit:
+                hint = f" (set {MAX_IMAGE_PIXELS_ENV} to change)" if max_pixels is None else ""
                 raise DataError(f"{source}: {probe.width}x{probe.height} pixels is more than "
-                                f"the {max_pixels:,} allowed")
+                                f"the {limit:,} allowed{hint}")
             probe.verify()
         with opener() as img:
             img.load()
             return _oriented(img)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # Pillow's own, lower, limit was hit first
+        raise DataError(f"{source}: more pixels than Pillow allows ({_reason(exc)})") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{source}: not a readable image ({_reason(exc)})") from exc
 
 
+def is_file(path: str | os.PathLike) -> bool:
+    """``Path.is_file`` that answers False, rather than raising, for a path the system cannot
+    look up (a name too long, a NUL byte): such a path names no file."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def expand_user(path: str | os.PathLike) -> Path:
+    """``Path(path).expanduser()``, but ``~name/...`` naming no user stays as written
+    (pathlib raises RuntimeError): it is then just a path that does not exist."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        return Path(path)
+
+
 def _missing_reason(path: Path) -> str:
-    return "is a folder, not an image file" if path.is_dir() else "file not found"
+    try:
+        return "is a folder, not an image file" if path.is_dir() else "file not found"
+    except (OSError, ValueError):
+        return "file not found"
 
 
 def _reason(exc: BaseException) -> str:
@@ -98,20 +157,22 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
+def read_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> np.ndarray:
     """Read any common image file as RGB.
 
     Args:
         path: an image file (JPEG, PNG, BMP, TIFF, ...).
+        max_pixels: refuse larger images before decoding; default :func:`max_image_pixels`.
 
     Returns:
         ``uint8`` array of shape ``(H, W, 3)``, RGB, EXIF orientation applied. 16-bit images
         are scaled from 0..65535 to 0..255; alpha channels are dropped (not composited).
 
     Raises:
-        DataError: the file is missing, truncated or not an image; the message names it.
+        DataError: the file is missing, truncated, not an image or has more than
+            ``max_pixels`` pixels; the message names it.
     """
-    img = _load(path)
+    img = _load(path, max_pixels)
     try:
         return _to_rgb_array(img)
     except (OSError, ValueError) as exc:
@@ -139,15 +200,17 @@ def decode_image(data: bytes, source: str, *, max_pixels: int | None = None) -> 
         raise DataError(f"{source}: cannot convert image mode {img.mode} to RGB ({exc})") from exc
 
 
-def decoded_image_size(path: str | os.PathLike) -> tuple[int, int]:
+def decoded_image_size(path: str | os.PathLike, *, max_pixels: int | None = None
+                       ) -> tuple[int, int]:
     """Decode the whole image (catching truncation) and return ``(width, height)`` in pixels.
 
     Cheaper than :func:`read_image` because no RGB conversion is made; EXIF orientation applied.
 
     Raises:
-        DataError: the file is missing, truncated or not an image.
+        DataError: the file is missing, truncated, not an image or too large (see
+            :func:`read_image`).
     """
-    width, height = _load(path).size
+    width, height = _load(path, max_pixels).size
     return int(width), int(height)
 
 
@@ -161,7 +224,7 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
         DataError: the file is missing or not an image.
     """
     path = Path(path)
-    if not path.is_file():
+    if not is_file(path):
         raise DataError(f"{path}: {_missing_reason(path)}")
     try:
         with Image.open(path) as img:
@@ -234,7 +297,7 @@ def parse_colour(text: str) -> tuple[int, int, int]:
 
 
 def read_ct_slice(path: str | os.PathLike, window: tuple[float, float] | None = None,
-                  offset: float = 0.0) -> np.ndarray:
+                  offset: float = 0.0, *, max_pixels: int | None = None) -> np.ndarray:
     """A CT slice as an 8-bit RGB image (grey in all three channels).
 
     8-bit images are already windowed and are returned as :func:`read_image` reads them.
@@ -246,6 +309,8 @@ def read_ct_slice(path: str | os.PathLike, window: tuple[float, float] | None = 
         path: an image file or a 2-D ``.npy`` array (read without pickles).
         window: ``(level, width)`` in HU, e.g. (-600, 1500) for lungs; required for HU files.
         offset: added to the stored values to give HU.
+        max_pixels: refuse larger images (and arrays) before decoding; default
+            :func:`max_image_pixels`.
 
     Returns:
         ``uint8`` ``(H, W, 3)``.
@@ -256,15 +321,19 @@ def read_ct_slice(path: str | os.PathLike, window: tuple[float, float] | None = 
     """
     path = Path(path)
     if path.suffix.lower() == ".npy":
-        try:
-            values = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as error:
-            raise DataError(f"{path}: not a readable .npy array ({_reason(error)})") from None
-        if values.ndim != 2 or not np.issubdtype(values.dtype, np.number):
-            raise DataError(f"{path}: expected a 2-D numeric array, got {values.dtype} "
-                            f"{values.shape}")
+        if not is_file(path):
+            raise DataError(f"{path}: {_missing_reason(path)}")
+        values = load_npy(path)
+        if values.ndim != 2 or not np.issubdtype(values.dtype, np.number) \
+                or np.iscomplexobj(values):
+            raise DataError(f"{path}: expected a 2-D array of real numbers, got "
+                            f"{values.dtype} {values.shape}")
+        limit = max_image_pixels(max_pixels)
+        if not 0 < values.size <= limit:
+            raise DataError(f"{path}: a {values.shape[1]}x{values.shape[0]} slice; expected "
+                            f"1 to {limit:,} pixels")
     else:
-        img = _load(path)
+        img = _load(path, max_pixels)
         if img.mode not in _SIXTEEN_BIT_MODES and img.mode != "F":
             return _to_rgb_array(img)
         values = np.asarray(img)
@@ -314,7 +383,8 @@ def _describe_values(values: np.ndarray, counts: np.ndarray) -> str:
 
 
 def read_mask(path: str | os.PathLike, num_classes: int = 2,
-              palette: Mapping[tuple[int, int, int], int] | None = None) -> np.ndarray:
+              palette: Mapping[tuple[int, int, int], int] | None = None, *,
+              max_pixels: int | None = None) -> np.ndarray:
     """Read a segmentation mask as class indices.
 
     Accepted encodings: class indices ``0..num_classes-1`` (8- or 16-bit, palette indices,
@@ -326,6 +396,7 @@ def read_mask(path: str | os.PathLike, num_classes: int = 2,
         path: a mask image file, ideally PNG (JPEG compression corrupts class values).
         num_classes: number of classes including background, >= 2.
         palette: ``{(r, g, b): class index}``; every colour in the mask must be listed.
+        max_pixels: refuse larger masks before decoding; default :func:`max_image_pixels`.
 
     Returns:
         ``int64`` array of shape ``(H, W)`` with values in ``0..num_classes-1``.
@@ -338,8 +409,8 @@ def read_mask(path: str | os.PathLike, num_classes: int = 2,
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     path = Path(path)
     if palette is not None:
-        return _palette_mask(_load(path), path, palette, num_classes)
-    mask = _mask_values(_load(path), path)
+        return _palette_mask(_load(path, max_pixels), path, palette, num_classes)
+    mask = _mask_values(_load(path, max_pixels), path)
     values, counts = _value_counts(mask)
     allowed = np.arange(num_classes)
     foreground = _binary_foreground(values) if num_classes == 2 else None

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from medlite.data.io import IMAGE_EXTENSIONS, decoded_image_size, read_mask
+from medlite.data.io import IMAGE_EXTENSIONS, decoded_image_size, expand_user, is_file, read_mask
 from medlite.errors import DataError
 from medlite.runs import write_csv_atomic
 
@@ -80,6 +80,11 @@ def read_csv_text(path: Path, required_columns: Sequence[str]) -> pd.DataFrame:
     """Parse the CSV: identifier/path columns as stripped text, other columns inferred."""
     try:
         columns = _check_field_counts(path)
+        names = [c.strip() for c in columns if c.strip()]
+        repeated = sorted({c for c in names if names.count(c) > 1})
+        if repeated:
+            raise DataError(f"{path}: column {repeated[0]!r} appears more than once in the "
+                            "header")
         text_columns = set(_TEXT_COLUMNS) | set(required_columns)
         df = pd.read_csv(
             path,
@@ -103,8 +108,15 @@ def read_csv_text(path: Path, required_columns: Sequence[str]) -> pd.DataFrame:
     return df.loc[~blank]
 
 
+def _exists(path: str) -> bool:
+    try:
+        return Path(path).exists()
+    except (OSError, ValueError):  # a name too long, a NUL byte: nothing there
+        return False
+
+
 def resolve_path(value: str, base: Path) -> Path:
-    candidate = Path(value).expanduser()
+    candidate = expand_user(value)
     return candidate if candidate.is_absolute() else base / candidate
 
 
@@ -137,7 +149,7 @@ def read_manifest(
         DataError: every problem, one line each in ``problems``, each naming the file and
             the line (header = line 1) or column.
     """
-    path = Path(path).expanduser()
+    path = expand_user(path)
     if not path.is_file():
         reason = "is a folder, not a CSV file" if path.is_dir() else "manifest not found"
         raise DataError(f"{path}: {reason}")
@@ -160,7 +172,9 @@ def read_manifest(
 
     duplicated = df.duplicated(keep=False)
     if duplicated.any():
-        groups = df[duplicated].groupby(list(df.columns), dropna=False, sort=False).groups
+        # One column is grouped by name: pandas warns that a one-element list changes meaning.
+        by = list(df.columns) if len(df.columns) > 1 else df.columns[0]
+        groups = df[duplicated].groupby(by, dropna=False, sort=False).groups
         for labels in groups.values():
             problems.append(f"{path}: lines {_lines(list(labels))} are identical")
 
@@ -169,8 +183,8 @@ def read_manifest(
         values = df[column].astype(str)
         resolved[column] = values.map(lambda v: str(resolve_path(v, base)) if v else "")
         for label, value in resolved[column].items():
-            if value and not Path(value).is_file():
-                what = "is not a file" if Path(value).exists() else "file not found"
+            if value and not is_file(value):
+                what = "is not a file" if _exists(value) else "file not found"
                 problems.append(f"{path} line {csv_line(label)}: {column} {what}: {value}")
 
     if unique_column is not None and unique_column in df.columns:
@@ -383,7 +397,7 @@ def index_segmentation(
         DataError: ``out_path`` exists and ``overwrite`` is false; or every pairing and
             validation problem, one line each in ``problems``.
     """
-    out_path = Path(out_path).expanduser()
+    out_path = expand_user(out_path)
     if out_path.exists() and not overwrite:
         raise DataError(f"{out_path}: already exists; use overwrite (--overwrite) to replace it")
     if out_path.is_dir():

@@ -41,6 +41,7 @@ from medlite.data.ecg import (
     load_wfdb,
     read_drivedb_durations,
 )
+from medlite.data.io import is_file
 from medlite.data.spectrogram import SpectrogramCache, SpectrogramParams, spectrogram_images
 from medlite.data.windows import WindowSet, bandpass, label_windows, make_windows, window_length
 from medlite.errors import DataError
@@ -169,7 +170,10 @@ def recording_specs(source: Path | Sequence[RecordingEntry]) -> list[RecordingSp
         if raw_path is None:
             raise DataError(f"{where}: path is empty")
         path = Path(raw_path) if Path(raw_path).is_absolute() else source.parent / raw_path
-        fmt = _cell(row.get("format")) or infer_format(path)
+        try:
+            fmt = _cell(row.get("format")) or infer_format(path)
+        except DataError as exc:
+            raise DataError(f"{where}: {exc}") from None
         if fmt not in RECORDING_FORMATS:
             raise DataError(f"{where}: format {fmt!r} unknown (one of "
                             f"{', '.join(RECORDING_FORMATS)})")
@@ -181,7 +185,7 @@ def recording_specs(source: Path | Sequence[RecordingEntry]) -> list[RecordingSp
         if rate is not None and not (np.isfinite(rate) and rate > 0):
             raise DataError(f"{where}: fs must be a positive number of Hz, got {fs}")
         labels = _cell(row.get("labels"))
-        if labels is not None and (source.parent / labels).is_file():
+        if labels is not None and is_file(source.parent / labels):
             labels = str(source.parent / labels)
         specs.append(RecordingSpec(path, fmt, _cell(row.get("subject")), rate,
                                    channel_value(_cell(row.get("channel"))), labels, where))
@@ -237,7 +241,7 @@ def load_recording(spec: RecordingSpec, label_scheme: str, class_names: Sequence
             recording.labels = _wfdb_labels(Path(spec.labels), recording.signal.size,
                                             recording.fs)
     else:
-        labels_is_file = spec.labels is not None and Path(spec.labels).is_file()
+        labels_is_file = spec.labels is not None and is_file(spec.labels)
         if fmt == "npy" and fs is None:
             raise DataError(f"{path}: {_NO_FS}")
         try:

@@ -173,6 +173,8 @@ class Slide:
 
 def _height_width(shape: tuple[int, ...], path: Path) -> tuple[int, int]:
     if len(shape) == 2 or (len(shape) == 3 and shape[-1] in (1, 3, 4)):
+        if min(shape[:2]) < 1:
+            raise DataError(f"{path}: an empty {shape[1]}x{shape[0]} image")
         return int(shape[0]), int(shape[1])
     raise DataError(f"{path}: image of shape {shape} is not a 2-D grey or RGB(A) image")
 

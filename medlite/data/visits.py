@@ -19,6 +19,7 @@ visits are ordered numerically when all are numbers, else in order of first appe
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 from collections.abc import Iterable, Sequence
@@ -31,7 +32,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from medlite.data.io import decoded_image_size, read_image
+from medlite.data.io import decoded_image_size, expand_user, is_file, read_image
 from medlite.data.manifest import raise_if_problems, read_csv_text
 from medlite.data.transforms import normalize, to_tensor_image
 from medlite.errors import DataError
@@ -131,7 +132,7 @@ def _lines(lines: Sequence[int]) -> str:
 def _read_table(path: Path, role: str, problems: list[str]) -> pd.DataFrame | None:
     """The CSV as stripped text with a ``csv_line`` column (file line, header = 1), or None
     after recording why it cannot be read."""
-    path = Path(path).expanduser()
+    path = expand_user(path)
     if not path.is_file():
         reason = "is a folder, not a CSV file" if path.is_dir() else "file not found"
         problems.append(f"{path}: {role} CSV {reason}")
@@ -184,6 +185,13 @@ def _check_keys(path: Path, df: pd.DataFrame, columns: Sequence[str],
     return ok
 
 
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):  # a name too long
+        return False
+
+
 def _check_photos(path: Path, df: pd.DataFrame, check_images: bool,
                   problems: list[str]) -> pd.DataFrame:
     """Photo rows whose subject, visit and region are usable, with absolute image paths."""
@@ -196,11 +204,14 @@ def _check_photos(path: Path, df: pd.DataFrame, check_images: bool,
             problems.append(f"{path} line {line}: empty 'image'")
             images.append("")
             continue
-        candidate = Path(value).expanduser()
-        image = (candidate if candidate.is_absolute() else base / candidate).resolve()
+        candidate = expand_user(value)
+        image = candidate if candidate.is_absolute() else base / candidate
+        # A path the system cannot look up (a NUL byte) stays as it is: "file not found" below.
+        with contextlib.suppress(OSError, ValueError):
+            image = image.resolve()
         images.append(str(image))
-        if not image.is_file():
-            what = "is a folder, not an image" if image.is_dir() else "file not found"
+        if not is_file(image):
+            what = "is a folder, not an image" if _is_dir(image) else "file not found"
             problems.append(f"{path} line {line}: image {what}: {image}")
         elif check_images:
             try:
@@ -380,7 +391,7 @@ def read_visit_tables(photos_csv: Path, scores_csv: Path,
         DataError: every problem, one line each in ``problems``, each naming the file, the
             line (header = line 1) and the field.
     """
-    photos_csv, scores_csv = Path(photos_csv).expanduser(), Path(scores_csv).expanduser()
+    photos_csv, scores_csv = expand_user(photos_csv), expand_user(scores_csv)
     problems: list[str] = []
     photos_raw = _read_table(photos_csv, "photos", problems)
     scores_raw = _read_table(scores_csv, "scores", problems)

@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from medlite.data.arrays import ZIP_ERRORS
 from medlite.data.io import decode_image
 from medlite.errors import DataError
 
@@ -97,6 +98,10 @@ def image_from_upload(data: bytes, field: str, limits: UploadLimits) -> np.ndarr
     return decode_image(data, field, max_pixels=limits.max_pixels)
 
 
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
 _MEMBER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -114,8 +119,8 @@ def unzip(data: bytes, field: str, limits: UploadLimits) -> dict[str, bytes]:
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         infos = [i for i in archive.infolist() if not i.is_dir()]
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise DataError(f"{field}: not a readable zip archive ({exc})") from exc
+    except ZIP_ERRORS as exc:
+        raise DataError(f"{field}: not a readable zip archive ({_one_line(exc)})") from exc
     if len(infos) > limits.max_zip_members:
         raise DataError(f"{field}: {len(infos)} files in the archive, at most "
                         f"{limits.max_zip_members} allowed")
@@ -138,8 +143,9 @@ def unzip(data: bytes, field: str, limits: UploadLimits) -> dict[str, bytes]:
                             f"{field}: the archive unpacks to more than "
                             f"{limits.max_unzipped_bytes // 2 ** 20} MiB")
                     chunks.append(chunk)
-        except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError) as exc:
-            raise DataError(f"{field}: cannot unpack {info.filename!r} ({exc})") from exc
+        except ZIP_ERRORS as exc:
+            raise DataError(f"{field}: cannot unpack {info.filename!r} ({_one_line(exc)})"
+                            ) from exc
         members[path.name] = b"".join(chunks)
     return members
 
