@@ -433,16 +433,21 @@ def read_mask(path: str | os.PathLike, num_classes: int = 2,
     return mask.astype(np.int64)
 
 
-def image_files(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files and folders (their images, sorted) -> image files; a missing path is an error."""
+def image_files(inputs: Sequence[str | os.PathLike],
+                extensions: Sequence[str] = IMAGE_EXTENSIONS, kind: str = "images"
+                ) -> list[Path]:
+    """Files and folders (their files with ``extensions``, sorted) -> files; a missing path
+    is an error, and so is finding no ``kind`` at all."""
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+            files += sorted(p for p in item.iterdir() if p.suffix.lower() in extensions)
         elif item.is_file():
             files.append(item)
         else:
             raise DataError(f"{item}: no such file or folder")
     if not files:
-        raise DataError(f"{', '.join(map(str, inputs))}: no images found")
+        found = f"no {kind} found" if kind == "images" else \
+            f"no {kind} found ({', '.join(extensions)})"
+        raise DataError(f"{', '.join(map(str, inputs))}: {found}")
     return files

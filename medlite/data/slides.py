@@ -358,18 +358,9 @@ SLIDE_EXTENSIONS = (".svs", ".ndpi", ".scn", ".mrxs", ".bif", ".vms", ".vmu", ".
 
 def slide_files(inputs) -> list[Path]:
     """Files and folders (their slides, sorted) -> slide files; a missing path is an error."""
-    files: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            files += sorted(p for p in item.iterdir() if p.suffix.lower() in SLIDE_EXTENSIONS)
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise DataError(f"{item}: no such file or folder")
-    if not files:
-        raise DataError(f"{', '.join(map(str, inputs))}: no slides found "
-                        f"({', '.join(SLIDE_EXTENSIONS)})")
-    return files
+    from medlite.data.io import image_files
+
+    return image_files(inputs, SLIDE_EXTENSIONS, kind="slides")
 
 
 def select_tiles(slide: Slide, tile_size: int, *, mpp: float | None = None,
