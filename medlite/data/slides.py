@@ -365,13 +365,15 @@ def slide_files(inputs) -> list[Path]:
 
 def select_tiles(slide: Slide, tile_size: int, *, mpp: float | None = None,
                  level: int | None = None, min_tissue: float = 0.5,
-                 max_tiles: int | None = None, seed: int = 0) -> pd.DataFrame:
+                 max_tiles: int | None = None, seed: int = 0,
+                 name: str | None = None) -> pd.DataFrame:
     """:func:`tile_grid`, subsampled to at most ``max_tiles`` tiles (in grid order); the
-    subsample depends only on ``seed`` and the file's name, so training, evaluation and
-    prediction see the same tiles of a slide."""
+    subsample depends only on ``seed`` and the slide's ``name`` (default: its file name),
+    so training, evaluation, prediction and an upload of the same file see the same tiles."""
     grid = tile_grid(slide, tile_size, mpp=mpp, level=level, min_tissue=min_tissue)
     if max_tiles is not None and len(grid) > max_tiles:
-        rng = np.random.default_rng([seed, zlib.crc32(slide.path.name.encode())])
+        key = zlib.crc32((name or slide.path.name).encode())
+        rng = np.random.default_rng([seed, key])
         grid = grid.iloc[np.sort(rng.choice(len(grid), max_tiles, replace=False))]
     return grid.reset_index(drop=True)
 

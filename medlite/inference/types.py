@@ -45,7 +45,9 @@ class ImageInput:
 @dataclass(frozen=True)
 class SlideInput:
     """One whole-slide image file (SVS, NDPI, pyramidal TIFF...), read as the run's
-    ``data.slides`` says; ``tiles``: its tiles already read (uint8 ``(h, w, 3)`` each)."""
+    ``data.slides`` says; ``tiles``: its tiles already read (uint8 ``(h, w, 3)`` each);
+    ``name``: the slide's own file name when ``path`` is a copy (an upload), which fixes
+    its tile subsample."""
 
     path: Path
     tiles: Sequence[np.ndarray] | None = None
@@ -132,6 +134,8 @@ class ClassificationOutput:
     #: ``argmax(probabilities * decision_weights)`` (None: the plain arg-max;
     #: ``evaluation.decision``).
     decision_weights: np.ndarray | None = None
+    #: Tiles a slide's probabilities aggregate (None: an image, or a whole-mode slide).
+    tiles: int | None = None
 
     @property
     def predicted_index(self) -> int:

@@ -28,7 +28,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from medlite.errors import DataError, MedliteError
-from medlite.inference.types import ImageInput, RecordingInput, VisitInput
+from medlite.inference.types import ImageInput, RecordingInput, SlideInput, VisitInput
 from medlite.metrics.morphology import lesion_measurements
 from medlite.pasi import REGIONS
 from medlite.serve.runs import ServedRun
@@ -38,7 +38,10 @@ from medlite.serve.uploads import (
     UploadLimits,
     UploadTooLarge,
     image_from_upload,
+    is_slide,
     recording_from_upload,
+    slide_from_upload,
+    sniff,
 )
 from medlite.tasks.segmentation import mask_to_png
 
@@ -102,6 +105,8 @@ class ClassificationResult(BaseModel):
     flagged: bool | None = None
     flag_class: str | None = None
     flag_specificity: float | None = None
+    #: Tiles a slide's probabilities aggregate (None: an image or a whole-mode slide).
+    tiles: int | None = None
 
 
 class VisitRecord(BaseModel):
@@ -314,12 +319,37 @@ def create_app(runs: list[ServedRun], settings: ServeSettings) -> FastAPI:
         return Response(_png(mask_to_png(output.mask, len(output.class_names))),
                         media_type="image/png")
 
-    @app.post("/api/runs/{run}/classify", summary="Class probabilities of a skin image")
+    async def classify_slide(chosen: ServedRun, file: UploadFile):
+        # The upload's own name (never a path on this machine) fixes the tile subsample,
+        # so that the same slide gives what `medlite predict` gives.
+        name = Path(file.filename or "").name or None
+
+        def run_model():
+            with slide_from_upload(file.file, "file", limits) as path:
+                try:
+                    return chosen.predictor.predict_one(SlideInput(path, name=name))
+                except DataError as error:  # name the upload, not the server's copy of it
+                    raise DataError(str(error).replace(str(path), f"file ({name or 'slide'})")
+                                    ) from None
+        async with queue:
+            return await run_in_threadpool(run_model)
+
+    @app.post("/api/runs/{run}/classify",
+              summary="Class probabilities of a skin image, or of a slide (runs on slides)")
     async def classify(run: ClassificationRun, file: Annotated[UploadFile, File()]
                        ) -> ClassificationResult:
         chosen = served(run, "classification")
-        image = image_from_upload(await read(file, "file"), "file", limits)
-        output = await predict(chosen, ImageInput(image, name="upload"))
+        slides = chosen.predictor.config.data.slides
+        head = await file.read(8)
+        await file.seek(0)
+        if slides is not None and is_slide(head):
+            output = await classify_slide(chosen, file)
+        elif slides is not None and slides.mode == "tiles":
+            raise DataError(f"file: this run classifies whole-slide images tile by tile; send "
+                            f"the slide (SVS, NDPI or pyramidal TIFF), not {sniff(head)}")
+        else:
+            image = image_from_upload(await read(file, "file"), "file", limits)
+            output = await predict(chosen, ImageInput(image, name="upload"))
         calibration = chosen.calibration or {}
         threshold = calibration.get("threshold")
         low = threshold is None or output.confidence < threshold
@@ -339,7 +369,8 @@ def create_app(runs: list[ServedRun], settings: ServeSettings) -> FastAPI:
             prediction_set=output.prediction_set, coverage=output.coverage,
             flagged=output.flagged, flag_class=output.flag_class,
             flag_specificity=(chosen.predictor.config.evaluation.target_specificity
-                              if output.flagged is not None else None))
+                              if output.flagged is not None else None),
+            tiles=output.tiles)
 
     def trajectory(run: str, subject: str) -> list[VisitRecord]:
         return [VisitRecord(**{k: v[k] for k in VisitRecord.model_fields})

@@ -87,6 +87,8 @@ def load_served_runs(run_dirs: list[Path], *, fast: Fast = "torch",
         card = model_card(predictor.run_dir, predictor.config, predictor.class_names)
         if predictor.config.task == "classification":
             card["confidence_threshold"] = calibrate(predictor, target_accuracy)
+            slides = predictor.config.data.slides
+            card["slides"] = slides.model_dump() if slides is not None else None
         card["name"] = name
         served.append(ServedRun(name, predictor, card))
         log.info("loaded run %s (%s)", name, predictor.config.task)

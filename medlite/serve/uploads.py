@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 import numpy as np
 
@@ -32,6 +33,8 @@ IMAGE_SIGNATURES = {
     b"II*\x00": "tiff",
     b"MM\x00*": "tiff",
 }
+#: First bytes of TIFF and BigTIFF, the containers of SVS, NDPI and pyramidal TIFF slides.
+SLIDE_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 ZIP_SIGNATURE = b"PK\x03\x04"
 NPY_SIGNATURE = b"\x93NUMPY"
 PICKLE_PROTOCOL_2_PLUS = b"\x80"
@@ -96,6 +99,42 @@ def image_from_upload(data: bytes, field: str, limits: UploadLimits) -> np.ndarr
         raise DataError(f"{field}: not an image (the content is {kind}; send PNG, JPEG, BMP "
                         "or TIFF)")
     return decode_image(data, field, max_pixels=limits.max_pixels)
+
+
+def is_slide(head: bytes) -> bool:
+    """Whether a file's first bytes are a TIFF or BigTIFF (every slide format read from a
+    single upload is one)."""
+    return head.startswith(SLIDE_SIGNATURES)
+
+
+@contextmanager
+def slide_from_upload(stream: BinaryIO, field: str, limits: UploadLimits,
+                      chunk_bytes: int = 1 << 20) -> Iterator[Path]:
+    """An uploaded slide on disk for the time of a ``with`` block (OpenSlide reads files,
+    not bytes): copied from ``stream`` in chunks, so a slide of any size never sits in
+    memory, into a temporary folder and a file name chosen here.
+
+    Raises:
+        DataError: empty, or not a TIFF/BigTIFF; UploadTooLarge: over ``limits.max_bytes``.
+    """
+    head = stream.read(8)
+    if not head:
+        raise DataError(f"{field}: the file is empty")
+    if not is_slide(head):
+        raise DataError(f"{field}: not a slide (the content is {sniff(head)}; send an SVS, "
+                        "NDPI or pyramidal TIFF file)")
+    with tempfile.TemporaryDirectory(prefix="medlite-slide-") as folder:
+        path = Path(folder) / "slide.tif"
+        size = len(head)
+        with open(path, "wb") as copy:
+            copy.write(head)
+            while chunk := stream.read(chunk_bytes):
+                size += len(chunk)
+                if size > limits.max_bytes:
+                    raise UploadTooLarge(f"{field}: larger than "
+                                         f"{limits.max_bytes // 2 ** 20} MiB")
+                copy.write(chunk)
+        yield path
 
 
 def _one_line(error: BaseException) -> str:

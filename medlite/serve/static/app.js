@@ -61,6 +61,7 @@ const show = {
 
   classify(section, data) {
     let text = `Predicted: ${data.predicted} (probability ${number(data.confidence)})`;
+    if (data.tiles) text += ` from ${data.tiles} tissue tiles`;
     if (data.prediction_set) {
       text += `; ${Math.round(100 * data.coverage)}% prediction set: ` +
         `{${data.prediction_set.join(", ")}}`;

@@ -263,7 +263,8 @@ class ClassificationTask(Task):
             tensor, view = _network_input(pixels, config)
             return Prepared([tensor], (item.source, view))
         tiles = item.tiles if item.tiles is not None else (
-            pixels for _, pixels in iter_tiles(item.path, **slides.tile_selection(config.seed)))
+            pixels for _, pixels in iter_tiles(item.path, name=item.name,
+                                               **slides.tile_selection(config.seed)))
         views: list[np.ndarray] = []
 
         def tensors():
@@ -288,9 +289,10 @@ class ClassificationTask(Task):
         probabilities, slides = torch.stack(outputs).double().numpy(), config.data.slides
         probabilities = (aggregate_tiles(probabilities, slides.aggregate, slides.top_k)
                          if slides is not None else probabilities[0])
-        image = tile_mosaic(view) if isinstance(view, list) else view
+        tiled = isinstance(view, list)
         return ClassificationOutput(probabilities / probabilities.sum(), self.class_names(config),
-                                    source=source, image=image)
+                                    source=source, image=tile_mosaic(view) if tiled else view,
+                                    tiles=len(outputs) if tiled else None)
 
     def parse_inputs(self, paths, visits, config):
         if visits:
@@ -322,6 +324,7 @@ class ClassificationTask(Task):
 
     def write_prediction(self, output: ClassificationOutput, name: str, writer):
         return [], {"predicted": output.predicted, "confidence": output.confidence,
+                    **({"tiles": output.tiles} if output.tiles is not None else {}),
                     **flag_columns(output), **conformal_columns(output),
                     **{f"p_{c}": float(p) for c, p in zip(output.class_names,
                                                           output.probabilities, strict=True)}}
