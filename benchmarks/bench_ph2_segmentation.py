@@ -14,7 +14,10 @@ evaluated on the test split with the paper's plain argmax (``test``) and, when t
 validation split prefers other inference options (flip TTA, largest or most lesion-like
 component, hole filling; ``choose_inference_on_validation``), once with those
 (``test_chosen``). With ``--isic-test`` each model is also evaluated on the ISIC 2018
-held-out split of the shipped ``dermoscopy-lesion`` model (another clinic's images).
+held-out split of the shipped ``dermoscopy-lesion`` model (another clinic's images), and
+with ``--isic-val`` on that model's ISIC validation split: the data on which a robustness
+recipe (``--set data.augment.hair=0.5 --set data.color_constancy=shades_of_gray`` ...) is
+chosen, so that the ISIC test split is evaluated once per configuration.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from medlite.config import apply_overrides, validate_config
 from medlite.data.manifest import index_segmentation
 from medlite.data.splits import split_samples
 from medlite.evaluation.external import evaluate_run
@@ -46,7 +50,8 @@ ISIC = SHARED.parent / "isic2018_task1"
 
 
 def make_config(manifest: Path, model: str, lr: float, batch: int, seed: int,
-                weights: str | None = None) -> SegmentationConfig:
+                weights: str | None = None, overrides: list[str] | None = None
+                ) -> SegmentationConfig:
     config = SegmentationConfig(
         name=f"ph2-{model}", seed=seed,
         data=SegmentationDataConfig(manifest=manifest, image_size=(256, 256)))
@@ -56,6 +61,9 @@ def make_config(manifest: Path, model: str, lr: float, batch: int, seed: int,
     config.trainer.batch_size = batch
     config.trainer.threads = 2
     config.trainer.early_stopping_patience = None
+    if overrides:
+        raw = apply_overrides(config.model_dump(mode="json"), overrides)
+        config = validate_config(raw, SegmentationConfig, "--set")
     return config
 
 
@@ -94,10 +102,11 @@ def subset_manifest(samples: pd.DataFrame, n_train: int, seed: int, path: Path) 
     return path
 
 
-def isic_test_manifest(isic: Path, path: Path) -> Path:
-    """The ISIC 2018 pairs of the shipped model's held-out test split, as a manifest."""
+def isic_test_manifest(isic: Path, path: Path, split: str = "test") -> Path:
+    """The ISIC 2018 pairs of one split (``test`` or ``val``) of the shipped model, as a
+    manifest."""
     splits = pd.read_csv(shipped_model_dir("dermoscopy-lesion") / "splits.csv", dtype=str)
-    test = splits[splits["split"] == "test"]
+    test = splits[splits["split"] == split]
     rows = pd.DataFrame({"image": [str(isic / "images" / f"{s}.jpg") for s in test["sample"]],
                          "mask": [str(isic / "masks" / f"{s}_segmentation.png")
                                   for s in test["sample"]],
@@ -139,6 +148,12 @@ def main() -> None:
     parser.add_argument("--skip-inference-choice", action="store_true",
                         help="leave out the choice of inference options on validation and "
                         "its test evaluation; for quick checks")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="config override for every model, e.g. "
+                        "data.augment.hair=0.5 (repeatable)")
+    parser.add_argument("--isic-val", action="store_true",
+                        help="also evaluate each model on the shipped model's ISIC 2018 "
+                        "validation split (to choose a robustness recipe on)")
     parser.add_argument("--isic-test", action="store_true",
                         help="also evaluate each model on the ISIC 2018 held-out split of "
                         "the shipped dermoscopy-lesion model (needs ../shared's ISIC data)")
@@ -150,9 +165,11 @@ def main() -> None:
         index_segmentation(args.ph2 / "images", args.ph2 / "masks", manifest)
     summary = {"budget_minutes": args.budget_minutes, "lr": args.lr, "batch": args.batch,
                "image_size": [256, 256], "threads": 2, "weights": args.weights,
-               "train_subjects": args.train_subjects, "models": {}}
+               "train_subjects": args.train_subjects, "overrides": args.overrides,
+               "models": {}}
     for position, model in enumerate(args.models):
-        config = make_config(manifest, model, args.lr, args.batch, args.seed, args.weights)
+        config = make_config(manifest, model, args.lr, args.batch, args.seed, args.weights,
+                             args.overrides)
         task = get_task("segmentation")
         # The split train_run makes (same seed and fractions), to size the epochs.
         loaded = task.load_samples(config)
@@ -182,18 +199,20 @@ def main() -> None:
             entry["inference_choice"] = evaluate_with_chosen_inference(args.out / model)
             if "test_chosen" in entry["inference_choice"]:
                 entry["test_chosen"] = entry["inference_choice"].pop("test_chosen")
-        if args.isic_test:
-            isic = isic_test_manifest(ISIC, args.out / "isic_test_manifest.csv")
+        for split in [s for s, asked in (("val", args.isic_val), ("test", args.isic_test))
+                      if asked]:
+            isic = isic_test_manifest(ISIC, args.out / f"isic_{split}_manifest.csv", split)
             result, _ = evaluate_run(args.out / model, data=isic, overwrite=True,
-                                     out=args.out / model / "evaluations" / "isic-test")
-            entry["isic_test"] = result.metrics
+                                     out=args.out / model / "evaluations" / f"isic-{split}")
+            entry[f"isic_{split}"] = result.metrics
         summary["models"][model] = entry
         write_json(args.out / "summary.json", summary)
     print(json.dumps({f"{m} {variant}": {f"{g}.{k}": round(v[variant][g][k]["value"], 4)
                                          for g in ("per_image", "dataset")
                                          for k in ("dice_lesion", "iou_lesion")}
                       for m, v in summary["models"].items()
-                      for variant in ("test", "test_chosen", "isic_test") if variant in v},
+                      for variant in ("test", "test_chosen", "isic_val", "isic_test")
+                      if variant in v},
                      indent=1))
 
 

@@ -5,10 +5,14 @@ Runs in one process on the 200 PH2 JPEGs (about 765x572; ``--images``) with the 
 ``dermoscopy-lesion`` model (or ``--run``), 2 threads:
 
 1. the network alone: median batch-1 forward at the network's input size through the same
-   fast path (``--fast``), times the number of images: the floor;
+   fast path (``--fast``) and the task's own forward (so with the run's flip TTA, four
+   passes), times the number of images: the floor;
 2. decoding alone: ``read_image`` of every file;
 3. ``medlite predict`` end to end (the CLI's own function: decode, resize, batch, forward,
    resize the probabilities back, argmax, write mask, overlay PNGs and predictions.csv).
+
+Each is measured with the run's inference settings and again with flip TTA off
+(``--set inference.flip_tta=false``), in the same process.
 
     python benchmarks/bench_predict_throughput.py --json runs/predict_throughput.json
 """
@@ -42,39 +46,43 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     files = image_files([args.images])
-    predictor = load_run(args.run, fast=args.fast)
-    example = predictor.task.example_input(predictor.config)
-    with torch.no_grad():
-        for _ in range(3):
-            predictor.model(example)
-        forward = []
-        for _ in range(20):
-            start = time.perf_counter()
-            predictor.model(example)
-            forward.append(time.perf_counter() - start)
-    forward_s = statistics.median(forward)
+    n = len(files)
     start = time.perf_counter()
     for path in files:
         read_image(path)
     decode_s = time.perf_counter() - start
-    with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        medlite_main(["predict", str(args.run), str(args.images), "--out", str(Path(tmp) / "o"),
-                      "--fast", args.fast])
-        predict_s = time.perf_counter() - start
-    n = len(files)
-    result = {
-        "images": n, "image_folder": str(args.images), "run": str(args.run),
-        "fast": args.fast, "threads": args.threads,
-        "network_input": list(example.shape),
-        "network_batch1_ms": round(1000 * forward_s, 1),
-        "network_only_images_per_s": round(1 / forward_s, 2),
-        "decode_only_images_per_s": round(n / decode_s, 2),
-        "predict_images_per_s": round(n / predict_s, 2),
-        "predict_seconds": round(predict_s, 1),
-        "network_share_of_predict": round(n * forward_s / predict_s, 3),
-        "decode_share_of_predict": round(decode_s / predict_s, 3),
-    }
+    result = {"images": n, "image_folder": str(args.images), "run": str(args.run),
+              "fast": args.fast, "threads": args.threads,
+              "decode_only_images_per_s": round(n / decode_s, 2), "settings": {}}
+    predictor = load_run(args.run, fast=args.fast)
+    shipped_tta = bool(getattr(predictor.config.inference, "flip_tta", False))
+    for tta in dict.fromkeys([shipped_tta, False]):
+        predictor.config.inference.flip_tta = tta
+        example = predictor.task.example_input(predictor.config)
+        with torch.no_grad():
+            for _ in range(3):
+                predictor.task.forward(predictor.model, example, predictor.config)
+            forward = []
+            for _ in range(20):
+                start = time.perf_counter()
+                predictor.task.forward(predictor.model, example, predictor.config)
+                forward.append(time.perf_counter() - start)
+        forward_s = statistics.median(forward)
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            medlite_main(["predict", str(args.run), str(args.images), "--out",
+                          str(Path(tmp) / "o"), "--fast", args.fast,
+                          "--set", f"inference.flip_tta={str(tta).lower()}"])
+            predict_s = time.perf_counter() - start
+        result["settings"][f"flip_tta={tta}"] = {
+            "network_input": list(example.shape),
+            "network_batch1_ms": round(1000 * forward_s, 1),
+            "network_only_images_per_s": round(1 / forward_s, 2),
+            "predict_images_per_s": round(n / predict_s, 2),
+            "predict_seconds": round(predict_s, 1),
+            "network_share_of_predict": round(n * forward_s / predict_s, 3),
+            "decode_share_of_predict": round(decode_s / predict_s, 3),
+            "rest_share_of_predict": round(1 - (n * forward_s + decode_s) / predict_s, 3)}
     print(json.dumps(result, indent=2))
     if args.json:
         write_json(args.json, result)
