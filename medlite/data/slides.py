@@ -80,11 +80,17 @@ class Slide:
     def _open_tiff(self) -> None:
         import tifffile
 
+        # Opened here, so that it is closed when tifffile's constructor fails on a broken
+        # file (tifffile leaves its own handle open then).
+        handle = open(self.path, "rb")  # noqa: SIM115  (closed in close() or below)
         try:
-            self._tiff = tifffile.TiffFile(self.path)
+            self._tiff = tifffile.TiffFile(handle)
             levels = self._tiff.series[0].levels
         except Exception as error:  # tifffile raises many kinds on broken files
+            handle.close()
+            self._tiff = None
             raise DataError(f"{self.path}: not a readable TIFF ({error})") from None
+        self._handle = handle
         self.backend = "tifffile"
         self._levels = levels
         shapes = [_height_width(level.shape, self.path) for level in levels]
@@ -103,6 +109,7 @@ class Slide:
             self._slide.close()
         if self._tiff is not None:
             self._tiff.close()
+            self._handle.close()
         self._cache.clear()
 
     @property
