@@ -87,7 +87,8 @@ def medseg_config(manifest: Path, model: str, widths: list[int] | None, *, lr: f
 
 
 def train_and_score(config: SegmentationConfig, out: Path, budget_minutes: float,
-                    epochs: int | None = None, n_train: int = 40, n_val: int = 10) -> dict:
+                    epochs: int | None = None, n_train: int = 40, n_val: int = 10,
+                    shown: list[str] = SHOWN) -> dict:
     """Train ``epochs`` epochs (default: as many as a timing says fit in ``budget_minutes``,
     so that the cosine schedule ends with the budget), stopping at the budget in any case,
     and return the test figures and the run's facts. Fixed epochs make the figures
@@ -101,7 +102,7 @@ def train_and_score(config: SegmentationConfig, out: Path, budget_minutes: float
     result = train_run(config, out, overwrite=True, progress=False)
     history = pd.read_csv(out / "history.csv")
     model = get_task("segmentation").build_model(config, for_training=False)
-    figures = {group: {key: result.metrics[group][key] for key in SHOWN}
+    figures = {group: {key: result.metrics[group][key] for key in shown}
                for group in ("per_image", "dataset")}
     return {"model": config.model.name, "kwargs": config.model.kwargs,
             "parameters": sum(p.numel() for p in model.parameters()),
@@ -112,9 +113,9 @@ def train_and_score(config: SegmentationConfig, out: Path, budget_minutes: float
             "pixel_confusion_matrix": result.info.get("pixel_confusion_matrix")}
 
 
-def table_rows(entries: dict) -> str:
-    """Markdown rows: model, parameters, epochs, GGO / consolidation Dice and IoU (per
-    image, with CIs) and dataset Dice."""
+def table_rows(entries: dict, classes: list[str] = CLASS_NAMES[1:]) -> str:
+    """Markdown rows: model, parameters, epochs, each class's Dice and IoU (per image, with
+    CIs) and dataset Dice."""
     lines = []
     for name, entry in entries.items():
         image, dataset = entry["test"]["per_image"], entry["test"]["dataset"]
@@ -123,12 +124,11 @@ def table_rows(entries: dict) -> str:
             m = metrics[key]
             return f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
 
+        cells = " | ".join(f"{cell(image, f'dice_{c}')} | {cell(image, f'iou_{c}')}"
+                           for c in classes)
+        pooled = " / ".join(f"{dataset[f'dice_{c}']['value']:.3f}" for c in classes)
         lines.append(f"| {name} | {entry['parameters'] / 1e6:.2f} M | {entry['epochs_run']} "
-                     f"| {cell(image, 'dice_ggo')} | {cell(image, 'iou_ggo')} "
-                     f"| {cell(image, 'dice_consolidation')} "
-                     f"| {cell(image, 'iou_consolidation')} "
-                     f"| {dataset['dice_ggo']['value']:.3f} / "
-                     f"{dataset['dice_consolidation']['value']:.3f} |")
+                     f"| {cells} | {pooled} |")
     return "\n".join(lines)
 
 
