@@ -110,6 +110,11 @@ class TrainerConfig(StrictModel):
                                 "CPU training is reproducible without it.")
     keep_checkpoints: bool = Field(False, description="Keep each fit's Lightning checkpoints "
                                    "after it finished (its model.pt always stays).")
+    ema_decay: float | None = Field(
+        None, gt=0, lt=1, description="Validate, checkpoint and deploy the exponential moving "
+        "average of the weights (and BatchNorm statistics), updated after every optimizer "
+        "step with this decay, e.g. 0.999 (Lightning's EMAWeightAveraging); null: the "
+        "weights themselves.")
 
     @model_validator(mode="after")
     def _batch_splits_over_devices(self):

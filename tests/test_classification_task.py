@@ -491,3 +491,22 @@ def test_evaluation_without_intervals_and_at_another_confidence_level(trained, t
     assert saved["metrics"]["classification"]["accuracy"]["confidence"] == 0.9
     report = (tmp_path / "ninety" / "report.html").read_text()
     assert "90% CI" in report and "95% CI" not in report
+
+
+def test_label_smoothing_is_the_smoothed_cross_entropy(tmp_path):
+    manifest = write_skin_dataset(tmp_path / "data", n_subjects=9,
+                                  images_per_subject=1, size=16)
+    task = ClassificationTask()
+    config = ClassificationConfig(data=ClassificationDataConfig(
+        manifest=manifest, class_names=CLASSES, image_size=16, class_balance="none"))
+    config.model.name, config.model.pretrained, config.model.kwargs = "plain_cnn", False, {}
+    config.loss.label_smoothing = 0.2
+    samples = task.load_samples(config)
+    parts = task.training_parts(config, samples.iloc[:7], samples.iloc[7:],
+                                task.build_model(config), None)
+    logits = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    target = torch.tensor([0, 1, 2, 1, 0])
+    log_p = logits.log_softmax(dim=1)
+    # (1 - e) * CE + e * the mean over classes of -log p, by hand
+    expected = (0.8 * -log_p[torch.arange(5), target] + 0.2 * -log_p.mean(dim=1)).mean()
+    assert float(parts.loss_fn(logits, target)) == pytest.approx(float(expected), rel=1e-6)

@@ -153,6 +153,42 @@ def test_resume_after_a_crash_gives_the_uninterrupted_metrics(tmp_path, manifest
         pd.read_csv(tmp_path / "reference" / "history.csv"))
 
 
+def _deployed(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "fits/main/model.pt", weights_only=True)
+
+
+def test_ema_deploys_the_moving_average_of_the_weights(tmp_path, manifest):
+    """With a decay of nearly 1 the average barely moves from its first value, the weights
+    after the first optimizer step: the deployed model is that, not the trained weights."""
+    one_step = tiny_config(manifest, epochs=1)
+    one_step.trainer.limit_train_batches = 1
+    train_run(one_step, tmp_path / "one_step", progress=False)
+    plain = tiny_config(manifest, epochs=2)
+    train_run(plain, tmp_path / "plain", progress=False)
+    averaged = tiny_config(manifest, epochs=2)
+    averaged.trainer.ema_decay = 1 - 1e-6
+    train_run(averaged, tmp_path / "ema", progress=False)
+    first, trained, ema = (_deployed(tmp_path / name) for name in ("one_step", "plain", "ema"))
+    weights = [k for k, v in first.items() if v.is_floating_point()]
+    assert max((trained[k] - first[k]).abs().max() for k in weights) > 1e-3
+    for key in weights:  # BatchNorm statistics are averaged too
+        torch.testing.assert_close(ema[key], first[key], atol=1e-5, rtol=0)
+
+
+def test_ema_resumes_to_the_uninterrupted_run(tmp_path, manifest, monkeypatch):
+    config = tiny_config(manifest, epochs=3)
+    config.trainer.ema_decay = 0.9
+    reference = train_run(config, tmp_path / "reference", progress=False)
+    undo = crash_at_epoch(monkeypatch, 1)
+    with pytest.raises(Exception, match="simulated crash"):
+        train_run(config, tmp_path / "run", progress=False)
+    undo()
+    resumed = train_run(config, tmp_path / "run", resume=True, progress=False)
+    assert resumed.metrics == reference.metrics
+    for key, value in _deployed(tmp_path / "reference").items():
+        torch.testing.assert_close(_deployed(tmp_path / "run")[key], value, atol=0, rtol=0)
+
+
 def test_a_fit_whose_checkpoint_vanished_is_not_silently_restarted(tmp_path, manifest,
                                                                     monkeypatch):
     undo = crash_at_epoch(monkeypatch, 1)

@@ -26,7 +26,12 @@ import numpy as np
 import pandas as pd
 import torch
 from lightning.fabric.plugins.environments import LightningEnvironment
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import (
+    Callback,
+    EarlyStopping,
+    EMAWeightAveraging,
+    ModelCheckpoint,
+)
 from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -200,6 +205,8 @@ def fit(parts: TrainingParts, config: BaseTaskConfig, fit_dir: Path, *, seed: in
             dirpath=checkpoint_dir, filename="best", monitor=parts.monitor,
             mode=parts.monitor_mode, save_top_k=1, save_last=False,
             save_on_train_epoch_end=True, enable_version_counter=False))
+    if trainer_cfg.ema_decay is not None:
+        callbacks.append(EMAWeightAveraging(decay=trainer_cfg.ema_decay))
     if trainer_cfg.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor=parts.monitor, mode=parts.monitor_mode,
                                        patience=trainer_cfg.early_stopping_patience,

@@ -165,9 +165,15 @@ def paper_stages() -> list[StageConfig]:
                         freeze_first_n_layers=10)]
 
 
+class ClassificationLossConfig(StrictModel):
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Cross-entropy against "
+                                   "targets with this share spread evenly over the classes.")
+
+
 class ClassificationConfig(BaseTaskConfig):
     task: Literal["classification"] = "classification"
     data: ClassificationDataConfig = Field(default_factory=ClassificationDataConfig)
+    loss: ClassificationLossConfig = Field(default_factory=ClassificationLossConfig)
     stages: list[StageConfig] = Field(default_factory=paper_stages, min_length=1)
     monitor: Literal["val_loss", "val_macro_f1"] = Field(
         "val_loss", description="Chooses each stage's best epoch (and early stopping).")

@@ -243,7 +243,8 @@ class ClassificationTask(Task):
         return TrainingParts(
             model=model, loss_fn=nn.CrossEntropyLoss(
                 weight=class_weights(train.labels, len(names), names)
-                if balance == "weights" else None),
+                if balance == "weights" else None,
+                label_smoothing=config.loss.label_smoothing),
             train_data=train, val_data=self.dataset(config, val_rows, train=False),
             sample_weights=balanced_weights(train.labels) if balance == "sampler" else None,
             val_metrics=metrics, prediction_fn=_argmax, monitor=config.monitor,
