@@ -263,9 +263,13 @@ def create_app(runs: list[ServedRun], settings: ServeSettings) -> FastAPI:
             raise UploadTooLarge(f"{field_name}: larger than {limits.max_bytes // 2 ** 20} MiB")
         return data
 
-    async def predict(run: ServedRun, item):
+    async def in_queue(model_call, *args):
+        """``model_call(*args)`` in a worker thread, when its turn in the model queue comes."""
         async with queue:
-            return await run_in_threadpool(run.predictor.predict_one, item)
+            return await run_in_threadpool(model_call, *args)
+
+    async def predict(run: ServedRun, item):
+        return await in_queue(run.predictor.predict_one, item)
 
     # -- pages ------------------------------------------------------------------------------
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -331,8 +335,7 @@ def create_app(runs: list[ServedRun], settings: ServeSettings) -> FastAPI:
                 except DataError as error:  # name the upload, not the server's copy of it
                     raise DataError(str(error).replace(str(path), f"file ({name or 'slide'})")
                                     ) from None
-        async with queue:
-            return await run_in_threadpool(run_model)
+        return await in_queue(run_model)
 
     @app.post("/api/runs/{run}/classify",
               summary="Class probabilities of a skin image, or of a slide (runs on slides)")
@@ -456,8 +459,7 @@ def create_app(runs: list[ServedRun], settings: ServeSettings) -> FastAPI:
                                       channel=channel, name="upload")
                 return chosen.predictor.predict_one(item)
 
-        async with queue:
-            return chosen, await run_in_threadpool(run_model)
+        return chosen, await in_queue(run_model)
 
     @app.post("/api/runs/{run}/stress",
               summary="Stress probability over time from an ECG recording")
