@@ -10,13 +10,15 @@ bootstrap CIs, against the MedMNIST v2 anchors.
 
 With ``--positive-class mel`` the run also reads melanoma at a fixed specificity
 (``--target-specificity``, the cut chosen on the validation split): mel-vs-rest ROC AUC and
-sensitivity / specificity at that cut on the test split. With ``--ph2`` the trained model is
-also evaluated on dermoscopy from another clinic: PH2's 200 images, reduced to 28x28 as
-DermaMNIST's were made from HAM10000's, melanoma as ``mel`` and common and atypical nevi as
-``nv``, at the same cut. With ``--balanced-decision`` the same trained model is evaluated
-once more on the test split under a second configuration, ``evaluation.decision:
-balanced``: the arg-max of ``p_k * prior_k^-tau`` with ``tau`` chosen on the validation split
-for balanced accuracy (post-hoc logit adjustment; probabilities and AUCs unchanged).
+sensitivity / specificity at that cut on the test split. ``--set KEY=VALUE`` passes any
+other override (``trainer.ema_decay=0.999``, ``loss.label_smoothing=0.1``). With ``--ph2``
+the trained model is also evaluated on dermoscopy from another clinic: PH2's 200 images,
+reduced to 28x28 as DermaMNIST's were made from HAM10000's, melanoma as ``mel`` and common
+and atypical nevi as ``nv``, at the same cut. With ``--balanced-decision`` the same trained
+model is evaluated once more on the test split under a second configuration,
+``evaluation.decision: balanced``: the arg-max of ``p_k * prior_k^-tau`` with ``tau`` chosen
+on the validation split for balanced accuracy (post-hoc logit adjustment; probabilities and
+AUCs unchanged).
 
 Writes ``summary.json`` in ``--out`` (the run itself in ``--out/run``).
 """
@@ -99,6 +101,8 @@ def main() -> None:
                         help="also evaluate the test split with evaluation.decision=balanced")
     parser.add_argument("--ph2", type=Path, nargs="?", const=PH2,
                         help="also evaluate on PH2 reduced to 28 px (default ../shared's)")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="any other config override, e.g. trainer.ema_decay=0.999")
     args = parser.parse_args()
 
     overrides = [
@@ -111,13 +115,15 @@ def main() -> None:
     if args.positive_class:
         overrides += [f"evaluation.positive_class={args.positive_class}",
                       f"evaluation.target_specificity={args.target_specificity}"]
+    overrides += args.sets
     config = read_config(CONFIG, overrides)
     start = time.perf_counter()
     result = train_run(config, args.out / "run", overwrite=True, progress=False)
     minutes = (time.perf_counter() - start) / 60
     summary = {"size": args.size, "head_epochs": args.head_epochs,
                "finetune_epochs": args.finetune_epochs, "lr": args.lr,
-               "class_balance": args.class_balance, "wall_minutes": round(minutes, 1),
+               "class_balance": args.class_balance, "overrides": args.sets,
+               "wall_minutes": round(minutes, 1),
                "evaluated": result.info.get("evaluated"),
                "test_images": result.info.get("n_samples"),
                "operating_point": result.info.get("operating_point"),
