@@ -12,11 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from torch import nn
 
 from medlite.cli import main
 from medlite.config import validate_config
 from medlite.datasets.skin import write_skin_dataset
 from medlite.errors import ConfigError
+from medlite.inference.types import ImageInput
 from medlite.models import create_model
 from medlite.runs import load_state_dict
 from medlite.tasks import get_task
@@ -510,3 +512,40 @@ def test_label_smoothing_is_the_smoothed_cross_entropy(tmp_path):
     # (1 - e) * CE + e * the mean over classes of -log p, by hand
     expected = (0.8 * -log_p[torch.arange(5), target] + 0.2 * -log_p.mean(dim=1)).mean()
     assert float(parts.loss_fn(logits, target)) == pytest.approx(float(expected), rel=1e-6)
+
+
+class _CornerReader(nn.Module):
+    """Logits from the top-left quarter's mean against the whole image's: not
+    flip-invariant, so each flip gives other probabilities."""
+
+    def forward(self, x):
+        corner = x[..., : x.shape[-2] // 2, : x.shape[-1] // 2].mean(dim=(1, 2, 3))
+        whole = x.mean(dim=(1, 2, 3))
+        return torch.stack([4 * corner, 4 * whole, torch.zeros_like(whole)], dim=1)
+
+
+def test_flip_tta_averages_the_softmax_of_the_four_flips(trained, tmp_path):
+    from medlite.inference.predictor import Predictor
+
+    task = ClassificationTask()
+    config = ClassificationConfig(data=ClassificationDataConfig(class_names=CLASSES,
+                                                                image_size=16))
+    image = np.zeros((16, 16, 3), dtype=np.uint8)
+    image[:8, :8] = 255  # a bright top-left corner, which the flips move away
+    tensor = next(iter(task.prepare(ImageInput(image), config).items))[None]
+    views = [tensor.flip(dims) if dims else tensor for dims in ((), (3,), (2,), (2, 3))]
+    by_hand = np.mean([_CornerReader()(v).softmax(dim=1).numpy()[0] for v in views], axis=0)
+    single = _CornerReader()(tensor).softmax(dim=1).numpy()[0]
+    assert Predictor(task, config, _CornerReader()).predict_one(
+        ImageInput(image)).probabilities == pytest.approx(single, abs=1e-6)
+    config.inference.flip_tta = True
+    tta = Predictor(task, config, _CornerReader()).predict_one(ImageInput(image)).probabilities
+    assert tta == pytest.approx(by_hand, abs=1e-6)
+    assert np.abs(tta - single).max() > 0.1
+    # evaluate --set inference.flip_tta=true on a trained run records what it evaluated with
+    _, _, run = trained
+    assert main(["evaluate", str(run), "--out", str(tmp_path / "tta"), "--set",
+                 "inference.flip_tta=true"]) == 0
+    saved = json.loads((tmp_path / "tta" / "metrics.json").read_text())
+    assert saved["inference"] == {"flip_tta": True}
+    assert "averaged over 4 flips" in saved["aggregation"]

@@ -28,6 +28,7 @@ SEGMENTATION_CANDIDATES: dict[str, list[str]] = {
     "flip_tta_largest_fill": [*_TTA, *_POST_PROCESSING],
     "flip_tta_lesion_like_fill": [*_TTA, *_LESION_LIKE],
 }
+CLASSIFICATION_CANDIDATES: dict[str, list[str]] = {"plain": [], "flip_tta": _TTA}
 
 
 def choose_inference_on_validation(run_dir: Path, candidates: Mapping[str, Sequence[str]],

@@ -170,6 +170,17 @@ class ClassificationLossConfig(StrictModel):
                                    "targets with this share spread evenly over the classes.")
 
 
+class ClassificationInferenceConfig(StrictModel):
+    """How classes are predicted from a trained model. Set at training, the validation
+    predictions that choose the operating point, the balanced decision and the conformal
+    sets are made the same way; ``medlite evaluate/predict --set inference.flip_tta=true``
+    on a trained run applies those rules, chosen without it, to the averaged
+    probabilities."""
+
+    flip_tta: bool = Field(False, description="Average softmax over the image and its "
+                           "horizontal, vertical and double flips (4 forward passes).")
+
+
 class ClassificationConfig(BaseTaskConfig):
     task: Literal["classification"] = "classification"
     data: ClassificationDataConfig = Field(default_factory=ClassificationDataConfig)
@@ -186,6 +197,8 @@ class ClassificationConfig(BaseTaskConfig):
         max_epochs=100, batch_size=32, early_stopping_patience=None))
     evaluation: ClassificationEvaluationConfig = Field(
         default_factory=ClassificationEvaluationConfig)
+    inference: ClassificationInferenceConfig = Field(
+        default_factory=ClassificationInferenceConfig)
 
     @field_validator("stages")
     @classmethod

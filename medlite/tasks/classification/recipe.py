@@ -66,6 +66,7 @@ from medlite.evaluation.operating_point import (
     save_validation_predictions,
 )
 from medlite.inference.predictor import Prepared
+from medlite.inference.tta import flip_averaged_softmax
 from medlite.inference.types import ClassificationOutput, ImageInput, SlideInput
 from medlite.metrics import classification_metrics
 from medlite.models import create_model
@@ -282,7 +283,8 @@ class ClassificationTask(Task):
                                 level=slides.level, crop_to_tissue=slides.crop_to_tissue)
 
     def forward(self, model, batch, config):
-        return model(batch).softmax(dim=1)
+        """Class probabilities ``(B, K)``, averaged over flips with ``inference.flip_tta``."""
+        return flip_averaged_softmax(model, batch, enabled=config.inference.flip_tta)
 
     def assemble(self, outputs, context, config) -> ClassificationOutput:
         """The image's probabilities; a slide's tiles' aggregated (data.slides.aggregate)."""
@@ -427,6 +429,7 @@ class ClassificationTask(Task):
             table, names, figure_dir, figure_dir.parent / "predictions" / "mistakes",
             decision_weights=decision["weights"] if decision else None)
         info["profile"] = model_profile(self, config)
+        info["inference"] = config.inference.model_dump()
         if extras.get("operating_point"):
             info["operating_point"] = extras["operating_point"]
         if decision:
@@ -438,7 +441,8 @@ class ClassificationTask(Task):
         unit = "image" if slides is None or slides.mode == "whole" else (
             "slide, the mean of its tiles' probabilities" if slides.aggregate == "mean" else
             f"slide, per class the mean of its top {slides.top_k} tiles', renormalised")
-        info["aggregation"] = (f"one prediction per {unit} ({rule}); "
+        views = ", softmax averaged over 4 flips" if config.inference.flip_tta else ""
+        info["aggregation"] = (f"one prediction per {unit} ({rule}{views}); "
                                "sensitivity/specificity one-vs-rest per class (binary: of "
                                f"class {names[-1]!r}); ECE over 15 confidence bins"
                                + (f"; balanced accuracy, macro F1 and ROC AUC over the "

@@ -36,6 +36,7 @@ from medlite.data.segmentation import (
 from medlite.data.transforms import to_tensor_image
 from medlite.errors import DataError
 from medlite.inference.predictor import Prepared
+from medlite.inference.tta import flip_averaged_softmax
 from medlite.inference.types import ImageInput, SegmentationOutput
 from medlite.metrics import per_image_scores, segmentation_counts, segmentation_statistic
 from medlite.models import create_model
@@ -152,9 +153,8 @@ class SegmentationTask(Task):
 
     def forward(self, model, batch: torch.Tensor, config: SegmentationConfig) -> torch.Tensor:
         """Softmax probabilities ``(B, C, h, w)``, averaged over flips with ``flip_tta``."""
-        flips = [(), (3,), (2,), (2, 3)] if config.inference.flip_tta else [()]
-        return sum(_flip(model(_flip(batch, dims)).softmax(dim=1), dims)
-                   for dims in flips) / len(flips)
+        return flip_averaged_softmax(model, batch, enabled=config.inference.flip_tta,
+                                     dense=True)
 
     def assemble(self, outputs: list, context, config: SegmentationConfig) -> SegmentationOutput:
         image, valid, source = context
@@ -287,10 +287,6 @@ def confusion_column(names: list[str], true: int, predicted: int) -> str:
 
 def _argmax(logits: torch.Tensor) -> torch.Tensor:
     return logits.argmax(dim=1)
-
-
-def _flip(batch: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-    return batch.flip(dims) if dims else batch
 
 
 def sample_ids(images: pd.Series) -> list[str]:
