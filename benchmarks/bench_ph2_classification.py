@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from medlite.config import apply_overrides, validate_config
+from medlite.evaluation.operating_point import read_validation_predictions
 from medlite.runs import write_json
 from medlite.tasks.classification import ClassificationConfig, ClassificationDataConfig, StageConfig
 from medlite.training.runner import train_run
@@ -85,8 +86,9 @@ def variant_config(variant: str, manifest: Path, args, fold: int) -> Classificat
 
 def validation_accuracy(run_dir: Path) -> float:
     """Accuracy of the deployed model on the run's validation subjects."""
-    table = pd.read_csv(run_dir / "validation_predictions.csv")
-    probabilities = table[[f"p_{name}" for name in CLASSES]].to_numpy()
+    columns = [f"p_{name}" for name in CLASSES]
+    table = read_validation_predictions(run_dir, columns)
+    probabilities = table[columns].to_numpy()
     return float(np.mean(probabilities.argmax(axis=1) == table["label_index"].to_numpy()))
 
 

@@ -32,6 +32,14 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
 
+class FlipInferenceConfig(StrictModel):
+    """The inference option image tasks share: flip test-time augmentation
+    (:func:`medlite.inference.tta.flip_averaged_softmax`)."""
+
+    flip_tta: bool = Field(False, description="Average softmax over the image and its "
+                           "horizontal, vertical and double flips (4 forward passes).")
+
+
 class ModelConfig(StrictModel):
     name: str = Field("tinyunet", description="A name from `medlite models`.")
     pretrained: bool = Field(False, description="ImageNet weights from the local torch cache.")

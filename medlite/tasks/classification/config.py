@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from medlite.config import (
     BaseTaskConfig,
     EvaluationConfig,
+    FlipInferenceConfig,
     ModelConfig,
     OptimizerConfig,
     SchedulerConfig,
@@ -170,15 +171,12 @@ class ClassificationLossConfig(StrictModel):
                                    "targets with this share spread evenly over the classes.")
 
 
-class ClassificationInferenceConfig(StrictModel):
+class ClassificationInferenceConfig(FlipInferenceConfig):
     """How classes are predicted from a trained model. Set at training, the validation
     predictions that choose the operating point, the balanced decision and the conformal
     sets are made the same way; ``medlite evaluate/predict --set inference.flip_tta=true``
     on a trained run applies those rules, chosen without it, to the averaged
     probabilities."""
-
-    flip_tta: bool = Field(False, description="Average softmax over the image and its "
-                           "horizontal, vertical and double flips (4 forward passes).")
 
 
 class ClassificationConfig(BaseTaskConfig):

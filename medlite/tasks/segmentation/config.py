@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from medlite.config import (
     BaseTaskConfig,
+    FlipInferenceConfig,
     ModelConfig,
     OptimizerConfig,
     SchedulerConfig,
@@ -112,13 +113,11 @@ class SegmentationLossConfig(StrictModel):
         return weights
 
 
-class SegmentationInferenceConfig(StrictModel):
+class SegmentationInferenceConfig(FlipInferenceConfig):
     """How masks are predicted from a trained model (evaluate and predict). The defaults are
     the paper's plain argmax; ``medlite evaluate/predict --set inference.KEY=VALUE`` changes
     them for a trained run."""
 
-    flip_tta: bool = Field(False, description="Average softmax over the image and its "
-                           "horizontal, vertical and double flips (4 forward passes).")
     largest_component: bool = Field(False, description="Keep only one region of each "
                                     "foreground class (chosen by component_rule).")
     component_rule: Literal["largest", "lesion_like"] = Field(
