@@ -7,7 +7,13 @@ import torch
 from torchvision import tv_tensors
 
 from medlite.data.segmentation import ScanReader, SegmentationDataset
-from medlite.data.transforms import AugmentConfig, DermoscopyArtefacts, shades_of_gray
+from medlite.data.transforms import (
+    AugmentConfig,
+    DermoscopyArtefacts,
+    RandomMirrorZoomOut,
+    joint_augmentation,
+    shades_of_gray,
+)
 from medlite.datasets.lesions import write_lesion_dataset
 
 
@@ -45,6 +51,46 @@ def test_artefacts_change_the_image_not_the_mask_and_are_seeded():
     assert image[:, 0, 0].float().mean() < 0.5 * skin()[:, 0, 0].float().mean()  # dark corner
     untouched, _ = DermoscopyArtefacts()(tv_tensors.Image(skin()), mask)
     assert torch.equal(untouched.as_subclass(torch.Tensor), skin())
+
+
+def test_zoom_out_mirrors_image_and_mask_together_and_keeps_the_original_inside():
+    generator = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (3, 30, 40), dtype=torch.uint8, generator=generator)
+    mask = (image[0] > 128).long()  # a mask that is a function of the pixels
+    shapes = set()
+    for seed in range(20):
+        torch.manual_seed(seed)
+        out_image, out_mask = RandomMirrorZoomOut(p=1.0, max_ratio=2.0)(
+            tv_tensors.Image(image), tv_tensors.Mask(mask))
+        out_image, out_mask = (t.as_subclass(torch.Tensor) for t in (out_image, out_mask))
+        height, width = out_image.shape[-2:]
+        assert 30 <= height < 60 and 40 <= width < 80 and out_mask.shape == (height, width)
+        assert torch.equal(out_mask, (out_image[0] > 128).long())  # one geometry for both
+        windows = out_image.unfold(1, 30, 1).unfold(2, 40, 1)  # every 30x40 sub-block
+        assert (windows == image[:, None, None]).flatten(3).all(-1).all(0).any()
+        shapes.add((height, width))
+    assert len(shapes) > 5  # the ratio and the position are drawn
+    torch.manual_seed(0)
+    unchanged, _ = RandomMirrorZoomOut(p=0.0)(tv_tensors.Image(image), tv_tensors.Mask(mask))
+    assert torch.equal(unchanged.as_subclass(torch.Tensor), image)
+
+
+def test_zoom_out_makes_lesions_smaller_in_the_training_crop():
+    image = skin(64, 64)
+    mask = torch.zeros(64, 64, dtype=torch.int64)
+    mask[16:48, 16:48] = 1  # a lesion covering a quarter of the frame
+    def mean_fraction(config):
+        transform = joint_augmentation(config, (32, 32))
+        fractions = []
+        for seed in range(40):
+            torch.manual_seed(seed)
+            _, out = transform(tv_tensors.Image(image), tv_tensors.Mask(mask))
+            fractions.append(out.float().mean().item())
+        return float(np.mean(fractions))
+    plain = AugmentConfig(rotate_degrees=0, scale=(1.0, 1.0))
+    zoomed = plain.model_copy(update={"zoom_out": 1.0})
+    assert abs(mean_fraction(plain) - 0.25) < 0.01
+    assert mean_fraction(zoomed) < 0.8 * mean_fraction(plain)
 
 
 def test_hairs_are_dark_and_thin():

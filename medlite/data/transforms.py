@@ -29,6 +29,12 @@ class AugmentConfig(StrictModel):
     vflip: float = Field(0.5, ge=0, le=1)
     rotate_degrees: float = Field(180.0, ge=0, le=180, description="Uniform in +-degrees.")
     scale: tuple[float, float] = Field((0.7, 1.0), description="RandomResizedCrop area range.")
+    zoom_out: float = Field(0.0, ge=0, le=1, description="Probability of shrinking the "
+                            "scene: the image and mask are mirror-padded to up to "
+                            "`zoom_out_max` times their side before the crop, so lesions "
+                            "appear smaller, as in sources that frame them with more skin.")
+    zoom_out_max: float = Field(2.0, ge=1, le=2, description="Largest side ratio of the "
+                                "mirror-padded canvas (at most 2: one mirror image per side).")
     brightness: float = Field(0.2, ge=0)
     contrast: float = Field(0.2, ge=0)
     saturation: float = Field(0.2, ge=0)
@@ -76,7 +82,9 @@ def pad_to_multiple(tensor: torch.Tensor, multiple: int = 16, value: float = 0.0
 
 def joint_augmentation(config: AugmentConfig, size: tuple[int, int]) -> T.Compose:
     """Random geometry applied identically to image and mask, then colour jitter on the image."""
-    steps: list = [
+    steps: list = [RandomMirrorZoomOut(config.zoom_out, config.zoom_out_max)] \
+        if config.zoom_out else []
+    steps += [
         T.RandomResizedCrop(list(size), scale=tuple(config.scale), antialias=True),
         T.RandomHorizontalFlip(config.hflip),
         T.RandomVerticalFlip(config.vflip),
@@ -89,6 +97,43 @@ def joint_augmentation(config: AugmentConfig, size: tuple[int, int]) -> T.Compos
     if any((config.hair, config.ink, config.vignette)):
         steps.append(DermoscopyArtefacts(config.hair, config.ink, config.vignette))
     return T.Compose(steps)
+
+
+class RandomMirrorZoomOut(T.Transform):
+    """With probability ``p``, pad image and mask by reflection to a canvas ``r`` times their
+    side (``r`` uniform in ``[1, max_ratio]``, the image at a random position on it), so the
+    scene is shown from further away once the next step resizes it. Mirroring, unlike
+    torchvision's constant-fill ``RandomZoomOut``, keeps skin texture at the new border, and
+    the mask is mirrored with the image, so any lesion the mirror repeats stays labelled.
+
+    Shapes: ``(C, H, W)`` image and ``(H, W)`` mask -> ``(C, H', W')`` and ``(H', W')`` with
+    ``H <= H' < 2H``.
+    """
+
+    def __init__(self, p: float = 0.5, max_ratio: float = 2.0):
+        super().__init__()
+        if not 1.0 <= max_ratio <= 2.0:
+            raise ValueError(f"max_ratio must be in [1, 2], got {max_ratio}")
+        self.p, self.max_ratio = p, max_ratio
+
+    def make_params(self, flat_inputs):
+        height, width = T.query_size(flat_inputs)
+        if float(torch.rand(())) >= self.p:
+            return {"padding": None}
+        ratio = 1.0 + float(torch.rand(())) * (self.max_ratio - 1.0)
+        # Reflection needs each side's pad below the image's extent there.
+        extra_h = min(int(round((ratio - 1.0) * height)), 2 * (height - 1))
+        extra_w = min(int(round((ratio - 1.0) * width)), 2 * (width - 1))
+        top = min(int(torch.randint(0, extra_h + 1, ())), height - 1)
+        left = min(int(torch.randint(0, extra_w + 1, ())), width - 1)
+        bottom, right = min(extra_h - top, height - 1), min(extra_w - left, width - 1)
+        return {"padding": [left, top, right, bottom]}
+
+    def transform(self, inpt, params):
+        if params["padding"] is None or not isinstance(inpt, (tv_tensors.Image,
+                                                               tv_tensors.Mask)):
+            return inpt
+        return T.functional.pad(inpt, params["padding"], padding_mode="reflect")
 
 
 class DermoscopyArtefacts(T.Transform):
