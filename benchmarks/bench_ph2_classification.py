@@ -14,7 +14,9 @@ mean and SD over folds, plus CPU training minutes.
 each fold's deployed model is also scored on its validation subjects (``val_accuracy``, from
 the run's ``validation_predictions.csv``), where one configuration is chosen over another.
 
-Writes ``summary.json`` and ``folds.csv`` in ``--out``.
+Writes ``summary.json``, ``folds.csv`` and ``learning_curves.png`` (each fold's training and
+validation loss per epoch of its last stage, by model) in ``--out``; ``--plot-only`` redraws
+the figure from an existing ``--out``.
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ import json
 import time
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
 
 from medlite.config import apply_overrides, validate_config
 from medlite.evaluation.operating_point import read_validation_predictions
+from medlite.reports.style import BLUE, PAPER_STYLE, VERMILLION, new_figure, save_figure
 from medlite.runs import write_json
 from medlite.tasks.classification import ClassificationConfig, ClassificationDataConfig, StageConfig
 from medlite.training.runner import train_run
@@ -92,6 +96,40 @@ def validation_accuracy(run_dir: Path) -> float:
     return float(np.mean(probabilities.argmax(axis=1) == table["label_index"].to_numpy()))
 
 
+def last_stage_history(run_dir: Path) -> pd.DataFrame:
+    """The per-epoch history of the run's last fit (the fine-tuning stage of a two-stage run)."""
+    last_fit = sorted((run_dir / "fits").iterdir())[-1]
+    return pd.read_csv(last_fit / "history.csv")
+
+
+def plot_fold_curves(out: Path, variants: list[str]) -> Path:
+    """One panel per model: training and validation loss per epoch of each fold's last stage
+    (thin lines), their mean over folds (thick), and each fold's best epoch by validation
+    loss (the deployed one) as a dot."""
+    with matplotlib.rc_context(PAPER_STYLE):
+        fig = new_figure((3.4 * len(variants), 3.0))
+        axes = np.atleast_1d(fig.subplots(1, len(variants), sharey=True))
+        for ax, variant in zip(axes, variants, strict=True):
+            histories = [last_stage_history(run) for run in sorted((out / variant).glob("fold*"))]
+            for history in histories:
+                epoch = history["epoch"] + 1
+                ax.plot(epoch, history["train_loss"], color=BLUE, alpha=0.3, linewidth=0.7)
+                ax.plot(epoch, history["val_loss"], color=VERMILLION, alpha=0.3, linewidth=0.7)
+                best = history["val_loss"].idxmin()
+                ax.plot(epoch[best], history["val_loss"][best], "o", color=VERMILLION,
+                        markersize=3)
+            mean = pd.concat(histories).groupby("epoch")[["train_loss", "val_loss"]].mean()
+            ax.plot(mean.index + 1, mean["train_loss"], color=BLUE, label="training loss")
+            ax.plot(mean.index + 1, mean["val_loss"], color=VERMILLION,
+                    label="validation loss (dot: best epoch)")
+            ax.set_title(variant.replace("_", " "))
+            ax.set_xlabel("epoch of the last stage")
+        axes[0].set_ylabel("cross-entropy")
+        axes[0].legend(frameon=False)
+        fig.tight_layout()
+        return save_figure(fig, out / "learning_curves.png")
+
+
 def macro(metrics: dict, prefix: str) -> float:
     values = [metrics[f"{prefix}_{name}"]["value"] for name in CLASSES]
     return sum(values) / len(values)
@@ -107,7 +145,12 @@ def main() -> None:
         "mobilenet_v2_two_stage", "plain_cnn", "mobilenet_v2_scratch"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--plot-only", action="store_true",
+                        help="only redraw learning_curves.png from the runs in --out")
     args = parser.parse_args()
+    if args.plot_only:
+        print(plot_fold_curves(args.out, args.variants))
+        return
 
     args.out.mkdir(parents=True, exist_ok=True)
     manifest = write_manifest(PH2, args.out)
@@ -125,17 +168,19 @@ def main() -> None:
                          "sensitivity": macro(metrics, "sensitivity"),
                          "specificity": macro(metrics, "specificity"),
                          "roc_auc": metrics["roc_auc"]["value"],
-                         "val_accuracy": validation_accuracy(run_dir)})
+                         "val_accuracy": validation_accuracy(run_dir),
+                         "best_epoch": int(last_stage_history(run_dir)["val_loss"].idxmin()) + 1})
             pd.DataFrame(rows).to_csv(args.out / "folds.csv", index=False)
     table = pd.DataFrame(rows).groupby("variant", sort=False).agg(["mean", "std"])
     summary = {variant: {metric: [round(table.loc[variant, (metric, "mean")], 3),
                                   round(table.loc[variant, (metric, "std")], 3)]
                          for metric in ("accuracy", "sensitivity", "specificity", "roc_auc",
-                                        "val_accuracy", "minutes")}
+                                        "val_accuracy", "best_epoch", "minutes")}
                for variant in table.index}
     summary["settings"] = {"size": args.size, "epochs": args.epochs, "folds": args.folds,
                            "overrides": args.sets}
     write_json(args.out / "summary.json", summary)
+    plot_fold_curves(args.out, args.variants)
     print(json.dumps(summary, indent=1))
 
 

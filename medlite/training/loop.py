@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -73,6 +74,8 @@ class TrainingParts:
             validation samples must stay unseen, e.g. a held-out fold scored afterwards).
         extra_callbacks: more Lightning callbacks (e.g. frozen BatchNorm layers kept in eval).
         channels_last: the recipe's choice for ``trainer.channels_last: auto``.
+        batch_mixer: ``(inputs, targets) -> (inputs, targets)`` applied to training batches
+            only, after the batch's seed is set (e.g. :func:`~medlite.training.mixup.mixup`).
     """
 
     model: nn.Module
@@ -87,6 +90,7 @@ class TrainingParts:
     keep: str = "best"
     extra_callbacks: list[Callback] = field(default_factory=list)
     channels_last: bool = True
+    batch_mixer: Callable | None = None
 
 
 class HistoryCallback(Callback):
@@ -184,7 +188,7 @@ def fit(parts: TrainingParts, config: BaseTaskConfig, fit_dir: Path, *, seed: in
         parts.model, parts.loss_fn, optimizer=config.optimizer, scheduler=config.scheduler,
         max_epochs=trainer_cfg.max_epochs, val_metrics=parts.val_metrics,
         prediction_fn=parts.prediction_fn, monitor=parts.monitor,
-        monitor_mode=parts.monitor_mode, seed=seed,
+        monitor_mode=parts.monitor_mode, seed=seed, batch_mixer=parts.batch_mixer,
         channels_last=(parts.channels_last if trainer_cfg.channels_last == "auto"
                        else trainer_cfg.channels_last),
     )

@@ -65,6 +65,8 @@ class TaskModule(pl.LightningModule):
             scheduler follow.
         seed: the fit's seed; dropout in batch ``b`` of epoch ``e`` draws from a generator
             seeded with ``(seed, e, b)`` (see :mod:`medlite.training.seeding`).
+        batch_mixer: ``(inputs, targets) -> (inputs, targets)`` applied to each training batch
+            after its seed is set (mixup); validation batches are left as they are.
         channels_last: keep the network's 4-D weights and image batches in the channels-last
             memory layout, which oneDNN's CPU convolutions run faster on.
     """
@@ -74,7 +76,7 @@ class TaskModule(pl.LightningModule):
                  val_metrics: MetricCollection | None = None,
                  prediction_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  monitor: str = "val_loss", monitor_mode: str = "min", seed: int = 0,
-                 channels_last: bool = False):
+                 batch_mixer: Callable | None = None, channels_last: bool = False):
         super().__init__()
         self.channels_last = channels_last
         self.model = model.to(memory_format=torch.channels_last) if channels_last else model
@@ -87,6 +89,7 @@ class TaskModule(pl.LightningModule):
         self.monitor = monitor
         self.monitor_mode = monitor_mode
         self.seed = seed
+        self.batch_mixer = batch_mixer
         self.epoch_scheduler = None
         self._scheduler_state: dict | None = None
         # Means over samples, reduced as sums over every DDP rank: exactly the loss of one
@@ -107,8 +110,11 @@ class TaskModule(pl.LightningModule):
         if self.trainer.world_size > 1:  # each rank's dropout masks its own samples
             position = (*position, self.global_rank)
         seed_everything(derive_seed("batch", *position))
-        outputs = self(batch["input"])
-        loss = self.loss_fn(outputs, batch["target"])
+        inputs, targets = batch["input"], batch["target"]
+        if self.batch_mixer is not None:
+            inputs, targets = self.batch_mixer(inputs, targets)
+        outputs = self(inputs)
+        loss = self.loss_fn(outputs, targets)
         self.train_loss_mean.update(loss.detach(), weight=len(batch["input"]))
         self.log("train_loss", self.train_loss_mean, on_step=False, on_epoch=True,
                  prog_bar=True)

@@ -169,6 +169,10 @@ def paper_stages() -> list[StageConfig]:
 class ClassificationLossConfig(StrictModel):
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Cross-entropy against "
                                    "targets with this share spread evenly over the classes.")
+    mixup_alpha: float = Field(0.0, ge=0, description="Mixup: train on pairs of images "
+                               "blended with a weight drawn from Beta(alpha, alpha) per batch, "
+                               "and their labels blended alike (0 = off; 0.2-0.4 usual). The "
+                               "training loss is then the mixed one; validation is not mixed.")
 
 
 class ClassificationInferenceConfig(FlipInferenceConfig):

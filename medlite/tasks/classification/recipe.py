@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,7 @@ from medlite.tasks.classification.config import (
     StageConfig,
 )
 from medlite.training.loop import TrainingParts
+from medlite.training.mixup import mixup
 
 
 class ClassificationTask(Task):
@@ -249,7 +251,9 @@ class ClassificationTask(Task):
             train_data=train, val_data=self.dataset(config, val_rows, train=False),
             sample_weights=balanced_weights(train.labels) if balance == "sampler" else None,
             val_metrics=metrics, prediction_fn=_argmax, monitor=config.monitor,
-            monitor_mode="min" if config.monitor == "val_loss" else "max")
+            monitor_mode="min" if config.monitor == "val_loss" else "max",
+            batch_mixer=partial(mixup, alpha=config.loss.mixup_alpha, num_classes=len(names))
+            if config.loss.mixup_alpha else None)
 
     # -- inference -------------------------------------------------------------------------
     def example_input(self, config: ClassificationConfig) -> torch.Tensor:
