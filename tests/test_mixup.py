@@ -16,6 +16,20 @@ from medlite.training.mixup import mixup
 CLASSES = ["normal", "early", "late"]
 
 
+def tiny_classification(tmp_path, n_subjects: int, mixup_alpha: float):
+    """The classification task, a plain-CNN config with mixup and its samples, on synthetic
+    16 px skin images."""
+    manifest = write_skin_dataset(tmp_path / "data", n_subjects=n_subjects,
+                                  images_per_subject=1, size=16)
+    config = ClassificationConfig(
+        data=ClassificationDataConfig(manifest=manifest, class_names=CLASSES, image_size=16,
+                                      class_balance="none"),
+        model={"name": "plain_cnn", "pretrained": False, "kwargs": {}},
+        loss={"mixup_alpha": mixup_alpha})
+    task = ClassificationTask()
+    return task, config, task.load_samples(config)
+
+
 def test_mixup_blends_inputs_and_one_hot_targets_by_hand():
     inputs = torch.randn(6, 3, 4, 4, generator=torch.Generator().manual_seed(1))
     targets = torch.tensor([0, 1, 2, 2, 1, 0])
@@ -48,14 +62,7 @@ def test_mixup_weights_follow_the_beta_distribution():
 
 
 def test_mixed_cross_entropy_is_the_blend_of_the_two_losses(tmp_path):
-    manifest = write_skin_dataset(tmp_path / "data", n_subjects=9, images_per_subject=1,
-                                  size=16)
-    task = ClassificationTask()
-    config = ClassificationConfig(data=ClassificationDataConfig(
-        manifest=manifest, class_names=CLASSES, image_size=16, class_balance="none"))
-    config.model.name, config.model.pretrained, config.model.kwargs = "plain_cnn", False, {}
-    config.loss.mixup_alpha = 0.3
-    samples = task.load_samples(config)
+    task, config, samples = tiny_classification(tmp_path, n_subjects=9, mixup_alpha=0.3)
     parts = task.training_parts(config, samples.iloc[:7], samples.iloc[7:],
                                 task.build_model(config), None)
     torch.manual_seed(5)
@@ -72,15 +79,8 @@ def test_mixed_cross_entropy_is_the_blend_of_the_two_losses(tmp_path):
 
 
 def test_the_loop_mixes_every_training_batch_reproducibly(tmp_path):
-    manifest = write_skin_dataset(tmp_path / "data", n_subjects=12, images_per_subject=1,
-                                  size=16)
-    task = ClassificationTask()
-    config = ClassificationConfig(data=ClassificationDataConfig(
-        manifest=manifest, class_names=CLASSES, image_size=16, class_balance="none"))
-    config.model.name, config.model.pretrained, config.model.kwargs = "plain_cnn", False, {}
-    config.loss.mixup_alpha = 0.4
+    task, config, samples = tiny_classification(tmp_path, n_subjects=12, mixup_alpha=0.4)
     config.trainer.max_epochs, config.trainer.batch_size, config.trainer.threads = 2, 4, 1
-    samples = task.load_samples(config)
 
     def mixed_targets(fit_dir):
         parts = task.training_parts(config, samples.iloc[:8], samples.iloc[8:],
