@@ -89,13 +89,13 @@ def trained(study):
 
 @pytest.fixture(scope="module")
 def learned(tmp_path_factory):
-    """Stress vs non-stress, 6 subjects, 8 epochs, 2 subject folds, no intervals."""
+    """Stress vs non-stress, 6 subjects, 12 epochs, 2 subject folds, no intervals."""
     root = tmp_path_factory.mktemp("stress-learns")
     recordings = make_ecg_study(n_subjects=6, minutes_per_condition=(0.5, 0.5, 0.5),
                                 fs=FS, seed=1)
     config = tiny_config(write_recordings(recordings, root / "data"))
     config["data"]["label_scheme"] = "wesad2"
-    config["trainer"]["max_epochs"] = 8
+    config["trainer"]["max_epochs"] = 12
     config["evaluation"]["bootstrap_resamples"] = 0
     return train(config, root / "learns.yaml", root / "run")
 
