@@ -121,12 +121,8 @@ class RandomMirrorZoomOut(T.Transform):
         if float(torch.rand(())) >= self.p:
             return {"padding": None}
         ratio = 1.0 + float(torch.rand(())) * (self.max_ratio - 1.0)
-        # Reflection needs each side's pad below the image's extent there.
-        extra_h = min(int(round((ratio - 1.0) * height)), 2 * (height - 1))
-        extra_w = min(int(round((ratio - 1.0) * width)), 2 * (width - 1))
-        top = min(int(torch.randint(0, extra_h + 1, ())), height - 1)
-        left = min(int(torch.randint(0, extra_w + 1, ())), width - 1)
-        bottom, right = min(extra_h - top, height - 1), min(extra_w - left, width - 1)
+        top, bottom = _split_reflect_pad(int((ratio - 1.0) * height), height)
+        left, right = _split_reflect_pad(int((ratio - 1.0) * width), width)
         return {"padding": [left, top, right, bottom]}
 
     def transform(self, inpt, params):
@@ -134,6 +130,15 @@ class RandomMirrorZoomOut(T.Transform):
                                                                tv_tensors.Mask)):
             return inpt
         return T.functional.pad(inpt, params["padding"], padding_mode="reflect")
+
+
+def _split_reflect_pad(extra: int, size: int) -> tuple[int, int]:
+    """``extra`` pixels of padding split at random between the two sides of an axis of
+    ``size`` pixels, each side below ``size`` as reflection needs (``extra`` is clipped to
+    ``2 * (size - 1)``)."""
+    extra = min(extra, 2 * (size - 1))
+    before = int(torch.randint(max(0, extra - (size - 1)), min(extra, size - 1) + 1, ()))
+    return before, extra - before
 
 
 class DermoscopyArtefacts(T.Transform):
