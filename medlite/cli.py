@@ -16,7 +16,8 @@ from medlite.errors import MedliteError
 
 #: The ``--fast`` inference paths (``medlite.inference.predictor.Fast``; kept here so that
 #: building the parser imports no torch).
-FAST_PATHS = ("none", "torch", "onnxruntime", "int8", "openvino-int8")
+FAST_PATHS = ("none", "torch", "onnxruntime", "openvino", "openvino-bf16", "int8",
+              "openvino-int8")
 
 EPILOG = """examples:
   medlite demo segmentation --out runs/demo

@@ -259,8 +259,9 @@ def require_openvino():
     try:
         import openvino
     except ImportError:
-        raise ConfigError("the openvino-int8 path needs OpenVINO: pip install "
-                          "'medlite[openvino]' (or choose int8, ONNX Runtime)") from None
+        raise ConfigError("the OpenVINO paths need OpenVINO: pip install "
+                          "'medlite[openvino]' (or choose onnxruntime or int8, ONNX Runtime)"
+                          ) from None
     return openvino
 
 
@@ -271,11 +272,16 @@ class OpenVinoModel(nn.Module):
     a float32 CPU tensor. ``threads`` inference threads, latency hint (batch 1 first). One
     inference at a time (an OpenVINO infer request is not re-entrant).
 
+    ``precision`` is the plugin's inference precision for the float parts of the graph:
+    ``"f32"`` (exact up to float rounding) or ``"bf16"``. It is always stated because
+    OpenVINO's own default on CPUs with AVX-512 BF16 or AMX is bf16, which changes the
+    numerics silently (TinyU-Net probabilities by up to 0.12, BENCHMARKS.md).
+
     Raises:
         ConfigError: the ``openvino`` package is not installed.
     """
 
-    def __init__(self, onnx_model: bytes, threads: int):
+    def __init__(self, onnx_model: bytes, threads: int, precision: str = "f32"):
         super().__init__()
         core = require_openvino().Core()
         with tempfile.TemporaryDirectory(prefix="medlite-openvino-") as tmp:
@@ -283,8 +289,10 @@ class OpenVinoModel(nn.Module):
             path.write_bytes(onnx_model)
             model = core.read_model(str(path))
         self.threads = threads
-        self.compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads,
-                                                          "PERFORMANCE_HINT": "LATENCY"})
+        self.precision = precision
+        self.compiled = core.compile_model(model, "CPU", {
+            "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": precision})
         self.request = self.compiled.create_infer_request()
         self._lock = threading.Lock()
 
@@ -296,7 +304,8 @@ class OpenVinoModel(nn.Module):
         return torch.from_numpy(output)
 
 
-BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8", "openvino-int8")
+BACKENDS = ("torch", "onnxruntime", "openvino", "openvino-bf16", "onnxruntime-int8",
+            "openvino-int8")
 
 
 def optimize_for_inference(model: nn.Module, example_input: Tensor | None = None, *,
@@ -322,6 +331,12 @@ def optimize_for_inference(model: nn.Module, example_input: Tensor | None = None
       grad);
     * ``backend="onnxruntime"``: the rewritten model exported to ONNX (dynamic batch, H, W)
       and run by an ONNX Runtime CPU session with ``threads`` threads.
+    * ``backend="openvino"``: that ONNX model compiled by OpenVINO's CPU plugin in fp32
+      (:class:`OpenVinoModel`, needs the ``openvino`` package), exact like the others; the
+      fastest fp32 path for TinyU-Net at 256 px on the 2-core AVX-512 machine (BENCHMARKS.md).
+    * ``backend="openvino-bf16"``: the same in bfloat16 (oneDNN's AVX-512 BF16 and AMX
+      kernels where the CPU has them). Not exact: its accuracy is measured in BENCHMARKS.md
+      and not checked against ``atol`` here.
     * ``backend="onnxruntime-int8"``: that ONNX model quantized to int8 weights and uint8
       activations (:func:`~medlite.inference.export.quantize_int8`), activation ranges from
       ``calibration`` (input batches from the data). Not exact: its accuracy is measured in
@@ -359,7 +374,7 @@ def optimize_for_inference(model: nn.Module, example_input: Tensor | None = None
     if backend.endswith("int8") and calibration is None:
         raise ValueError(f"backend={backend!r} needs calibration inputs")
     threads = threads or torch.get_num_threads()
-    if backend == "openvino-int8":
+    if backend.startswith("openvino"):
         require_openvino()  # before the export and quantization, which take seconds
     if backend != "torch":
         if example_input is None:
@@ -369,7 +384,10 @@ def optimize_for_inference(model: nn.Module, example_input: Tensor | None = None
             graph = quantize_int8(graph, (batch.detach().cpu().numpy() for batch in calibration))
             runtime = OpenVinoModel if backend == "openvino-int8" else OnnxRuntimeModel
             return runtime(graph, threads)
-        optimized = OnnxRuntimeModel(graph, threads)
+        if backend == "openvino-bf16":
+            return OpenVinoModel(graph, threads, precision="bf16")
+        optimized = (OpenVinoModel(graph, threads) if backend == "openvino"
+                     else OnnxRuntimeModel(graph, threads))
     else:
         if channels_last:
             rewritten = rewritten.to(memory_format=torch.channels_last)

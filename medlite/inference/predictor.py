@@ -32,7 +32,8 @@ if TYPE_CHECKING:
     from medlite.config import BaseTaskConfig
     from medlite.tasks.base import Task
 
-Fast = Literal["none", "torch", "onnxruntime", "int8", "openvino-int8"]
+Fast = Literal["none", "torch", "onnxruntime", "openvino", "openvino-bf16", "int8",
+               "openvino-int8"]
 #: Validation inputs that calibrate int8 activation ranges.
 INT8_CALIBRATION_INPUTS = 64
 MODEL_FILE = "model.pt"
@@ -71,8 +72,9 @@ class Predictor:
             (BatchNorm folding, channels-last; outputs within 1e-4), ``"onnxruntime"`` an ONNX
             Runtime session of that model, ``"int8"`` that session quantized to int8 with
             activation ranges calibrated on ``calibration`` network inputs (default: the
-            first 64 of the run's validation split), ``"openvino-int8"`` the same int8 model
-            run by OpenVINO (``pip install 'medlite[openvino]'``); all CPU only.
+            first 64 of the run's validation split), ``"openvino"`` / ``"openvino-bf16"``
+            the ONNX model compiled by OpenVINO in fp32 / bfloat16, ``"openvino-int8"`` the
+            int8 model run by OpenVINO (``pip install 'medlite[openvino]'``); all CPU only.
         run_dir: the run the model came from (None for a model in memory); what the task
             fitted beside the network is applied to every output
             (:meth:`~medlite.tasks.base.Task.load_postprocessing`, e.g. the PASI visit
@@ -105,8 +107,7 @@ class Predictor:
             from medlite.inference.fast import optimize_for_inference
 
             example = task.example_input(config)
-            backend = {"onnxruntime": "onnxruntime", "int8": "onnxruntime-int8",
-                       "openvino-int8": "openvino-int8"}.get(fast, "torch")
+            backend = {"int8": "onnxruntime-int8"}.get(fast, fast)
             if fast.endswith("int8") and calibration is None:
                 calibration = self._validation_inputs(INT8_CALIBRATION_INPUTS)
             self.model = optimize_for_inference(model, example, backend=backend,
