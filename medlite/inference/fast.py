@@ -343,8 +343,8 @@ def optimize_for_inference(model: nn.Module, example_input: Tensor | None = None
       BENCHMARKS.md and not checked against ``atol`` here.
     * ``backend="openvino-int8"``: the same int8 model compiled by OpenVINO's CPU plugin
       (:class:`OpenVinoModel`, needs the ``openvino`` package), whose int8 kernels are
-      faster than ONNX Runtime's for MobileNetV2 (1.48x the fastest fp32 path at 256 px)
-      but not for TinyU-Net (BENCHMARKS.md).
+      faster than ONNX Runtime's for MobileNetV2 (1.67x the fastest fp32 path at 256 px)
+      but slower than fp32 for TinyU-Net (BENCHMARKS.md).
 
     Measured with ``benchmarks/bench_inference.py`` (TinyU-Net, 1x3x256x256, 2 threads of an
     AMD EPYC with AVX-512, torch 2.14, median of 30 interleaved rounds): eager 258 ms;
