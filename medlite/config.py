@@ -105,8 +105,8 @@ class TrainerConfig(StrictModel):
         "device; one all-reduce per layer and step); false: each device's own share, faster "
         "for small batches through many BatchNorm layers.")
     precision: str = Field("32-true", description="Lightning precision, e.g. 16-mixed on GPUs. "
-                           "bf16-mixed is 3-10x slower than 32-true on the AVX-512 CPUs we "
-                           "measured (BENCHMARKS.md).")
+                           "bf16-mixed is 3-10x slower than 32-true on AVX-512 CPUs without "
+                           "AMX; with AMX 1.5x faster per TinyU-Net step (BENCHMARKS.md).")
     channels_last: bool | Literal["auto"] = Field(
         "auto", description="Train in the channels-last memory layout (same function; "
         "1.1-1.7x faster on oneDNN CPUs for TinyU-Net and MobileNetV2). auto: on for the "
