@@ -167,14 +167,20 @@ def main() -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     data_dir = args.out / "trial"
+    generation: dict = {}
     if not (data_dir / "photos.csv").is_file():
         shutil.rmtree(data_dir, ignore_errors=True)
-        write_pasi_trial(data_dir, n_subjects=args.subjects, photo_size=args.photo_size,
-                         seed=args.seed)
+        start = time.perf_counter()
+        photos_csv, _ = write_pasi_trial(data_dir, n_subjects=args.subjects,
+                                         photo_size=args.photo_size, seed=args.seed)
+        seconds = time.perf_counter() - start
+        generation = {"generation_seconds": round(seconds, 2),
+                      "generation_ms_per_photo": round(
+                          1000 * seconds / len(pd.read_csv(photos_csv)), 2)}
     summary: dict = {"subjects": args.subjects, "tile": args.tile, "epochs": args.epochs,
                      "architectures": args.architectures, "heads": args.heads, "lr": args.lr,
                      "test_fraction": args.test_fraction,
-                     "selection_metric": args.selection_metric}
+                     "selection_metric": args.selection_metric, **generation}
 
     if not args.only_workers:
         ensemble_summary(args, data_dir, summary)

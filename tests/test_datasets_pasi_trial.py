@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -303,17 +302,3 @@ def test_argument_errors(tmp_path: Path) -> None:
         render_region_photos(0, 0, "head", 1, 1, 1, 10.0)
     with pytest.raises(ValueError, match="area_percent: 101"):
         render_region_photos(0, 0, "trunk", 1, 1, 1, 101.0)
-
-
-def test_generation_is_fast(tmp_path: Path) -> None:
-    # The default trial (about 2,640 photos of 128 px) must take well under 30 s: allow
-    # 10 ms per photo, best of two small runs since the machine is shared.
-    seconds_per_photo = []
-    for attempt in range(2):
-        start = time.perf_counter()
-        photos_csv, _ = write_pasi_trial(
-            tmp_path / str(attempt), n_subjects=2, visits_per_subject=(5, 6), photo_size=128
-        )
-        elapsed = time.perf_counter() - start
-        seconds_per_photo.append(elapsed / len(pd.read_csv(photos_csv)))
-    assert min(seconds_per_photo) < 0.010, seconds_per_photo
