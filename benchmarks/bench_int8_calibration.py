@@ -1,10 +1,9 @@
 """How int8 calibration choices change a trained classifier, on its validation split.
 
 For a classification run (``--run``: its ``model.pt`` and its validation images), the fp32
-ONNX model and int8 versions of it quantized by ONNX Runtime's static quantization with
-different calibration settings are run on every validation image; printed per variant:
-accuracy, balanced accuracy, agreement of the arg-max with fp32, and the largest logit
-change. Variants:
+ONNX model and int8 versions of it (``quantize_int8`` with different calibration options)
+are run on every validation image; printed per variant: accuracy, balanced accuracy,
+agreement of the arg-max with fp32, and the largest logit change. Variants:
 
 * ``64 min-max``: medlite's ``--fast int8`` (the first 64 validation inputs, min-max ranges);
 * ``512 min-max``: more calibration inputs;
@@ -24,18 +23,14 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
-from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-from onnxruntime.quantization.shape_inference import quant_pre_process
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
-from medlite.inference.export import onnx_bytes
+from medlite.inference.export import onnx_bytes, onnx_session, quantize_int8
 from medlite.inference.fast import rewrite_for_inference
 from medlite.inference.predictor import load_run
 from medlite.runs import write_json
@@ -54,21 +49,8 @@ def validation_inputs(run: Path) -> tuple[object, list[np.ndarray], np.ndarray]:
     return predictor.network.eval(), inputs, np.array(labels)
 
 
-class Calibration:
-    """ONNX Runtime's calibration reader over chosen inputs."""
-
-    def __init__(self, inputs: list[np.ndarray]):
-        self.inputs = iter(inputs)
-
-    def get_next(self) -> dict | None:
-        batch = next(self.inputs, None)
-        return None if batch is None else {"input": batch}
-
-
 def logits(graph: bytes, inputs: list[np.ndarray], threads: int) -> np.ndarray:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+    session = onnx_session(graph, threads)
     return np.concatenate([session.run(None, {"input": x})[0] for x in inputs])
 
 
@@ -91,36 +73,27 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     balanced = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:64 // 7 + 1]
                                for c in np.unique(labels)])
-    with tempfile.TemporaryDirectory(prefix="medlite-calibration-") as tmp:
-        source, prepared, quantized = (Path(tmp) / n for n in ("f.onnx", "p.onnx", "q.onnx"))
-        source.write_bytes(graph)
-        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-        nodes = onnx.load(str(prepared)).graph.node
-        stem_and_head = ([next(n.name for n in nodes if n.op_type == "Conv")]
-                         + [n.name for n in nodes if n.op_type in ("Gemm", "MatMul")])
-        variants = {
-            "64 min-max": dict(inputs=inputs[:64]),
-            "512 min-max": dict(inputs=inputs[:512]),
-            "64 class-balanced": dict(inputs=[inputs[i] for i in balanced]),
-            "256 percentile": dict(inputs=inputs[:256], method=CalibrationMethod.Percentile),
-            "256 entropy": dict(inputs=inputs[:256], method=CalibrationMethod.Entropy),
-            "64 min-max, fp32 stem and head": dict(inputs=inputs[:64], exclude=stem_and_head),
-            "64 min-max, per-tensor weights": dict(inputs=inputs[:64], per_channel=False),
-        }
-        for name, variant in variants.items():
-            quantize_static(str(prepared), str(quantized), Calibration(variant["inputs"]),
-                            quant_format=QuantFormat.QDQ,
-                            per_channel=variant.get("per_channel", True),
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=variant.get("method", CalibrationMethod.MinMax),
-                            nodes_to_exclude=variant.get("exclude", []))
-            output = logits(quantized.read_bytes(), inputs, args.threads)
-            rows.append({"variant": name,
-                         "accuracy": accuracy_score(labels, output.argmax(1)),
-                         "balanced_accuracy": balanced_accuracy_score(labels, output.argmax(1)),
-                         "agreement_with_fp32": float(np.mean(output.argmax(1) == predicted)),
-                         "max_abs_logit_change": float(np.abs(output - reference).max())})
-            print(json.dumps(rows[-1]), flush=True)
+    nodes = onnx.load_from_string(graph).graph.node
+    stem_and_head = ([next(n.name for n in nodes if n.op_type == "Conv")]
+                     + [n.name for n in nodes if n.op_type in ("Gemm", "MatMul")])
+    variants = {
+        "64 min-max": dict(inputs=inputs[:64]),
+        "512 min-max": dict(inputs=inputs[:512]),
+        "64 class-balanced": dict(inputs=[inputs[i] for i in balanced]),
+        "256 percentile": dict(inputs=inputs[:256], method="Percentile"),
+        "256 entropy": dict(inputs=inputs[:256], method="Entropy"),
+        "64 min-max, fp32 stem and head": dict(inputs=inputs[:64], exclude=stem_and_head),
+        "64 min-max, per-tensor weights": dict(inputs=inputs[:64], per_channel=False),
+    }
+    for name, variant in variants.items():
+        quantized = quantize_int8(graph, variant.pop("inputs"), **variant)
+        output = logits(quantized, inputs, args.threads)
+        rows.append({"variant": name,
+                     "accuracy": accuracy_score(labels, output.argmax(1)),
+                     "balanced_accuracy": balanced_accuracy_score(labels, output.argmax(1)),
+                     "agreement_with_fp32": float(np.mean(output.argmax(1) == predicted)),
+                     "max_abs_logit_change": float(np.abs(output - reference).max())})
+        print(json.dumps(rows[-1]), flush=True)
     result = {"run": str(args.run), "n_validation": len(labels), "variants": rows}
     print(json.dumps(result, indent=2))
     if args.json:

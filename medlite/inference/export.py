@@ -90,14 +90,16 @@ class _Batches:
 
 
 def quantize_int8(onnx_model: bytes, calibration: Iterable[np.ndarray], *,
-                  per_channel: bool = True) -> bytes:
+                  per_channel: bool = True, method: str = "MinMax",
+                  exclude: Iterable[str] = ()) -> bytes:
     """Static post-training int8 quantization of a float ONNX model (ONNX Runtime).
 
     Weights become int8 (per output channel with ``per_channel``) and activations uint8,
-    with scales from the min/max of the activations over ``calibration`` (float32 batches
-    shaped as the model's input: real, preprocessed images of the data, e.g. the run's
-    validation split), in the QDQ format, which ONNX Runtime's CPU provider fuses into int8
-    kernels (VNNI on AVX-512 CPUs).
+    with scales from the activations over ``calibration`` (float32 batches shaped as the
+    model's input: real, preprocessed images of the data, e.g. the run's validation split),
+    in the QDQ format, which ONNX Runtime's CPU provider fuses into int8 kernels (VNNI on
+    AVX-512 CPUs). ``method`` is ONNX Runtime's range estimate (``"MinMax"``,
+    ``"Percentile"`` or ``"Entropy"``); the nodes named in ``exclude`` stay float.
     """
     import onnx  # here, not at the top: every fit process imports this module, few quantize
     from onnxruntime.quantization import (
@@ -118,5 +120,6 @@ def quantize_int8(onnx_model: bytes, calibration: Iterable[np.ndarray], *,
         quantize_static(str(prepared), str(quantized), _Batches(input_name, calibration),
                         quant_format=QuantFormat.QDQ, per_channel=per_channel,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+                        calibrate_method=CalibrationMethod[method],
+                        nodes_to_exclude=list(exclude))
         return quantized.read_bytes()
