@@ -366,18 +366,32 @@ def read_yaml(path: Path) -> dict:
 
 
 def apply_overrides(raw: dict, overrides: list[str], source: str = "--set") -> dict:
-    """Apply ``key.sub=value`` strings (values parsed as YAML) to a raw config mapping."""
+    """Apply ``key.sub=value`` strings (values parsed as YAML) to a raw config mapping.
+
+    A number addresses an item of a list: ``stages.1.lr=1e-5`` sets the second stage's rate.
+    """
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"{source} {item!r}: expected dotted.key=value")
         node = raw
         parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"{source} {key}: {part} is not a section")
-        node[parts[-1]] = parse_yaml(value, f"{source} {key}")
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"{source} {key}: {'.'.join(parts[:depth])} has "
+                                      f"{len(node)} items; {part!r} is not one of "
+                                      f"0..{len(node) - 1}")
+                part = int(part)
+            elif not isinstance(node, dict):
+                raise ConfigError(f"{source} {key}: {parts[depth - 1]} is not a section")
+            if last:
+                node[part] = parse_yaml(value, f"{source} {key}")
+            elif isinstance(node, dict):
+                node = node.setdefault(part, {})
+            else:
+                node = node[part]
     return raw
 
 

@@ -58,6 +58,19 @@ def test_overrides_apply_dotted_keys(tmp_path):
         load_config(write(tmp_path, "task: segmentation\n"), ["trainer.max_epochs=zero"])
 
 
+
+def test_overrides_address_list_items_by_index(tmp_path):
+    path = write(tmp_path, "task: classification\ndata: {manifest: m.csv, class_names: [a, b]}\n"
+                 "stages:\n  - {name: head, epochs: 2, lr: 1.0e-3, trainable: head}\n"
+                 "  - {name: fine_tune, epochs: 5, lr: 1.0e-4, trainable: all}\n")
+    config = load_config(path, ["stages.1.lr=1e-5", "stages.0.epochs=3"])
+    assert [stage.lr for stage in config.stages] == [1e-3, 1e-5]
+    assert [stage.epochs for stage in config.stages] == [3, 5]
+    with pytest.raises(ConfigError, match=r"--set stages.2.lr: stages has 2 items; '2' is not"):
+        load_config(path, ["stages.2.lr=1e-5"])
+    with pytest.raises(ConfigError, match="stages.0.lr.x: lr is not a section"):
+        load_config(path, ["stages.0.lr.x=1"])
+
 def test_unknown_model_argument_is_a_config_error():
     from medlite.models import create_model
 
