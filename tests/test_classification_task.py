@@ -387,6 +387,25 @@ def test_class_balance_options(tmp_path):
                                 for k in range(3)], 1.0)
 
 
+
+def test_a_stage_can_rebalance_the_classes_of_its_own_fit(tmp_path):
+    """Classifier re-balancing: fine-tune on the natural frequencies, then a head stage with
+    a class-balanced sampler; each fit sees its stage's data.class_balance."""
+    from medlite.tasks.base import chain
+    from medlite.training.plan import fit_config
+
+    config = ClassificationConfig(
+        data=ClassificationDataConfig(manifest=tmp_path / "m.csv", class_names=CLASSES,
+                                      class_balance="none"),
+        stages=[StageConfig(name="fine_tune", epochs=3),
+                StageConfig(name="rebalance", epochs=1, lr=1e-4, trainable="head",
+                            class_balance="sampler")])
+    fits = chain(ClassificationTask().stages(config), "", ["a"], ["b"])
+    balance = [fit_config(config, fit).data.class_balance for fit in fits]
+    assert balance == ["none", "sampler"]
+    assert fit_config(config, fits[1]).optimizer.lr == 1e-4
+    assert fit_config(config, fits[0]).data == config.data
+
 def test_image_folder_is_a_data_source(tmp_path):
     for label in ("normal", "ssc"):
         for k in range(2):

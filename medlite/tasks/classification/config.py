@@ -131,6 +131,10 @@ class StageConfig(StrictModel):
         "all", description="head: only the classification head learns; all; all_but_first_n: "
         "the first freeze_first_n_layers layers stay frozen.")
     freeze_first_n_layers: int | None = Field(None, ge=0)
+    class_balance: Literal["none", "weights", "sampler"] | None = Field(
+        None, description="This stage's data.class_balance (None: data.class_balance); e.g. "
+        "a last head stage with sampler re-balances the classifier of a network fine-tuned "
+        "on the natural class frequencies (decoupled classifier re-training).")
 
     @model_validator(mode="after")
     def _n_with_all_but_first_n(self):

@@ -210,7 +210,9 @@ class ClassificationTask(Task):
                           "those layers will never learn", UserWarning, stacklevel=2)
         return [Stage(s.name, s.trainable, s.freeze_first_n_layers,
                       {k: v for k, v in (("trainer.max_epochs", s.epochs),
-                                         ("optimizer.lr", s.lr)) if v is not None})
+                                         ("optimizer.lr", s.lr),
+                                         ("data.class_balance", s.class_balance))
+                       if v is not None})
                 for s in config.stages]
 
     def dataset(self, config: ClassificationConfig, rows: pd.DataFrame,
