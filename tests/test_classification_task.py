@@ -399,11 +399,12 @@ def test_a_stage_can_rebalance_the_classes_of_its_own_fit(tmp_path):
                                       class_balance="none"),
         stages=[StageConfig(name="fine_tune", epochs=3),
                 StageConfig(name="rebalance", epochs=1, lr=1e-4, trainable="head",
-                            class_balance="sampler")])
+                            class_balance="sampler", monitor="val_macro_f1")])
     fits = chain(ClassificationTask().stages(config), "", ["a"], ["b"])
     balance = [fit_config(config, fit).data.class_balance for fit in fits]
     assert balance == ["none", "sampler"]
     assert fit_config(config, fits[1]).optimizer.lr == 1e-4
+    assert [fit_config(config, fit).monitor for fit in fits] == ["val_loss", "val_macro_f1"]
     assert fit_config(config, fits[0]).data == config.data
 
 def test_image_folder_is_a_data_source(tmp_path):

@@ -135,6 +135,9 @@ class StageConfig(StrictModel):
         None, description="This stage's data.class_balance (None: data.class_balance); e.g. "
         "a last head stage with sampler re-balances the classifier of a network fine-tuned "
         "on the natural class frequencies (decoupled classifier re-training).")
+    monitor: Literal["val_loss", "val_macro_f1"] | None = Field(
+        None, description="This stage's monitor (None: the config's monitor); a re-balancing "
+        "stage is better judged by val_macro_f1 than by the loss on natural frequencies.")
 
     @model_validator(mode="after")
     def _n_with_all_but_first_n(self):

@@ -211,7 +211,8 @@ class ClassificationTask(Task):
         return [Stage(s.name, s.trainable, s.freeze_first_n_layers,
                       {k: v for k, v in (("trainer.max_epochs", s.epochs),
                                          ("optimizer.lr", s.lr),
-                                         ("data.class_balance", s.class_balance))
+                                         ("data.class_balance", s.class_balance),
+                                         ("monitor", s.monitor))
                        if v is not None})
                 for s in config.stages]
 
