@@ -50,7 +50,7 @@ def register_model(
 
 def _ensure_families_loaded() -> None:
     # Importing the family modules runs their @register_model decorators.
-    from medlite.models import tinyunet, torchvision_backbones, unet  # noqa: F401
+    from medlite.models import mobilenet_unet, tinyunet, torchvision_backbones, unet  # noqa: F401
 
 
 def list_models(task: str | None = None, family: str | None = None) -> list[str]:
