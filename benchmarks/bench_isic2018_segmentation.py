@@ -30,6 +30,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from medlite.config import apply_overrides, validate_config
 from medlite.data.manifest import index_segmentation
 from medlite.evaluation.external import evaluate_run
 from medlite.evaluation.inference_choice import (
@@ -79,6 +80,9 @@ def make_config(manifest: Path, args) -> SegmentationConfig:
     config.trainer.max_time_minutes = args.budget_minutes
     config.trainer.early_stopping_patience = None
     config.evaluation.bootstrap_resamples = 1000
+    if args.sets:  # e.g. model.name=mobilenet_v2_unet; the split does not depend on them
+        raw = apply_overrides(config.model_dump(mode="json"), args.sets)
+        config = validate_config(raw, SegmentationConfig, "--set")
     return config
 
 
@@ -189,11 +193,13 @@ def main() -> None:
     parser.add_argument("--ship", type=Path, help="also write the trained model as the "
                         "shipped dermoscopy-lesion model into this folder "
                         "(medlite/pretrained/dermoscopy_lesion)")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override, e.g. model.name=mobilenet_v2_unet")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     manifest = isic_manifest(args.shared / "isic2018_task1", args.out)
     config = make_config(manifest, args)
-    run_dir = args.out / "tinyunet"
+    run_dir = args.out / config.model.name
     start = time.perf_counter()
     result = train_run(config, run_dir, overwrite=True, progress=False)
     train_minutes = (time.perf_counter() - start) / 60
