@@ -21,6 +21,8 @@ def test_logits_have_the_input_size(size):
     model = build(num_classes=3).eval()
     with torch.no_grad():
         assert model(torch.rand(2, 3, *size)).shape == (2, 3, *size)
+        grey = MobileNetV2UNet(num_classes=2, in_channels=1).eval()
+        assert grey(torch.rand(1, 1, *size)).shape == (1, 2, *size)
 
 
 def test_imagenet_weights_fill_the_encoder_and_nothing_else(tmp_path):

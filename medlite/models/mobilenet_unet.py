@@ -84,7 +84,8 @@ class MobileNetV2UNet(nn.Module):
             raise ValueError(f"MobileNetV2UNet: decoder_channels must have "
                              f"{len(ENCODER_TAPS)} entries, got {list(decoder_channels)}")
         self.features = torchvision.models.mobilenet_v2(weights=None).features[:18]
-        self.in_channels = in_channels
+        if in_channels != 3:
+            adapt_first_conv(self.features, in_channels, from_pretrained=False)
         skips = [channels for _, channels in ENCODER_TAPS[:-1]][::-1] + [0]
         widths = [ENCODER_TAPS[-1][1], *decoder_channels]
         self.decoder = nn.ModuleList(
@@ -126,33 +127,26 @@ def build_mobilenet_v2_unet(num_classes: int = 2, in_channels: int = 3,
         WeightsNotFoundError: the file (or the cached weights) is missing.
         ConfigError: the file fits neither this network nor MobileNetV2's encoder.
     """
-    try:
-        model = MobileNetV2UNet(num_classes, in_channels, decoder_channels)
-    except ValueError as error:
-        raise ConfigError(f"model.kwargs: {error}") from None
+    state = None
     if weights_path is not None:
         field, source = "model.weights_path", Path(weights_path)
         state = load_state_dict_file(source)
     elif pretrained:
         field, source = "model.pretrained", hub_checkpoint_path("mobilenet_v2")
         state = load_pretrained_state_dict("mobilenet_v2")
-    else:
-        return _adapted(model, in_channels, from_pretrained=False)
-    if any(key.startswith(("decoder.", "head.")) for key in state):
-        # A checkpoint of this network: loaded strictly, first convolution as it was saved.
-        _adapted(model, in_channels, from_pretrained=False)
-        load_backbone_weights(model, state, ignore_prefixes=(), source=str(source),
+    # A checkpoint of this network keeps its adapted first convolution; ImageNet weights are
+    # RGB, so the network is built for 3 channels, loaded, then adapted from them.
+    own_checkpoint = state is not None and any(k.startswith(("decoder.", "head.")) for k in state)
+    from_imagenet = state is not None and not own_checkpoint
+    try:
+        model = MobileNetV2UNet(num_classes, 3 if from_imagenet else in_channels,
+                                decoder_channels)
+    except ValueError as error:
+        raise ConfigError(f"model.kwargs: {error}") from None
+    if state is not None:
+        ignored = ("decoder.", "head.", *UNUSED_IMAGENET_KEYS) if from_imagenet else ()
+        load_backbone_weights(model, state, ignore_prefixes=ignored, source=str(source),
                               field=field, model_name="mobilenet_v2_unet", task=task)
-        return model
-    load_backbone_weights(model, state,
-                          ignore_prefixes=("decoder.", "head.", *UNUSED_IMAGENET_KEYS),
-                          source=str(source), field=field, model_name="mobilenet_v2_unet",
-                          task=task)
-    return _adapted(model, in_channels, from_pretrained=True)
-
-
-def _adapted(model: MobileNetV2UNet, in_channels: int, *, from_pretrained: bool
-             ) -> MobileNetV2UNet:
-    if in_channels != 3:
-        adapt_first_conv(model.features, in_channels, from_pretrained=from_pretrained)
+    if from_imagenet and in_channels != 3:
+        adapt_first_conv(model.features, in_channels, from_pretrained=True)
     return model
