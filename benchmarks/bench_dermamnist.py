@@ -60,8 +60,8 @@ def ph2_as_dermamnist(ph2: Path, out: Path, size: int = 28) -> Path:
         target = folder / f"{entry.image_id}.png"
         with Image.open(source) as image:
             image.convert("RGB").resize((size, size), Image.BICUBIC).save(target)
-        rows.append({"image": str(target.resolve()), "label": "mel" if entry.melanoma == 1 else "nv",
-                     "subject": entry.image_id})
+        label = "mel" if entry.melanoma == 1 else "nv"
+        rows.append({"image": str(target.resolve()), "label": label, "subject": entry.image_id})
     manifest = out / f"ph2_{size}_manifest.csv"
     write_csv_atomic(pd.DataFrame(rows), manifest)
     return manifest

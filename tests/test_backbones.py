@@ -242,6 +242,24 @@ def test_weights_path_loads_a_wrapped_state_dict_and_replaces_only_the_head(tmp_
         torch.testing.assert_close(features.eval()(images()), reference(images()))
 
 
+def test_a_classifier_for_other_classes_starts_a_new_one_with_its_backbone(tmp_path):
+    # A run trained on DermaMNIST's 7 classes starting PH2's 3-class task: the hidden head of
+    # the first does not fit the second, so only its backbone is carried over.
+    torch.manual_seed(0)
+    seven = create_model("mobilenet_v2", task="classification", num_classes=7, head_hidden=16,
+                         dropout=0.2)
+    torch.save(seven.state_dict(), tmp_path / "dermamnist.pt")
+    three = create_model("mobilenet_v2", task="classification", num_classes=3, head_hidden=16,
+                         dropout=0.2, weights_path=tmp_path / "dermamnist.pt")
+    source, loaded = seven.state_dict(), three.state_dict()
+    backbone = [key for key in source if key.startswith("features.")]
+    assert len(backbone) > 300
+    for key in backbone:
+        torch.testing.assert_close(loaded[key], source[key], rtol=0, atol=0, msg=key)
+    assert three(images()).shape == (2, 3)
+    assert not torch.equal(loaded["classifier.1.1.weight"], source["classifier.1.1.weight"])
+
+
 def test_weights_file_for_another_architecture_lists_the_offending_keys(tmp_path):
     path, _ = saved_resnet18(tmp_path)
     with pytest.raises(ConfigError) as caught:
